@@ -1,0 +1,394 @@
+// Package devcontrol runs a local tailnet for demos and tests: tailscale.com's
+// test control server (tstest/integration/testcontrol) plus an in-process DERP
+// relay and STUN server, all listening on one address.
+//
+// It is not a production control server. It inherits testcontrol's limits:
+// it never deletes nodes, ignores logout and the ephemeral flag, never
+// de-duplicates names, and sends allow-all packet filters unless told
+// otherwise. What it adds on top is what tests need to observe and steer:
+// per-node online tracking (from streaming map polls), a register-request
+// counter (a logout is a register request), and setters for the packet
+// filter, DNS config, tag owners and machine approval.
+//
+// Test assertions built on it should be ones that would also hold against
+// real control: "a logout was sent", not "the node was deleted".
+package devcontrol
+
+import (
+	"cmp"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"tailscale.com/derp/derpserver"
+	"tailscale.com/net/stun"
+	"tailscale.com/tailcfg"
+	"tailscale.com/tstest/integration/testcontrol"
+	"tailscale.com/types/key"
+	"tailscale.com/types/logger"
+)
+
+// DefaultMagicDNSDomain is the tailnet's MagicDNS suffix unless
+// [Options.MagicDNSDomain] says otherwise.
+const DefaultMagicDNSDomain = "tailnet.test"
+
+// Options configures [Start]. The zero value listens on 127.0.0.1 with
+// ephemeral ports and accepts any auth key.
+type Options struct {
+	// ListenAddr is the IP address (no port) that control, DERP and STUN
+	// listen on. Empty means 127.0.0.1. Every node and the laptop must be
+	// able to reach it.
+	ListenAddr string
+	// ControlPort is the TCP port of the control server; 0 picks one.
+	ControlPort int
+	// AuthKey, if non-empty, is the only auth key control accepts; nodes
+	// registering with another key get "invalid authkey".
+	AuthKey string
+	// MagicDNSDomain is the tailnet's DNS suffix; empty means
+	// [DefaultMagicDNSDomain].
+	MagicDNSDomain string
+	// Logf receives control's own log lines; nil discards them.
+	Logf logger.Logf
+}
+
+// Server is a running local tailnet. Its methods are safe for concurrent use.
+type Server struct {
+	control *testcontrol.Server
+	httpSrv *http.Server
+	ln      net.Listener
+	derpLn  net.Listener
+	derpSrv *http.Server
+	derp    *derpserver.Server
+	stunPC  net.PacketConn
+	url     string
+	domain  string
+
+	registers atomic.Int64
+
+	mu      sync.Mutex
+	online  map[key.NodePublic]int // streaming polls in flight per node
+	filter  []tailcfg.FilterRule   // nil: testcontrol's allow-all
+	closed  bool
+	closeWG sync.WaitGroup
+}
+
+// Start starts control, DERP and STUN and returns once all three accept
+// connections.
+func Start(opts Options) (_ *Server, retErr error) {
+	addr := cmp.Or(opts.ListenAddr, "127.0.0.1")
+	logf := opts.Logf
+	if logf == nil {
+		logf = logger.Discard
+	}
+	s := &Server{
+		online: map[key.NodePublic]int{},
+		domain: cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
+	}
+	defer func() {
+		if retErr != nil {
+			s.Close()
+		}
+	}()
+
+	var err error
+	s.stunPC, err = net.ListenPacket("udp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("listening for STUN on %s: %w", addr, err)
+	}
+	s.closeWG.Go(func() { serveSTUN(s.stunPC) })
+
+	s.derp = derpserver.New(key.NewNode(), logf)
+	s.derpLn, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
+	if err != nil {
+		return nil, fmt.Errorf("listening for DERP on %s: %w", addr, err)
+	}
+	cert, err := selfSignedCert(addr)
+	if err != nil {
+		return nil, err
+	}
+	s.derpSrv = &http.Server{
+		Handler:      derpserver.Handler(s.derp),
+		TLSConfig:    &tls.Config{Certificates: []tls.Certificate{cert}},
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		ErrorLog:     logger.StdLogger(logger.Discard),
+	}
+	s.closeWG.Go(func() { s.derpSrv.ServeTLS(s.derpLn, "", "") })
+
+	derpMap := &tailcfg.DERPMap{Regions: map[int]*tailcfg.DERPRegion{
+		1: {
+			RegionID:   1,
+			RegionCode: "local",
+			RegionName: "tslink devcontrol",
+			Nodes: []*tailcfg.DERPNode{{
+				Name:             "1a",
+				RegionID:         1,
+				HostName:         addr,
+				IPv4:             addr,
+				IPv6:             "none",
+				STUNPort:         s.stunPC.LocalAddr().(*net.UDPAddr).Port,
+				DERPPort:         s.derpLn.Addr().(*net.TCPAddr).Port,
+				InsecureForTests: true, // self-signed; DERP traffic is end-to-end encrypted anyway
+				STUNTestIP:       addr,
+			}},
+		},
+	}}
+
+	s.ln, err = net.Listen("tcp", net.JoinHostPort(addr, fmt.Sprint(opts.ControlPort)))
+	if err != nil {
+		return nil, fmt.Errorf("listening for control on %s: %w", addr, err)
+	}
+	s.url = "http://" + s.ln.Addr().String()
+	s.control = &testcontrol.Server{
+		DERPMap:        derpMap,
+		RequireAuthKey: opts.AuthKey,
+		DNSConfig:      &tailcfg.DNSConfig{Proxied: true, Domains: []string{s.domain}},
+		MagicDNSDomain: s.domain,
+		Logf:           logf,
+		// Every register request (login, re-login, logout) passes here.
+		MaybeRateLimitRegister: func() (bool, string, string) {
+			s.registers.Add(1)
+			return false, "", ""
+		},
+		HoldMapRequest:         s.holdMapRequest,
+		ModifyFirstMapResponse: s.modifyFirstMapResponse,
+		ExplicitBaseURL:        s.url,
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /tslink/nodes", s.serveNodes)
+	mux.Handle("/", s.control)
+	s.httpSrv = &http.Server{Handler: mux, ErrorLog: logger.StdLogger(logger.Discard)}
+	s.closeWG.Go(func() { s.httpSrv.Serve(s.ln) })
+	return s, nil
+}
+
+// URL is the control URL nodes log in to, e.g. "http://127.0.0.1:41234".
+func (s *Server) URL() string { return s.url }
+
+// MagicDNSDomain is the tailnet's DNS suffix, without dots at either end.
+func (s *Server) MagicDNSDomain() string { return s.domain }
+
+// DERPMap returns the DERP map control hands to nodes.
+func (s *Server) DERPMap() *tailcfg.DERPMap { return s.control.DERPMap }
+
+// RegisterRequests counts the register requests control has received.
+// A node's login and its logout are one each.
+func (s *Server) RegisterRequests() int64 { return s.registers.Load() }
+
+// Close stops control, DERP and STUN. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var errs []error
+	if s.httpSrv != nil {
+		errs = append(errs, closeHTTP(ctx, s.httpSrv))
+	} else if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.derpSrv != nil {
+		errs = append(errs, closeHTTP(ctx, s.derpSrv))
+	} else if s.derpLn != nil {
+		s.derpLn.Close()
+	}
+	if s.derp != nil {
+		s.derp.Close()
+	}
+	if s.stunPC != nil {
+		s.stunPC.Close()
+	}
+	s.closeWG.Wait()
+	return errors.Join(errs...)
+}
+
+func closeHTTP(ctx context.Context, srv *http.Server) error {
+	// Streaming map polls and DERP connections never finish on their own.
+	if err := srv.Shutdown(ctx); err != nil {
+		return srv.Close()
+	}
+	return nil
+}
+
+// Node is what control knows of one node, as served by GET /tslink/nodes.
+type Node struct {
+	ID       int64        `json:"id"`
+	Name     string       `json:"name"`     // MagicDNS FQDN without the trailing dot
+	Hostname string       `json:"hostname"` // as the node asked for it
+	IPs      []netip.Addr `json:"ips"`
+	Tags     []string     `json:"tags,omitempty"`
+	Online   bool         `json:"online"` // a streaming map poll is open
+	Approved bool         `json:"approved"`
+	NodeKey  string       `json:"nodeKey"`
+}
+
+// Nodes lists every node control has registered, in registration order.
+func (s *Server) Nodes() []Node {
+	all := s.control.AllNodes()
+	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Node, 0, len(all))
+	for _, n := range all {
+		nd := Node{
+			ID:       int64(n.ID),
+			Name:     trimDot(n.Name),
+			Hostname: n.Hostinfo.Hostname(),
+			Tags:     slices.Clone(n.Tags),
+			Online:   s.online[n.Key] > 0,
+			Approved: n.MachineAuthorized,
+			NodeKey:  n.Key.String(),
+		}
+		for _, p := range n.Addresses {
+			nd.IPs = append(nd.IPs, p.Addr())
+		}
+		out = append(out, nd)
+	}
+	return out
+}
+
+// NodesByHostname returns the registered nodes that asked for hostname.
+func (s *Server) NodesByHostname(hostname string) []Node {
+	var out []Node
+	for _, n := range s.Nodes() {
+		if n.Hostname == hostname {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func trimDot(s string) string {
+	if len(s) > 0 && s[len(s)-1] == '.' {
+		return s[:len(s)-1]
+	}
+	return s
+}
+
+func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(s.Nodes())
+}
+
+// SetRequireMachineAuth makes newly registered nodes wait for
+// [Server.ApproveNode], as a tailnet with device approval does.
+func (s *Server) SetRequireMachineAuth(v bool) {
+	s.control.RequireMachineAuth = v // read by testcontrol at register time
+}
+
+// ApproveNode approves the node with the given node key (as in [Node.NodeKey]).
+func (s *Server) ApproveNode(nodeKey string) error {
+	var k key.NodePublic
+	if err := k.UnmarshalText([]byte(nodeKey)); err != nil {
+		return fmt.Errorf("parsing node key: %w", err)
+	}
+	if !s.control.CompleteDeviceApproval(s.url, s.url+"/admin", &k) {
+		return fmt.Errorf("no node with key %s", nodeKey)
+	}
+	return nil
+}
+
+// SetDNSConfig replaces the DNS config sent to nodes from their next map
+// response on. Resolvers empty models the common tailnet that sets no
+// global nameservers.
+func (s *Server) SetDNSConfig(cfg *tailcfg.DNSConfig) {
+	s.control.DNSConfig = cfg
+	s.pushAll()
+}
+
+// SetTagOwners enables testcontrol's tag-ownership model; see
+// testcontrol.Server.TagOwners.
+func (s *Server) SetTagOwners(owners map[string][]string) {
+	s.control.TagOwners = owners
+}
+
+// SetPacketFilter replaces the allow-all packet filter with rules, for every
+// node, and pushes it to the connected ones at once. nil restores allow-all
+// for nodes that connect afterwards.
+func (s *Server) SetPacketFilter(rules []tailcfg.FilterRule) {
+	s.mu.Lock()
+	s.filter = rules
+	s.mu.Unlock()
+	s.pushAll()
+}
+
+// pushAll sends every connected node a full map response with the current
+// filter. testcontrol then stops sending that node automatic responses, so
+// holdMapRequest re-pushes after every change that would have produced one.
+func (s *Server) pushAll() {
+	s.mu.Lock()
+	filter := s.filter
+	var keys []key.NodePublic
+	for k, n := range s.online {
+		if n > 0 {
+			keys = append(keys, k)
+		}
+	}
+	s.mu.Unlock()
+	if filter == nil {
+		return
+	}
+	for _, k := range keys {
+		res, err := s.control.MapResponse(&tailcfg.MapRequest{NodeKey: k, Version: tailcfg.CurrentCapabilityVersion})
+		if err != nil || res == nil {
+			continue
+		}
+		res.PacketFilter = filter
+		s.control.AddRawMapResponse(k, res)
+	}
+}
+
+func (s *Server) modifyFirstMapResponse(res *tailcfg.MapResponse, _ *tailcfg.MapRequest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.filter != nil {
+		res.PacketFilter = s.filter
+	}
+}
+
+// holdMapRequest tracks streaming polls (a node is online while one is open)
+// and re-pushes custom filters after endpoint updates.
+func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
+	if req.Stream && !req.ReadOnly {
+		s.mu.Lock()
+		s.online[req.NodeKey]++
+		s.mu.Unlock()
+		return func() {
+			s.mu.Lock()
+			s.online[req.NodeKey]--
+			s.mu.Unlock()
+		}
+	}
+	return func() { go s.pushAll() }
+}
+
+func serveSTUN(pc net.PacketConn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		txid, err := stun.ParseBindingRequest(buf[:n])
+		if err != nil {
+			continue
+		}
+		ua := addr.(*net.UDPAddr)
+		ap, _ := netip.AddrFromSlice(ua.IP)
+		pc.WriteTo(stun.Response(txid, netip.AddrPortFrom(ap.Unmap(), uint16(ua.Port))), addr)
+	}
+}

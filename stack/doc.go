@@ -1,0 +1,43 @@
+// Package stack is tslink's per-container tailnet node: one tsnet.Server
+// hosted in the plugin process, whose packets reach the container through a
+// kernel TUN named tailscale0 inside the container's network namespace.
+//
+// # Lifecycle
+//
+// The plugin drives a [Node] through these calls, in this order:
+//
+//   - [Start] (during Docker's Join, before the container's netns exists):
+//     takes the state-dir lock, creates the TUN in the host netns under a
+//     name derived from the endpoint ID ([HostTUNName]), starts tsnet with
+//     that TUN and waits, bounded by the context, until the node is Running.
+//     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine.
+//   - [Node.Attach] (once the sandbox netns appears): moves the TUN into the
+//     netns, renames it tailscale0, assigns the node's IPv4 /32 and IPv6 /128,
+//     brings it up, routes 100.64.0.0/10 and fd7a:115c:a1e0::/48 through it
+//     and marks it persistent so it outlives a crash of the plugin.
+//   - [Node.ReapplyIPv6] (after the container started): Docker disables IPv6
+//     in containers of non-IPv6 networks, which removes tailscale0's IPv6
+//     address; this enables IPv6 on tailscale0 alone and re-adds it.
+//   - [Node.Close] (Leave/DeleteEndpoint): logs an ephemeral node out, stops
+//     tsnet, deletes the TUN wherever it is, releases the lock. Idempotent.
+//
+// After a plugin restart, [Start] with [Config.AdoptNetNS] set re-opens the
+// persistent tailscale0 that survived in the container's netns instead of
+// creating a new TUN, and brings the same node up from its state dir.
+//
+// While a node runs, its addresses follow the self node in the netmap (IPN
+// bus SelfChange): an address change from control is applied to tailscale0.
+//
+// # Tailscale behaviours relied on
+//
+//   - With tsnet.Server.Tun set, tsnet configures nothing in the OS (its
+//     router is wgengine's fake): addresses and routes are ours to program.
+//   - wireguard-go's NativeTun.MTU looks the device up by name in the calling
+//     thread's netns, which is wrong once the TUN has moved; the [device]
+//     wrapper answers MTU itself.
+//   - tsnet.Server.Up never returns on NeedsLogin/NeedsMachineAuth and blocks
+//     while control is unreachable; [Start] watches the IPN bus itself and
+//     turns those states into [NodeError]s.
+//   - tsnet.Server.Close must not run concurrently with Start; Node serialises
+//     them.
+package stack

@@ -1,0 +1,53 @@
+package stack
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors a caller can branch on with errors.Is. [NodeError] wraps
+// one of the first four.
+var (
+	// ErrAuthKeyRejected: control refused the auth key (wrong, expired, or
+	// revoked).
+	ErrAuthKeyRejected = errors.New("auth key rejected by control server")
+	// ErrControlUnreachable: no answer from control within the wait.
+	ErrControlUnreachable = errors.New("control server unreachable")
+	// ErrNeedsApproval: the tailnet requires device approval and this node
+	// has not been approved.
+	ErrNeedsApproval = errors.New("node needs approval in the admin console")
+	// ErrNeedsLogin: control wants an interactive login (no auth key, or a
+	// key that cannot log this node in).
+	ErrNeedsLogin = errors.New("node needs an interactive login")
+	// ErrNotReady: the node reached control but was not Running in time.
+	ErrNotReady = errors.New("node not ready")
+
+	// ErrStateDirInUse: another node holds this state dir's lock.
+	ErrStateDirInUse = errors.New("state dir in use")
+	// ErrNoTUN: there is no tailscale0 to adopt in the given netns.
+	ErrNoTUN = errors.New("no TUN to adopt")
+	// ErrClosed: the node was closed.
+	ErrClosed = errors.New("node closed")
+)
+
+// NodeError is a failure to bring a node up, phrased for the user who ran
+// `docker run`. It never contains the auth key.
+type NodeError struct {
+	Kind       error  // one of the Err* sentinels
+	ControlURL string // control server the node talked to ("" = Tailscale's default)
+	Detail     string // what control or the backend said, redacted; may be empty
+}
+
+func (e *NodeError) Error() string {
+	url := e.ControlURL
+	if url == "" {
+		url = "(Tailscale default)"
+	}
+	msg := fmt.Sprintf("%v (%s)", e.Kind, url)
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	return msg
+}
+
+func (e *NodeError) Unwrap() error { return e.Kind }

@@ -1,0 +1,3 @@
+package stack
+
+func runHelper() bool { return false }

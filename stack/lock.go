@@ -1,0 +1,59 @@
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// LockFileName is the file in a node's state dir whose flock marks the state
+// dir as in use. The kernel drops the lock when its holder dies, so a crashed
+// plugin never leaves a stale lock; the file's content names the holder.
+const LockFileName = "lock"
+
+// stateLock is an exclusive flock on a state dir's lock file.
+type stateLock struct {
+	f *os.File
+}
+
+// lockStateDir creates dir (0700) if needed and takes its lock, recording
+// owner in it. If another holder has it, the error wraps [ErrStateDirInUse]
+// and names that holder.
+func lockStateDir(dir, owner string) (*stateLock, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, LockFileName), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening state lock in %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(f.Name())
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			h := strings.TrimSpace(string(holder))
+			if h == "" {
+				h = "another node"
+			}
+			return nil, fmt.Errorf("%w: %s is held by %s", ErrStateDirInUse, dir, h)
+		}
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte(owner+"\n"), 0)
+	return &stateLock{f: f}, nil
+}
+
+// release drops the lock. It is idempotent.
+func (l *stateLock) release() {
+	if l == nil || l.f == nil {
+		return
+	}
+	l.f.Truncate(0)
+	l.f.Close() // closing the last fd drops the flock
+	l.f = nil
+}

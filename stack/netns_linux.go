@@ -1,0 +1,194 @@
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Routes that tailscale0 carries inside the container: Tailscale's CGNAT
+// range (which includes MagicDNS's 100.100.100.100) and its ULA range.
+var tailnetRoutes = []netip.Prefix{
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
+}
+
+// withNetNSHandle runs fn with a netlink handle opened in the netns at nsPath.
+func withNetNSHandle(nsPath string, fn func(h *netlink.Handle) error) error {
+	nsh, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("opening netns %s: %w", nsPath, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh)
+	if err != nil {
+		return fmt.Errorf("opening netlink in netns %s: %w", nsPath, err)
+	}
+	defer h.Close()
+	return fn(h)
+}
+
+// moveTUN moves the host-netns link hostName into the netns at nsPath and
+// renames it [TUNName]. If the netns already holds tailscale0 and the host has
+// no hostName link, it was moved before and moveTUN succeeds.
+func moveTUN(hostName, nsPath string) error {
+	nsh, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("opening netns %s: %w", nsPath, err)
+	}
+	defer nsh.Close()
+	link, err := netlink.LinkByName(hostName)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+				_, err := h.LinkByName(TUNName)
+				return err
+			})
+		}
+		return fmt.Errorf("finding %s: %w", hostName, err)
+	}
+	if err := netlink.LinkSetNsFd(link, int(nsh)); err != nil {
+		return fmt.Errorf("moving %s into netns %s: %w", hostName, nsPath, err)
+	}
+	return withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(hostName)
+		if err != nil {
+			return fmt.Errorf("finding %s in netns: %w", hostName, err)
+		}
+		if err := h.LinkSetName(l, TUNName); err != nil {
+			return fmt.Errorf("renaming %s to %s: %w", hostName, TUNName, err)
+		}
+		return nil
+	})
+}
+
+// configureTUN makes tailscale0 in the netns at nsPath carry exactly addrs
+// (host prefixes), be up, and route [tailnetRoutes]. IPv6 errors are returned
+// separately: Docker may have disabled IPv6 in the netns, and that must not
+// fail the IPv4 setup.
+func configureTUN(nsPath string, addrs []netip.Prefix) (err6 error, err error) {
+	err = withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(TUNName)
+		if err != nil {
+			return fmt.Errorf("finding %s: %w", TUNName, err)
+		}
+		err6 = syncAddrs(h, l, addrs)
+		if err := h.LinkSetUp(l); err != nil {
+			return fmt.Errorf("setting %s up: %w", TUNName, err)
+		}
+		for _, r := range tailnetRoutes {
+			rerr := h.RouteReplace(&netlink.Route{
+				LinkIndex: l.Attrs().Index,
+				Dst:       prefixToIPNet(r),
+				Scope:     netlink.SCOPE_LINK,
+			})
+			if rerr != nil {
+				rerr = fmt.Errorf("adding route %s via %s: %w", r, TUNName, rerr)
+				if r.Addr().Is4() {
+					return rerr
+				}
+				err6 = errors.Join(err6, rerr)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return err6, nil
+}
+
+// syncAddrs adds the missing addrs to l and removes the ones not in addrs.
+// IPv4 failures are fatal; the returned error covers IPv6 only.
+func syncAddrs(h *netlink.Handle, l netlink.Link, addrs []netip.Prefix) error {
+	have, err := h.AddrList(l, unix.AF_UNSPEC)
+	if errors.Is(err, netlink.ErrDumpInterrupted) {
+		have, err = h.AddrList(l, unix.AF_UNSPEC)
+	}
+	if err != nil {
+		return fmt.Errorf("listing addresses of %s: %w", TUNName, err)
+	}
+	var err6 error
+	for _, a := range have {
+		p, ok := ipNetToPrefix(a.IPNet)
+		if !ok || slices.Contains(addrs, p) || p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		h.AddrDel(l, &a)
+	}
+	for _, p := range addrs {
+		if err := h.AddrReplace(l, &netlink.Addr{IPNet: prefixToIPNet(p)}); err != nil {
+			err = fmt.Errorf("adding %s to %s: %w", p, TUNName, err)
+			if p.Addr().Is4() {
+				return err
+			}
+			err6 = errors.Join(err6, err)
+		}
+	}
+	return err6
+}
+
+// enableIPv6 clears net.ipv6.conf.tailscale0.disable_ipv6 in the netns at
+// nsPath. Docker sets net.ipv6.conf.all.disable_ipv6=1 in containers of
+// networks without IPv6, which applies to every existing link and drops
+// tailscale0's IPv6 address.
+func enableIPv6(nsPath string) error {
+	return ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		// /proc/sys/net resolves to the opening thread's netns.
+		p := "/proc/sys/net/ipv6/conf/" + TUNName + "/disable_ipv6"
+		if err := os.WriteFile(p, []byte("0"), 0); err != nil {
+			return fmt.Errorf("enabling IPv6 on %s: %w", TUNName, err)
+		}
+		return nil
+	})
+}
+
+// deleteLinkIn deletes link name in the netns at nsPath ("" = the host's).
+// A missing link or netns is success.
+func deleteLinkIn(nsPath, name string) error {
+	del := func(h *netlink.Handle) error {
+		l, err := h.LinkByName(name)
+		if err != nil {
+			return nil
+		}
+		return h.LinkDel(l)
+	}
+	if nsPath == "" {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		return del(h)
+	}
+	err := withNetNSHandle(nsPath, del)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
+}

@@ -1,0 +1,479 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"tailscale.com/client/local"
+	"tailscale.com/envknob"
+	"tailscale.com/ipn"
+	"tailscale.com/tsnet"
+	"tailscale.com/types/logger"
+)
+
+// Config describes one container's node. AuthKey is secret: it goes to tsnet
+// and nowhere else (no log, no error).
+type Config struct {
+	// EndpointID is Docker's endpoint ID; the host-side TUN name derives from
+	// it ([HostTUNName]). Required.
+	EndpointID string
+	// Hostname is the node's name on the tailnet. Required.
+	Hostname string
+	// StateDir holds the node's tsnet state (its identity) and lock. Required;
+	// created 0700 if missing. Using the same dir again is the same node.
+	StateDir string
+	// Owner names who holds the state dir (e.g. the container's name); it is
+	// shown to whoever finds the dir locked.
+	Owner string
+	// ControlURL is the coordination server; empty means Tailscale's.
+	ControlURL string
+	// AuthKey logs a new node in. Ignored when StateDir already holds a
+	// logged-in node.
+	AuthKey string
+	// Ephemeral registers the node as ephemeral; [Node.Close] then logs it
+	// out so control removes it at once.
+	Ephemeral bool
+	// Tags are the ACL tags the node advertises ("tag:name").
+	Tags []string
+	// Logf receives the node's backend log (debug.log); nil discards it.
+	// Lines pass through [Redact] first.
+	Logf logger.Logf
+	// AdoptNetNS, if set, is the path of a netns that already holds this
+	// node's persistent tailscale0 (left by a previous plugin process):
+	// [Start] re-opens it there instead of creating a TUN.
+	AdoptNetNS string
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.EndpointID == "":
+		return errors.New("stack: Config.EndpointID is empty")
+	case c.Hostname == "":
+		return errors.New("stack: Config.Hostname is empty")
+	case c.StateDir == "":
+		return errors.New("stack: Config.StateDir is empty")
+	}
+	return nil
+}
+
+// Node is one container's tailnet node. Its methods are safe for concurrent
+// use; Close may be called at any time after Start returned.
+type Node struct {
+	cfg    Config
+	srv    *tsnet.Server
+	lc     *local.Client
+	dev    *device
+	lock   *stateLock
+	logf   logger.Logf
+	cancel context.CancelFunc // stops the address watcher
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex // guards the fields below and serialises Attach/Close
+	closed  bool
+	nsPath  string         // netns holding tailscale0; "" while in the host netns
+	addrs   []netip.Prefix // the node's Tailscale addresses, host prefixes
+	state   ipn.State
+	lastErr string
+}
+
+var disableLogUploadOnce sync.Once
+
+// Start creates the node's TUN and brings the node up, waiting until it is
+// Running or ctx ends (callers pass Docker's remaining Join budget, 20 s by
+// default). On error nothing is left behind: no TUN, lock or goroutine; the
+// error is a [*NodeError] for failures of the node itself.
+func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	// tsnet uploads backend logs to log.tailscale.com unless told not to;
+	// tslink keeps them local (debug.log).
+	disableLogUploadOnce.Do(envknob.SetNoLogsNoSupport)
+
+	n := &Node{cfg: cfg, state: ipn.NoState}
+	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
+
+	var err error
+	n.lock, err = lockStateDir(cfg.StateDir, cfg.Owner)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			// A failed adoption keeps tailscale0 for the next attempt.
+			n.teardown(cfg.AdoptNetNS != "")
+		}
+	}()
+
+	if cfg.AdoptNetNS != "" {
+		n.dev, err = openTUNIn(cfg.AdoptNetNS, TUNName)
+		n.nsPath = cfg.AdoptNetNS
+	} else {
+		n.dev, err = createTUN(HostTUNName(cfg.EndpointID))
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	n.srv = &tsnet.Server{
+		Dir:           cfg.StateDir,
+		Hostname:      cfg.Hostname,
+		ControlURL:    cfg.ControlURL,
+		AuthKey:       cfg.AuthKey,
+		Ephemeral:     cfg.Ephemeral,
+		AdvertiseTags: slices.Clone(cfg.Tags),
+		Tun:           n.dev,
+		Logf:          n.logf,
+		UserLogf:      n.logf,
+	}
+	if err := n.srv.Start(); err != nil {
+		return nil, fmt.Errorf("starting tsnet: %s", Redact(err.Error(), cfg.AuthKey))
+	}
+	n.lc, err = n.srv.LocalClient()
+	if err != nil {
+		return nil, err
+	}
+	if err := n.waitRunning(ctx); err != nil {
+		return nil, err
+	}
+	st, err := n.lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading node status: %w", err)
+	}
+	for _, ip := range st.TailscaleIPs {
+		n.addrs = append(n.addrs, netip.PrefixFrom(ip, ip.BitLen()))
+	}
+	if n.nsPath != "" {
+		if err := n.configureLocked(); err != nil {
+			return nil, err
+		}
+		if err := n.dev.setPersist(true); err != nil {
+			return nil, err
+		}
+	}
+
+	wctx, cancel := context.WithCancel(context.Background())
+	n.cancel = cancel
+	n.wg.Go(func() { n.watch(wctx) })
+	return n, nil
+}
+
+// waitRunning follows the IPN bus until the backend is Running, turning the
+// states tsnet.Server.Up would wait on forever into errors.
+func (n *Node) waitRunning(ctx context.Context) error {
+	start := time.Now()
+	w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyNoNetMap)
+	if err != nil {
+		return n.nodeError(ErrControlUnreachable, err.Error())
+	}
+	defer w.Close()
+	loggedIn := false
+	for {
+		nt, err := w.Next()
+		if err != nil {
+			if ctx.Err() == nil {
+				return fmt.Errorf("watching node state: %w", err)
+			}
+			waited := time.Since(start).Round(time.Second)
+			if !loggedIn && (n.state == ipn.NoState || n.state == ipn.NeedsLogin) {
+				return n.nodeError(ErrControlUnreachable, fmt.Sprintf("no answer after %v%s", waited, n.healthDetail()))
+			}
+			return n.nodeError(ErrNotReady, fmt.Sprintf("state %v after %v%s", n.state, waited, n.healthDetail()))
+		}
+		if nt.ErrMessage != nil {
+			msg := *nt.ErrMessage
+			if looksLikeKeyRejection(msg) {
+				return n.nodeError(ErrAuthKeyRejected, msg)
+			}
+			return n.nodeError(ErrNotReady, msg)
+		}
+		if nt.LoginFinished != nil {
+			loggedIn = true
+		}
+		if nt.BrowseToURL != nil && *nt.BrowseToURL != "" {
+			if n.cfg.AuthKey == "" {
+				return n.nodeError(ErrNeedsLogin, "no auth key was given")
+			}
+			return n.nodeError(ErrAuthKeyRejected, "control asked for an interactive login instead")
+		}
+		if nt.State != nil {
+			n.setState(*nt.State)
+			switch *nt.State {
+			case ipn.Running:
+				return nil
+			case ipn.NeedsMachineAuth:
+				return n.nodeError(ErrNeedsApproval, "approve "+n.cfg.Hostname+", then start the container again")
+			case ipn.Starting:
+				loggedIn = true
+			}
+		}
+	}
+}
+
+func looksLikeKeyRejection(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "authkey") || strings.Contains(m, "auth key") || strings.Contains(m, "invalid key") || strings.Contains(m, "key expired")
+}
+
+func (n *Node) healthDetail() string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := n.lc.StatusWithoutPeers(ctx)
+	if err != nil || len(st.Health) == 0 {
+		return ""
+	}
+	return "; health: " + strings.Join(st.Health, "; ")
+}
+
+func (n *Node) nodeError(kind error, detail string) *NodeError {
+	e := &NodeError{Kind: kind, ControlURL: n.cfg.ControlURL, Detail: Redact(detail, n.cfg.AuthKey)}
+	n.mu.Lock()
+	n.lastErr = e.Error()
+	n.mu.Unlock()
+	n.logf("tslink: %v", e)
+	return e
+}
+
+func (n *Node) setState(st ipn.State) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state != st {
+		n.logf("tslink: node state %v -> %v", n.state, st)
+	}
+	n.state = st
+}
+
+// watch follows the IPN bus while the node runs: state for [Node.Status], and
+// self-node address changes, which it applies to tailscale0.
+func (n *Node) watch(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyNoNetMap)
+		if err != nil {
+			return
+		}
+		for {
+			nt, err := w.Next()
+			if err != nil {
+				break
+			}
+			if nt.State != nil {
+				n.setState(*nt.State)
+			}
+			if nt.ErrMessage != nil {
+				n.mu.Lock()
+				n.lastErr = Redact(*nt.ErrMessage, n.cfg.AuthKey)
+				n.mu.Unlock()
+			}
+			if nt.SelfChange != nil {
+				var addrs []netip.Prefix
+				for _, p := range nt.SelfChange.Addresses {
+					if p.IsSingleIP() {
+						addrs = append(addrs, p)
+					}
+				}
+				n.setAddrs(addrs)
+			}
+		}
+		w.Close()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (n *Node) setAddrs(addrs []netip.Prefix) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if len(addrs) == 0 || slices.Equal(addrs, n.addrs) || n.closed {
+		return
+	}
+	n.logf("tslink: node addresses %v -> %v", n.addrs, addrs)
+	n.addrs = addrs
+	if n.nsPath != "" {
+		if err := n.configureLocked(); err != nil {
+			n.lastErr = err.Error()
+			n.logf("tslink: applying addresses: %v", err)
+		}
+	}
+}
+
+// Addrs returns the node's Tailscale IPv4 and IPv6 addresses (invalid if
+// absent).
+func (n *Node) Addrs() (v4, v6 netip.Addr) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, p := range n.addrs {
+		if p.Addr().Is4() {
+			v4 = p.Addr()
+		} else {
+			v6 = p.Addr()
+		}
+	}
+	return v4, v6
+}
+
+// Server returns the node's tsnet.Server, e.g. for Serve config. The Node
+// owns it: callers must not Close it.
+func (n *Node) Server() *tsnet.Server { return n.srv }
+
+// LocalClient returns the node's in-process LocalAPI client.
+func (n *Node) LocalClient() *local.Client { return n.lc }
+
+// Status is a snapshot of a node for status output.
+type Status struct {
+	Hostname string
+	State    string // IPN state: Running, NeedsLogin, ...
+	Addrs    []netip.Prefix
+	NetNS    string // where tailscale0 lives; "" = host netns (not attached)
+	LastErr  string
+}
+
+// Status returns a snapshot of the node.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsPath, LastErr: n.lastErr}
+}
+
+// Attach moves tailscale0 into the netns at nsPath (a path to an nsfs mount
+// or /proc/<pid>/ns/net), configures its addresses and routes, and makes it
+// persistent. IPv6 failures are logged, not returned (see
+// [Node.ReapplyIPv6]). Attaching again to the same netns re-applies the
+// configuration.
+func (n *Node) Attach(nsPath string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	if n.nsPath != "" && n.nsPath != nsPath {
+		return fmt.Errorf("%s is already attached to netns %s", TUNName, n.nsPath)
+	}
+	if n.nsPath == "" {
+		if err := moveTUN(HostTUNName(n.cfg.EndpointID), nsPath); err != nil {
+			return err
+		}
+		n.nsPath = nsPath
+	}
+	if err := n.configureLocked(); err != nil {
+		return err
+	}
+	return n.dev.setPersist(true)
+}
+
+func (n *Node) configureLocked() error {
+	err6, err := configureTUN(n.nsPath, n.addrs)
+	if err != nil {
+		return err
+	}
+	if err6 != nil {
+		n.logf("tslink: IPv6 on %s not configured yet: %v", TUNName, err6)
+	}
+	return nil
+}
+
+// ReapplyIPv6 enables IPv6 on tailscale0 and re-adds its IPv6 address and
+// route, which Docker's IPv6 disabling removes after Attach. Call it after the
+// container has started.
+func (n *Node) ReapplyIPv6() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return ErrClosed
+	}
+	if n.nsPath == "" {
+		return errors.New("node is not attached to a netns")
+	}
+	if err := enableIPv6(n.nsPath); err != nil {
+		return err
+	}
+	err6, err := configureTUN(n.nsPath, n.addrs)
+	return errors.Join(err, err6)
+}
+
+// Close stops the node: an ephemeral node is logged out first (so control
+// removes it now), then tsnet stops, tailscale0 is deleted wherever it lives,
+// and the state-dir lock is released. ctx bounds the logout. Close is
+// idempotent and safe on a node whose container never started.
+func (n *Node) Close(ctx context.Context) error {
+	return n.close(ctx, true)
+}
+
+// Detach stops the node but leaves a persistent tailscale0 in the
+// container's netns, addresses and routes intact, for another plugin process
+// to adopt (upgrade, restart). An ephemeral node is not logged out.
+func (n *Node) Detach() error {
+	return n.close(context.Background(), false)
+}
+
+func (n *Node) close(ctx context.Context, deleteTUN bool) error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	running := n.state == ipn.Running
+	n.mu.Unlock()
+
+	var logoutErr error
+	if deleteTUN && n.cfg.Ephemeral && running {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := n.lc.Logout(lctx); err != nil {
+			logoutErr = fmt.Errorf("logging out ephemeral node %s: %w", n.cfg.Hostname, err)
+		} else {
+			n.logf("tslink: logged out of control")
+		}
+		cancel()
+	}
+	if n.cancel != nil {
+		n.cancel()
+	}
+	n.teardown(!deleteTUN)
+	n.wg.Wait()
+	return logoutErr
+}
+
+// teardown releases everything Start acquired. keepTUN leaves a persistent
+// tailscale0 in place (Detach); otherwise persistence is cleared first so
+// closing the last fd deletes the device.
+func (n *Node) teardown(keepTUN bool) {
+	if n.dev != nil && !keepTUN {
+		n.dev.setPersist(false)
+	}
+	if n.srv != nil {
+		n.srv.Close() // closes the TUN through wgengine
+	}
+	if n.dev != nil {
+		n.dev.Close() // no-op if wgengine already closed it
+	}
+	n.lock.release()
+}
+
+var tskeyPattern = regexp.MustCompile(`tskey-[A-Za-z0-9-]+`)
+
+// Redact removes secret and anything shaped like a Tailscale key
+// ("tskey-...") from s.
+func Redact(s, secret string) string {
+	if secret != "" {
+		s = strings.ReplaceAll(s, secret, "[REDACTED]")
+	}
+	return tskeyPattern.ReplaceAllString(s, "tskey-[REDACTED]")
+}
+
+func redactingLogf(logf logger.Logf, secret string) logger.Logf {
+	if logf == nil {
+		return logger.Discard
+	}
+	return func(format string, args ...any) {
+		logf("%s", Redact(fmt.Sprintf(format, args...), secret))
+	}
+}

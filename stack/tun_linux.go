@@ -1,0 +1,116 @@
+package stack
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/tailscale/wireguard-go/tun"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// TUNName is the TUN's name inside the container.
+	TUNName = "tailscale0"
+	// MTU is tailscale0's MTU in bytes, Tailscale's default.
+	MTU = 1280
+)
+
+// HostTUNName returns the name the TUN has in the host netns before
+// [Node.Attach] moves it: "tsl" and 12 hex digits derived from endpointID,
+// 15 bytes, the kernel's IFNAMSIZ limit. Deriving it lets any later step find
+// the device without in-memory state.
+func HostTUNName(endpointID string) string {
+	if len(endpointID) >= 12 && isHex(endpointID[:12]) {
+		return "tsl" + endpointID[:12]
+	}
+	sum := sha256.Sum256([]byte(endpointID))
+	return "tsl" + hex.EncodeToString(sum[:6])
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// device is a kernel TUN as tsnet's tun.Device, with MTU and Name answered
+// from constants: wireguard-go's own lookups go by name through the calling
+// thread's netns, which stops being the TUN's netns once it moves.
+type device struct {
+	tun.Device
+	file *os.File
+}
+
+func (d *device) MTU() (int, error)     { return MTU, nil }
+func (d *device) Name() (string, error) { return TUNName, nil }
+
+// createTUN creates a new TUN named name in the calling goroutine's netns,
+// which must be the host's.
+func createTUN(name string) (*device, error) {
+	dev, err := tun.CreateTUN(name, MTU)
+	if err != nil {
+		return nil, fmt.Errorf("creating TUN %s: %w", name, err)
+	}
+	return wrapTUN(dev)
+}
+
+// openTUNIn re-opens the existing TUN name inside the netns at nsPath, on a
+// thread locked into that netns (opening the clone device attaches by name
+// in the opening thread's netns). It fails with [ErrNoTUN] if no such link
+// exists there, rather than creating one.
+func openTUNIn(nsPath, name string) (*device, error) {
+	var d *device
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("%w: %s in %s: %w", ErrNoTUN, name, nsPath, err)
+		}
+		dev, err := tun.CreateTUN(name, MTU)
+		if err != nil {
+			return fmt.Errorf("opening TUN %s: %w", name, err)
+		}
+		d, err = wrapTUN(dev)
+		return err
+	})
+	return d, err
+}
+
+func wrapTUN(dev tun.Device) (*device, error) {
+	nt, ok := dev.(interface{ File() *os.File })
+	if !ok {
+		dev.Close()
+		return nil, errors.New("TUN device has no file")
+	}
+	return &device{Device: dev, file: nt.File()}, nil
+}
+
+// setPersist sets or clears TUNSETPERSIST on the TUN. A persistent TUN stays
+// (with its addresses and routes, NO-CARRIER) when its last fd closes, e.g.
+// when the plugin is killed; a non-persistent one is deleted at that moment.
+func (d *device) setPersist(on bool) error {
+	rc, err := d.file.SyscallConn()
+	if err != nil {
+		return err
+	}
+	v := 0
+	if on {
+		v = 1
+	}
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) {
+		ioErr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, v)
+	}); err != nil {
+		return err
+	}
+	if ioErr != nil {
+		return fmt.Errorf("setting TUN persist=%d: %w", v, ioErr)
+	}
+	return nil
+}
