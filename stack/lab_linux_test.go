@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -70,7 +71,7 @@ func (l *lab) startNode(t *testing.T, cfg Config) (*Node, *netnstest.NetNS) {
 		t.Fatalf("Start(%s): %v", cfg.Hostname, err)
 	}
 	t.Cleanup(func() { n.Close(context.Background()) })
-	ctr := netnstest.NewNetNS(t, "ctr")
+	ctr := newCtr(t)
 	if err := n.Attach(ctr.Path); err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
@@ -101,3 +102,7 @@ func (l *logSink) String() string {
 	return l.buf.String()
 }
 
+// newCtr makes a netns standing in for a container's sandbox.
+func newCtr(t *testing.T) *netnstest.NetNS { return netnstest.NewNetNS(t, "ctr") }
+
+type netConn = net.Conn

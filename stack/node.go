@@ -44,7 +44,7 @@ type Config struct {
 	Tags []string
 	// Logf receives the node's backend log (debug.log); nil discards it.
 	// Lines pass through [Redact] first.
-	Logf logger.Logf
+	Logf logger.Logf `json:"-"`
 	// AdoptNetNS, if set, is the path of a netns that already holds this
 	// node's persistent tailscale0 (left by a previous plugin process):
 	// [Start] re-opens it there instead of creating a TUN.

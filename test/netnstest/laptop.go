@@ -64,7 +64,7 @@ type Laptop struct {
 }
 
 // NewLaptop creates the laptop netns, wires it to the lab netns
-// (198.18.0.1 <-> 198.18.0.2, so [LabAddr] exists once it returns) and starts
+// (10.238.0.1 <-> 10.238.0.2, so [LabAddr] exists once it returns) and starts
 // tailscaled there, logged out. [Laptop.Up] logs it in. Everything stops when
 // t ends.
 func NewLaptop(t testing.TB) *Laptop {

@@ -10,15 +10,17 @@
 //
 //	test process netns ("lab")             laptop netns (tslink-lap-<pid>)
 //	  lo 127.0.0.1                           lo
-//	  lab-lap 198.18.0.1/24  <--- veth --->  eth0 198.18.0.2/24
+//	  lab-lap 10.238.0.1/24  <--- veth --->  eth0 10.238.0.2/24
 //	  devcontrol: control, DERP, STUN          tailscaled (kernel TUN tailscale0)
-//	  on 198.18.0.1                            tailscale up --login-server http://198.18.0.1:…
+//	  on 10.238.0.1                            tailscale up --login-server http://10.238.0.1:…
 //	  tsnet nodes (stack.Node)
 //	                                         container netns (tslink-ctr-<pid>-<n>)
 //	                                           lo, tailscale0 (moved in by stack.Node.Attach)
 //
-// 198.18.0.0/15 is the range reserved for network benchmark tests (RFC 2544);
-// it exists only on these veths.
+// 10.238.0.0/24 exists only on these veths, inside the private netns. It is a
+// private range on purpose: Tailscale's control client never falls back to
+// Noise-over-HTTPS on port 443 for an http:// control URL on a private or
+// loopback address (control/ts2021), and devcontrol speaks plain HTTP only.
 //
 // Tests that need root call [RequireRoot], which skips with a message when not
 // root, unless TSLINK_REQUIRE_ROOT_TESTS=1 (set by .ci/run) turns the skip
@@ -44,9 +46,9 @@ import (
 const (
 	// LabAddr is the lab netns's address on the laptop veth; devcontrol
 	// listens here.
-	LabAddr = "198.18.0.1"
+	LabAddr = "10.238.0.1"
 	// LaptopAddr is the laptop's underlay address.
-	LaptopAddr = "198.18.0.2"
+	LaptopAddr = "10.238.0.2"
 
 	envInLab   = "TSLINK_IN_LAB_NETNS"
 	envRequire = "TSLINK_REQUIRE_ROOT_TESTS"
