@@ -1,23 +1,51 @@
-# tslink: `make demo` runs the main job; `make test` runs every test layer.
+# tslink. The README's two commands: `make demo` and `make test`.
 GO ?= go
 PLUGIN ?= tslink:latest
-# Root tests (netns, TUN, dockerd) skip when not root; .ci/run sets
+STATE_DIR ?= /var/lib/docker-plugins/tailscale
+# Root tests (netns, TUN, dockerd) skip when they cannot run; .ci/run sets
 # TSLINK_REQUIRE_ROOT_TESTS=1 so that a skip becomes a failure.
-TEST_FLAGS ?= -count=1 -timeout 30m
+TEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build test test-unit test-root fmt vet
+.PHONY: all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet fmt demo clean
 
 all: build
 
-build:
-	$(GO) build ./...
+build: bin/tslink bin/tslink-devcontrol
+
+bin/tslink:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/tslink
+
+bin/tslink-devcontrol:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/tslink-devcontrol
+
+# The managed plugin's bundle (config.json + rootfs/), assembled from the
+# static binary without pulling any image.
+rootfs: bin/tslink
+	rm -rf plugin/rootfs
+	mkdir -p plugin/rootfs/data plugin/rootfs/tmp plugin/rootfs/etc/ssl/certs plugin/rootfs/run/docker/plugins plugin/rootfs/dev plugin/rootfs/proc plugin/rootfs/sys
+	cp bin/tslink plugin/rootfs/tslink
+	[ ! -f /etc/ssl/certs/ca-certificates.crt ] || cp /etc/ssl/certs/ca-certificates.crt plugin/rootfs/etc/ssl/certs/
+	cp config.json plugin/config.json
+
+# Build and (re)install the managed plugin into the running dockerd.
+plugin: rootfs
+	mkdir -p -m 0700 $(STATE_DIR)
+	-docker plugin disable -f $(PLUGIN) >/dev/null 2>&1
+	-docker plugin rm -f $(PLUGIN) >/dev/null 2>&1
+	docker plugin create $(PLUGIN) plugin
+	docker plugin enable $(PLUGIN)
 
 vet:
 	$(GO) vet ./...
 
-# Every test layer: unit (no root), netns integration (root), engine e2e (root).
+# Every test layer: unit (no root), netns integration (root), engine
+# end-to-end (root, own dockerd), small fuzz run.
 test: vet
 	$(GO) test $(TEST_FLAGS) -p 1 ./...
+	$(GO) test -run '^$$' -fuzz FuzzParseContainer -fuzztime 10s ./pkg/tsopts
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin plugin/rootfs plugin/config.json

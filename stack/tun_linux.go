@@ -114,3 +114,11 @@ func (d *device) setPersist(on bool) error {
 	}
 	return nil
 }
+
+// DeleteHostTUN deletes the host-netns TUN of endpointID if it is still
+// there (the container never started, so it was never moved). A missing
+// device is success. Only a persistent TUN can outlive its fd, so this
+// matters after a crash between Attach's persist and the move.
+func DeleteHostTUN(endpointID string) error {
+	return deleteLinkIn("", HostTUNName(endpointID))
+}

@@ -1,0 +1,114 @@
+// Command tslink is the tslink Docker network plugin: every container on a
+// tslink network becomes its own Tailscale node.
+//
+// Run by Docker as a managed plugin (config.json), it serves the
+// docker.networkdriver/1.0 protocol on /run/docker/plugins/tslink.sock.
+//
+// Environment (set with `docker plugin set tslink:latest NAME=VALUE`):
+//
+//	TS_AUTHKEY      default auth key for networks without --opt ts.authkey
+//	TS_CONTROL_URL  default control server (empty: Tailscale's)
+//	LOG_LEVEL       debug, info (default), warn, error
+//	DOCKER_HOST     dockerd's API socket as dockerd sees it (default unix:///var/run/docker.sock)
+//	TSLINK_STATE_DIR       the state dir inside the plugin (default /data)
+//	TSLINK_HOST_STATE_DIR  the same dir as the host sees it, for messages
+//	                       (default /var/lib/docker-plugins/tailscale)
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/hostpath"
+	"github.com/tslink/tslink/pkg/netdriver"
+	"github.com/tslink/tslink/pkg/tsopts"
+)
+
+// pluginSocket is where dockerd looks for a managed plugin's socket
+// (config.json "socket", under /run/docker/plugins).
+const pluginSocket = "/run/docker/plugins/tslink.sock"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "tslink:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) > 0 && args[0] != "serve" {
+		return fmt.Errorf("unknown command %q; usage: tslink [serve]", args[0])
+	}
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: logLevel(os.Getenv("LOG_LEVEL"))}))
+
+	// Read the secrets, then drop them from the environment: tsnet falls back
+	// to TS_AUTHKEY and TS_CONTROL_URL from the environment on its own.
+	env := tsopts.Env{AuthKey: strings.TrimSpace(os.Getenv("TS_AUTHKEY")), ControlURL: strings.TrimSpace(os.Getenv("TS_CONTROL_URL"))}
+	for _, k := range []string{"TS_AUTHKEY", "TS_AUTH_KEY", "TS_CONTROL_URL", "TS_CLIENT_SECRET"} {
+		os.Unsetenv(k)
+	}
+
+	stateDir := cmp.Or(os.Getenv("TSLINK_STATE_DIR"), "/data")
+	if err := os.MkdirAll(filepath.Join(stateDir, "by-hostname"), 0o700); err != nil {
+		return err
+	}
+	os.Chmod(stateDir, 0o700)
+	docker, err := dockerapi.New(os.Getenv("DOCKER_HOST"))
+	if err != nil {
+		return err
+	}
+	defer docker.Close()
+
+	d := netdriver.New(netdriver.Config{
+		StateRoot:     stateDir,
+		HostStateRoot: cmp.Or(os.Getenv("TSLINK_HOST_STATE_DIR"), "/var/lib/docker-plugins/tailscale"),
+		Env:           env,
+		Docker:        docker,
+		ResolvePath:   hostpath.Resolve,
+		Log:           log,
+	})
+
+	os.Remove(pluginSocket)
+	if err := os.MkdirAll(filepath.Dir(pluginSocket), 0o755); err != nil {
+		return err
+	}
+	ln, err := net.Listen("unix", pluginSocket)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- network.NewHandler(d).Serve(ln) }()
+	log.Info("tslink serving", "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(env.ControlURL, "tailscale default"), "env_authkey", env.AuthKey != "")
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	ln.Close()
+	d.Close()
+	log.Info("tslink stopped")
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+func logLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(cmp.Or(s, "info"))); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}

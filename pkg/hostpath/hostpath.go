@@ -1,0 +1,83 @@
+// Package hostpath opens paths as dockerd sees them, from inside a managed
+// plugin. A managed plugin has its own mount namespace (its rootfs), so the
+// sandbox key (a netns bind mount under dockerd's exec-root, which is not
+// always /var/run/docker) and dockerd's API socket (re-created on every
+// dockerd restart, which breaks a bind-mounted socket file) are not visible at
+// their own paths. With "pidhost": true and CAP_SYS_PTRACE the plugin can walk
+// /proc/<dockerd pid>/root instead, which always shows dockerd's current view.
+//
+// Absolute symlinks on the way (e.g. /var/run -> /run) would resolve against
+// the plugin's root, so the walk is done with filepath-securejoin, which
+// resolves them inside dockerd's root.
+package hostpath
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+)
+
+var (
+	mu      sync.Mutex
+	lastPID int
+)
+
+// Resolve returns a path at which this process can open p as dockerd sees
+// it: p itself if it exists here, otherwise p under /proc/<pid>/root of a
+// running dockerd. It fails if neither exists.
+func Resolve(p string) (string, error) {
+	if _, err := os.Stat(p); err == nil {
+		return p, nil
+	}
+	mu.Lock()
+	pid := lastPID
+	mu.Unlock()
+	if pid != 0 && isDockerd(pid) {
+		if rp, ok := under(pid, p); ok {
+			return rp, nil
+		}
+	}
+	for _, pid := range dockerdPIDs() {
+		if rp, ok := under(pid, p); ok {
+			mu.Lock()
+			lastPID = pid
+			mu.Unlock()
+			return rp, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found here nor under any dockerd's root (/proc/<pid>/root; the plugin needs pidhost and CAP_SYS_PTRACE): %w", p, os.ErrNotExist)
+}
+
+func under(pid int, p string) (string, bool) {
+	root := "/proc/" + strconv.Itoa(pid) + "/root"
+	rp, err := securejoin.SecureJoin(root, p)
+	if err != nil {
+		return "", false
+	}
+	if _, err := os.Stat(rp); err != nil {
+		return "", false
+	}
+	return rp, true
+}
+
+func isDockerd(pid int) bool {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "comm"))
+	return err == nil && strings.TrimSpace(string(b)) == "dockerd"
+}
+
+func dockerdPIDs() []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err == nil && isDockerd(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

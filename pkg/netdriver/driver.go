@@ -1,0 +1,543 @@
+// Package netdriver implements Docker's remote network driver protocol
+// (docker.networkdriver/1.0) for tslink: a Linux bridge per network for
+// eth0, and per container a tailnet node (package stack) whose tailscale0
+// is moved into the container's netns.
+//
+// Join returns no gateway, so Docker also attaches the container to
+// docker_gwbridge and NATs it like any bridge container: internet access and
+// `-p` publishing are Docker's own; `--internal` networks get none.
+package netdriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/boundedlog"
+	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/stack"
+	"golang.org/x/sys/unix"
+)
+
+// Docker is what the driver needs from the Docker API.
+type Docker interface {
+	NetworkOptions(ctx context.Context, networkID string) (map[string]string, error)
+	FindEndpoint(ctx context.Context, networkID, endpointID string) (*dockerapi.Endpoint, error)
+}
+
+// Config configures a [Driver].
+type Config struct {
+	// StateRoot is the plugin's state dir (/data, the host's
+	// /var/lib/docker-plugins/tailscale). Nodes live in
+	// StateRoot/by-hostname/<hostname>/; key files in StateRoot/keys/.
+	StateRoot string
+	// HostStateRoot is StateRoot as the host sees it, for messages.
+	HostStateRoot string
+	Env           tsopts.Env
+	Docker        Docker
+	// ResolvePath maps a path as dockerd sees it (the sandbox key) to one
+	// this process can open; nil means identity.
+	ResolvePath func(string) (string, error)
+	Log         *slog.Logger
+}
+
+// Driver is tslink's network driver. Its methods are safe for concurrent
+// use: dockerd calls them from concurrent HTTP requests.
+type Driver struct {
+	cfg Config
+	log *slog.Logger
+
+	mu        sync.Mutex
+	networks  map[string]*tsopts.Network // by network ID; filled by CreateNetwork or lazily at Join
+	endpoints map[string]*endpoint       // joined endpoints by endpoint ID
+}
+
+type endpoint struct {
+	id, networkID string
+	containerID   string
+	containerName string
+	hostname      string
+	stateDir      string
+	node          *stack.Node
+	debugLog      *boundedlog.File
+	cancel        context.CancelFunc // stops the attach goroutine
+	attached      chan struct{}      // closed when the attach goroutine ends
+}
+
+var _ network.Driver = (*Driver)(nil)
+
+// New returns a driver. It does no I/O.
+func New(cfg Config) *Driver {
+	if cfg.ResolvePath == nil {
+		cfg.ResolvePath = func(p string) (string, error) { return p, nil }
+	}
+	if cfg.HostStateRoot == "" {
+		cfg.HostStateRoot = cfg.StateRoot
+	}
+	lg := cfg.Log
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{cfg: cfg, log: lg, networks: map[string]*tsopts.Network{}, endpoints: map[string]*endpoint{}}
+}
+
+// GetCapabilities: tslink networks are local to this host.
+func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: "local", ConnectivityScope: "local"}, nil
+}
+
+// genericOptions extracts `--opt` values from a CreateNetwork request.
+func genericOptions(opts map[string]any) map[string]string {
+	out := map[string]string{}
+	g, _ := opts["com.docker.network.generic"].(map[string]any)
+	for k, v := range g {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		}
+	}
+	return out
+}
+
+// CreateNetwork validates the options and creates the network's bridge.
+func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	nw, err := d.parseNetwork(genericOptions(req.Options))
+	if err != nil {
+		return err
+	}
+	if err := ensureBridge(bridgeName(req.NetworkID)); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.networks[req.NetworkID] = nw
+	d.mu.Unlock()
+	d.log.Info("network created", "network", short(req.NetworkID), "control", controlName(nw.ControlURL), "ephemeral", nw.Ephemeral, "tags", nw.Tags)
+	return nil
+}
+
+func (d *Driver) parseNetwork(opts map[string]string) (*tsopts.Network, error) {
+	nw, err := tsopts.ParseNetwork(opts, d.cfg.Env)
+	if err != nil {
+		return nil, err
+	}
+	if !nw.HasAuthKey() {
+		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, filepath.Join(d.cfg.HostStateRoot, "keys"))
+	}
+	if nw.AuthKeyFile != "" {
+		if _, err := d.readKeyFile(nw.AuthKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	return nw, nil
+}
+
+func (d *Driver) readKeyFile(name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(d.cfg.StateRoot, "keys", name))
+	hostPath := filepath.Join(d.cfg.HostStateRoot, "keys", name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("option %s=%s: %s does not exist; write the auth key there (mode 0600)", tsopts.OptAuthKeyFile, name, hostPath)
+		}
+		return "", fmt.Errorf("option %s=%s: reading %s: %v", tsopts.OptAuthKeyFile, name, hostPath, errors.Unwrap(err))
+	}
+	key := strings.TrimSpace(string(b))
+	if key == "" {
+		return "", fmt.Errorf("option %s=%s: %s is empty", tsopts.OptAuthKeyFile, name, hostPath)
+	}
+	return key, nil
+}
+
+func controlName(u string) string {
+	if u == "" {
+		return "tailscale default"
+	}
+	return u
+}
+
+// AllocateNetwork is for swarm-scoped drivers only.
+func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	return nil, errors.New("tslink is a local-scope driver: AllocateNetwork is not supported")
+}
+
+// FreeNetwork is for swarm-scoped drivers only.
+func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
+
+// DeleteNetwork closes what is left of the network's endpoints and removes
+// its bridge. Docker refuses `network rm` while containers are attached, so
+// normally nothing is left. Idempotent.
+func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	var left []*endpoint
+	for _, ep := range d.endpoints {
+		if ep.networkID == req.NetworkID {
+			left = append(left, ep)
+		}
+	}
+	delete(d.networks, req.NetworkID)
+	d.mu.Unlock()
+	for _, ep := range left {
+		d.closeEndpoint(ep)
+	}
+	if err := deleteLink(bridgeName(req.NetworkID)); err != nil {
+		return err
+	}
+	d.log.Info("network deleted", "network", short(req.NetworkID))
+	return nil
+}
+
+// CreateEndpoint creates the endpoint's veth pair on the network's bridge.
+// IPAM has already chosen the address, so the response's Interface is empty
+// (returning one would make dockerd fail with "… already assigned").
+func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if err := ensureBridge(bridgeName(req.NetworkID)); err != nil { // e.g. after a host reboot
+		return nil, err
+	}
+	if err := createVeth(req.EndpointID, bridgeName(req.NetworkID)); err != nil {
+		return nil, err
+	}
+	return &network.CreateEndpointResponse{}, nil
+}
+
+// DeleteEndpoint removes the veth pair and a TUN that never reached the
+// container. Idempotent; dockerd also calls it to roll back a failed Join.
+func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
+	d.mu.Lock()
+	ep := d.endpoints[req.EndpointID]
+	d.mu.Unlock()
+	if ep != nil {
+		d.closeEndpoint(ep)
+	}
+	return errors.Join(deleteLink(hostVethName(req.EndpointID)), stack.DeleteHostTUN(req.EndpointID))
+}
+
+// EndpointInfo reports the endpoint's tailnet identity.
+func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
+	d.mu.Lock()
+	ep := d.endpoints[req.EndpointID]
+	d.mu.Unlock()
+	val := map[string]string{}
+	if ep != nil {
+		v4, v6 := ep.node.Addrs()
+		val["tailscale.hostname"] = ep.hostname
+		val["tailscale.ipv4"] = v4.String()
+		val["tailscale.ipv6"] = v6.String()
+	}
+	return &network.InfoResponse{Value: val}, nil
+}
+
+// lookupTimeout bounds finding the container through the Docker API.
+const lookupTimeout = 5 * time.Second
+
+// Join brings the container's node up and prepares tailscale0; a goroutine
+// moves it into the sandbox netns as soon as that exists. Failures (bad
+// labels, bad key, unreachable control, approval needed) are returned so
+// `docker run` fails with them; nothing is left behind.
+func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr error) {
+	began := time.Now()
+	nw, err := d.networkFor(req.NetworkID)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	info, err := d.cfg.Docker.FindEndpoint(lctx, req.NetworkID, req.EndpointID)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("finding the container of endpoint %s: %w", short(req.EndpointID), err)
+	}
+	ct, err := tsopts.ParseContainer(info.Labels, info.ContainerName)
+	if err != nil {
+		return nil, err
+	}
+	authKey := nw.AuthKey
+	if nw.AuthKeyFile != "" {
+		if authKey, err = d.readKeyFile(nw.AuthKeyFile); err != nil {
+			return nil, err
+		}
+	}
+	tags := ct.Tags
+	if tags == nil {
+		tags = nw.Tags
+	}
+
+	ep := &endpoint{
+		id:            req.EndpointID,
+		networkID:     req.NetworkID,
+		containerID:   info.ContainerID,
+		containerName: info.ContainerName,
+		hostname:      ct.Hostname,
+		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", ct.Hostname),
+		attached:      make(chan struct{}),
+	}
+	if err := d.reserve(ep); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			d.unreserve(ep)
+		}
+	}()
+
+	_, statErr := os.Stat(ep.stateDir)
+	newDir := errors.Is(statErr, os.ErrNotExist)
+	if err := checkTailnet(ep.stateDir, nw.ControlURL); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(ep.stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir: %w", err)
+	}
+	ep.debugLog, err = boundedlog.Open(filepath.Join(ep.stateDir, "debug.log"), 0)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), nw.Timeout)
+	defer cancel()
+	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v",
+		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags)
+	ep.node, err = stack.Start(ctx, stack.Config{
+		EndpointID: req.EndpointID,
+		Hostname:   ct.Hostname,
+		StateDir:   ep.stateDir,
+		Owner:      "container " + info.ContainerName + " (" + short(info.ContainerID) + ")",
+		ControlURL: nw.ControlURL,
+		AuthKey:    authKey,
+		Ephemeral:  nw.Ephemeral,
+		Tags:       tags,
+		Logf:       ep.debugLog.Logf,
+	})
+	if err != nil {
+		ep.debugLog.Logf("tslink: join failed: %v", err)
+		ep.debugLog.Close()
+		if newDir {
+			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
+		}
+		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err)
+		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
+	}
+	writeTailnet(ep.stateDir, nw.ControlURL)
+	v4, v6 := ep.node.Addrs()
+	d.log.Info("node up", "container", info.ContainerName, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
+
+	actx, acancel := context.WithCancel(context.Background())
+	ep.cancel = acancel
+	d.mu.Lock()
+	d.endpoints[ep.id] = ep
+	d.mu.Unlock()
+	go d.attach(actx, ep, req.SandboxKey)
+
+	return &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: ctrVethName(req.EndpointID), DstPrefix: "eth"},
+	}, nil
+}
+
+// networkFor returns the network's options: from CreateNetwork, or (after a
+// plugin restart) re-read from dockerd, which keeps them.
+func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
+	d.mu.Lock()
+	nw := d.networks[networkID]
+	d.mu.Unlock()
+	if nw != nil {
+		return nw, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	defer cancel()
+	opts, err := d.cfg.Docker.NetworkOptions(ctx, networkID)
+	if err != nil {
+		return nil, err
+	}
+	nw, err = d.parseNetwork(opts)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.networks[networkID] = nw
+	d.mu.Unlock()
+	return nw, nil
+}
+
+// reservations: endpoints whose Join is in flight, by endpoint ID, so that
+// two concurrent Joins cannot take one hostname or put one container on two
+// tslink networks. Guarded by d.mu; kept in d.endpoints with node == nil.
+func (d *Driver) reserve(ep *endpoint) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, o := range d.endpoints {
+		if o.containerID == ep.containerID && o.id != ep.id {
+			return fmt.Errorf("container %s is already on tslink network %s: a container can be on one tslink network only", ep.containerName, short(o.networkID))
+		}
+		if o.hostname == ep.hostname && o.id != ep.id {
+			return fmt.Errorf("label %s: hostname %q is already used by running container %s; give this container another %s", tsopts.LabelHostname, ep.hostname, o.containerName, tsopts.LabelHostname)
+		}
+	}
+	d.endpoints[ep.id] = ep
+	return nil
+}
+
+func (d *Driver) unreserve(ep *endpoint) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.endpoints[ep.id] == ep {
+		delete(d.endpoints, ep.id)
+	}
+}
+
+// tailnetFile records which control server a state dir's node belongs to:
+// a node's identity must never be offered to another tailnet.
+const tailnetFile = "tailnet"
+
+func checkTailnet(dir, controlURL string) error {
+	b, err := os.ReadFile(filepath.Join(dir, tailnetFile))
+	if err != nil {
+		return nil
+	}
+	if have := strings.TrimSpace(string(b)); have != controlName(controlURL) {
+		return fmt.Errorf("state dir %s belongs to a node of the tailnet at %s, not %s: use another %s, or remove that dir to start a new identity", dir, have, controlName(controlURL), tsopts.LabelHostname)
+	}
+	return nil
+}
+
+func writeTailnet(dir, controlURL string) {
+	os.WriteFile(filepath.Join(dir, tailnetFile), []byte(controlName(controlURL)+"\n"), 0o600)
+}
+
+// attach waits for the sandbox key to become a netns (runc's prestart hook
+// mounts it 0.3–0.5 s after Join returns; there is no driver callback), moves
+// tailscale0 in, and re-applies IPv6 after Docker disables it.
+func (d *Driver) attach(ctx context.Context, ep *endpoint, sandboxKey string) {
+	defer close(ep.attached)
+	dir, err := d.cfg.ResolvePath(filepath.Dir(sandboxKey))
+	if err != nil {
+		d.attachFailed(ep, fmt.Errorf("resolving sandbox dir: %w", err))
+		return
+	}
+	nsPath := filepath.Join(dir, filepath.Base(sandboxKey))
+	deadline := time.Now().Add(2 * time.Minute)
+	for !isNetNS(nsPath) {
+		if time.Now().After(deadline) {
+			d.attachFailed(ep, fmt.Errorf("sandbox %s did not become a netns within 2m", sandboxKey))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	appeared := time.Now()
+	if err := ep.node.Attach(nsPath); err != nil {
+		d.attachFailed(ep, err)
+		return
+	}
+	ep.debugLog.Logf("tslink: tailscale0 attached to %s in %v", sandboxKey, time.Since(appeared).Round(time.Microsecond))
+	d.log.Debug("attached", "hostname", ep.hostname, "took", time.Since(appeared))
+
+	// Docker disables IPv6 in the sandbox after Join on non-IPv6 networks,
+	// dropping tailscale0's IPv6 address; put it back when that happens.
+	_, v6 := ep.node.Addrs()
+	if !v6.IsValid() {
+		return
+	}
+	for range 150 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if !hasAddr(nsPath, v6.String()) {
+			if err := ep.node.ReapplyIPv6(); err != nil {
+				ep.debugLog.Logf("tslink: re-applying IPv6: %v", err)
+			} else {
+				ep.debugLog.Logf("tslink: IPv6 %v re-applied on tailscale0", v6)
+			}
+		}
+	}
+}
+
+func (d *Driver) attachFailed(ep *endpoint, err error) {
+	ep.debugLog.Logf("tslink: attach failed: %v", err)
+	d.log.Error("attach failed", "hostname", ep.hostname, "container", ep.containerName, "err", err)
+}
+
+func isNetNS(p string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(p, &st) == nil && st.Type == unix.NSFS_MAGIC
+}
+
+// Leave stops the endpoint's node (an ephemeral one logs out) and deletes
+// tailscale0. Idempotent.
+func (d *Driver) Leave(req *network.LeaveRequest) error {
+	d.mu.Lock()
+	ep := d.endpoints[req.EndpointID]
+	d.mu.Unlock()
+	if ep == nil {
+		return nil
+	}
+	d.closeEndpoint(ep)
+	return nil
+}
+
+func (d *Driver) closeEndpoint(ep *endpoint) {
+	d.mu.Lock()
+	if d.endpoints[ep.id] != ep {
+		d.mu.Unlock()
+		return
+	}
+	delete(d.endpoints, ep.id)
+	d.mu.Unlock()
+	if ep.cancel != nil {
+		ep.cancel()
+		<-ep.attached
+	}
+	if ep.node != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := ep.node.Close(ctx); err != nil {
+			d.log.Warn("closing node", "hostname", ep.hostname, "err", err)
+		}
+		cancel()
+	}
+	if ep.debugLog != nil {
+		ep.debugLog.Logf("tslink: left; node closed")
+		ep.debugLog.Close()
+	}
+	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
+}
+
+// DiscoverNew is unused by local drivers.
+func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error { return nil }
+
+// DiscoverDelete is unused by local drivers.
+func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }
+
+// ProgramExternalConnectivity is a no-op: dockerd publishes ports through
+// docker_gwbridge, not through this driver.
+func (d *Driver) ProgramExternalConnectivity(*network.ProgramExternalConnectivityRequest) error {
+	return nil
+}
+
+// RevokeExternalConnectivity is a no-op; see ProgramExternalConnectivity.
+func (d *Driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityRequest) error {
+	return nil
+}
+
+// Close stops every node, deleting the TUNs. Used on plugin shutdown.
+func (d *Driver) Close() {
+	d.mu.Lock()
+	var all []*endpoint
+	for _, ep := range d.endpoints {
+		if ep.node != nil {
+			all = append(all, ep)
+		}
+	}
+	d.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, ep := range all {
+		wg.Go(func() { d.closeEndpoint(ep) })
+	}
+	wg.Wait()
+}

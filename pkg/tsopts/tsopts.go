@@ -1,0 +1,252 @@
+// Package tsopts parses tslink's user input: the network options given to
+// `docker network create --opt` and the container labels given to
+// `docker run --label`. Every rejection names the option or label and the
+// form it accepts, because the message reaches the user verbatim through the
+// Docker CLI. Secrets never appear in an error.
+package tsopts
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Network option keys (`docker network create --opt KEY=VALUE`).
+const (
+	OptAuthKey     = "ts.authkey"
+	OptAuthKeyFile = "ts.authkey-file"
+	OptControlURL  = "ts.controlurl"
+	OptEphemeral   = "ts.ephemeral"
+	OptTags        = "ts.tags"
+	OptTimeout     = "ts.timeout"
+)
+
+// Container label keys (`docker run --label KEY=VALUE`).
+const (
+	LabelHostname    = "ts.hostname"
+	LabelTags        = "ts.tags"
+	LabelServePrefix = "ts.serve."
+	LabelService     = "ts.service"
+	LabelDirect      = "ts.direct"
+)
+
+// DefaultTimeout is how long Join waits for a node to come up unless
+// ts.timeout says otherwise. dockerd gives a plugin call 30 s unless the
+// plugin was enabled with a longer --timeout.
+const DefaultTimeout = 20 * time.Second
+
+// MaxTimeout bounds ts.timeout.
+const MaxTimeout = 10 * time.Minute
+
+// Network is a tslink network's parsed options, plugin env defaults applied.
+type Network struct {
+	AuthKey     string // secret; "" if AuthKeyFile is used
+	AuthKeyFile string // file name under the state dir's keys/ holding the key
+	ControlURL  string // "" = Tailscale's default
+	Ephemeral   bool
+	Tags        []string
+	Timeout     time.Duration
+}
+
+// Env is the plugin's environment (`docker plugin set`), the fallback for
+// network options.
+type Env struct {
+	AuthKey    string // TS_AUTHKEY
+	ControlURL string // TS_CONTROL_URL
+}
+
+// HasAuthKey reports whether some form of auth key is configured.
+func (n *Network) HasAuthKey() bool { return n.AuthKey != "" || n.AuthKeyFile != "" }
+
+// ParseNetwork parses driver options. Keys outside the ts. namespace are
+// Docker's or another tool's and are ignored; unknown ts.* keys are errors.
+func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
+	n := &Network{
+		AuthKey:    env.AuthKey,
+		ControlURL: env.ControlURL,
+		Ephemeral:  true,
+		Timeout:    DefaultTimeout,
+	}
+	var errs []error
+	for _, k := range sortedKeys(opts) {
+		v := opts[k]
+		if !strings.HasPrefix(k, "ts.") {
+			continue
+		}
+		switch k {
+		case OptAuthKey:
+			if v == "" || strings.ContainsAny(v, " \t\r\n") {
+				errs = append(errs, fmt.Errorf("option %s: want a Tailscale auth key (tskey-auth-…), got an empty or blank-containing value", k))
+				continue
+			}
+			n.AuthKey = v
+		case OptAuthKeyFile:
+			if !validFileName(v) {
+				errs = append(errs, fmt.Errorf("option %s=%q: want a file name (letters, digits, . _ -) under the plugin's state dir keys/ folder, e.g. /var/lib/docker-plugins/tailscale/keys/<name>", k, v))
+				continue
+			}
+			n.AuthKeyFile = v
+			n.AuthKey = ""
+		case OptControlURL:
+			if !(strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://")) || len(v) < len("http://x") {
+				errs = append(errs, fmt.Errorf("option %s=%q: want an http:// or https:// URL of the control server", k, v))
+				continue
+			}
+			n.ControlURL = strings.TrimRight(v, "/")
+		case OptEphemeral:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s=%q: want true or false", k, v))
+				continue
+			}
+			n.Ephemeral = b
+		case OptTags:
+			tags, err := ParseTags(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s: %w", k, err))
+				continue
+			}
+			n.Tags = tags
+		case OptTimeout:
+			d, err := time.ParseDuration(v)
+			if err != nil || d < time.Second || d > MaxTimeout {
+				errs = append(errs, fmt.Errorf("option %s=%q: want a duration from 1s to %v, e.g. 20s or 1m", k, v, MaxTimeout))
+				continue
+			}
+			n.Timeout = d
+		default:
+			errs = append(errs, fmt.Errorf("unknown option %s: tslink accepts %s", k, strings.Join(networkKeys, ", ")))
+		}
+	}
+	if _, hasKey := opts[OptAuthKey]; hasKey {
+		if _, hasFile := opts[OptAuthKeyFile]; hasFile {
+			errs = append(errs, fmt.Errorf("options %s and %s: give one, not both", OptAuthKey, OptAuthKeyFile))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptTags, OptTimeout}
+
+func validFileName(s string) bool {
+	return s != "" && s != "." && s != ".." && len(s) <= 255 && fileNameRE.MatchString(s)
+}
+
+var fileNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+
+var tagRE = regexp.MustCompile(`^tag:[a-zA-Z][a-zA-Z0-9-]*$`)
+
+// ParseTags parses a comma-separated ACL tag list ("tag:a,tag:b"), as
+// Tailscale's `--advertise-tags` accepts it.
+func ParseTags(v string) ([]string, error) {
+	var tags []string
+	for _, t := range strings.Split(v, ",") {
+		t = strings.TrimSpace(t)
+		if t == "" {
+			continue
+		}
+		if !tagRE.MatchString(t) || len(t) > 128 {
+			return nil, fmt.Errorf("%q is not a tag: want comma-separated tags of the form tag:name (a letter, then letters, digits or -), e.g. tag:server,tag:prod", t)
+		}
+		if !slices.Contains(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	if len(tags) == 0 {
+		return nil, fmt.Errorf("empty tag list: want comma-separated tags of the form tag:name, e.g. tag:server")
+	}
+	return tags, nil
+}
+
+// Container is a container's parsed labels.
+type Container struct {
+	Hostname string   // valid DNS label
+	Tags     []string // nil: the network's default tags
+}
+
+// ParseContainer parses a container's labels. containerName (without the
+// leading "/") gives the default hostname. Unknown ts.* labels are errors.
+func ParseContainer(labels map[string]string, containerName string) (*Container, error) {
+	c := &Container{}
+	var errs []error
+	for _, k := range sortedKeys(labels) {
+		v := labels[k]
+		if !strings.HasPrefix(k, "ts.") {
+			continue
+		}
+		switch {
+		case k == LabelHostname:
+			if !ValidHostname(v) {
+				errs = append(errs, fmt.Errorf("label %s=%q: want a hostname of 1-63 letters, digits and -, not starting or ending with -, e.g. my-api", k, v))
+				continue
+			}
+			c.Hostname = strings.ToLower(v)
+		case k == LabelTags:
+			tags, err := ParseTags(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("label %s: %w", k, err))
+				continue
+			}
+			c.Tags = tags
+		case strings.HasPrefix(k, LabelServePrefix), k == LabelService, k == LabelDirect:
+			errs = append(errs, fmt.Errorf("label %s: not supported by this tslink version yet (Serve and Services are planned)", k))
+		default:
+			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if c.Hostname == "" {
+		c.Hostname = HostnameFromName(containerName)
+		if c.Hostname == "" {
+			return nil, fmt.Errorf("container name %q gives no valid hostname: set label %s", containerName, LabelHostname)
+		}
+	}
+	return c, nil
+}
+
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
+// ValidHostname reports whether s is a valid DNS label (RFC 1123), which is
+// what Tailscale uses as a node's MagicDNS name.
+func ValidHostname(s string) bool { return hostnameRE.MatchString(s) }
+
+// HostnameFromName turns a container name into a hostname: lowercase, runs
+// of other characters become "-", trimmed to 63 bytes. It returns "" if
+// nothing is left.
+func HostnameFromName(name string) string {
+	name = strings.TrimPrefix(name, "/")
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(name) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+			dash = false
+		} else if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	s := b.String()
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	return strings.Trim(s, "-")
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -1,0 +1,103 @@
+package tsopts
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseNetwork(t *testing.T) {
+	tests := []struct {
+		name    string
+		opts    map[string]string
+		env     Env
+		wantErr string // substring; "" = success
+		check   func(*testing.T, *Network)
+	}{
+		{name: "defaults", opts: map[string]string{"ts.authkey": "tskey-auth-x"}, check: func(t *testing.T, n *Network) {
+			if !n.Ephemeral || n.Timeout != DefaultTimeout || n.AuthKey != "tskey-auth-x" {
+				t.Errorf("got %+v", n)
+			}
+		}},
+		{name: "env fallback", env: Env{AuthKey: "tskey-auth-env", ControlURL: "http://c:1"}, check: func(t *testing.T, n *Network) {
+			if n.AuthKey != "tskey-auth-env" || n.ControlURL != "http://c:1" {
+				t.Errorf("got %+v", n)
+			}
+		}},
+		{name: "all", opts: map[string]string{"ts.authkey": "k", "ts.controlurl": "http://c:1/", "ts.ephemeral": "false", "ts.tags": "tag:a, tag:b", "ts.timeout": "45s", "com.docker.network.foo": "x"}, check: func(t *testing.T, n *Network) {
+			if n.Ephemeral || n.ControlURL != "http://c:1" || n.Timeout != 45*time.Second || strings.Join(n.Tags, ",") != "tag:a,tag:b" {
+				t.Errorf("got %+v", n)
+			}
+		}},
+		{name: "unknown", opts: map[string]string{"ts.bogus": "1"}, wantErr: "unknown option ts.bogus"},
+		{name: "bad timeout", opts: map[string]string{"ts.timeout": "banana"}, wantErr: "option ts.timeout=\"banana\": want a duration"},
+		{name: "bad tag", opts: map[string]string{"ts.tags": "notatag"}, wantErr: "option ts.tags: \"notatag\" is not a tag"},
+		{name: "bad bool", opts: map[string]string{"ts.ephemeral": "maybe"}, wantErr: "want true or false"},
+		{name: "bad url", opts: map[string]string{"ts.controlurl": "ftp://x"}, wantErr: "want an http:// or https:// URL"},
+		{name: "bad key file", opts: map[string]string{"ts.authkey-file": "../etc/passwd"}, wantErr: "want a file name"},
+		{name: "key and file", opts: map[string]string{"ts.authkey": "k", "ts.authkey-file": "f"}, wantErr: "give one, not both"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := ParseNetwork(tt.opts, tt.env)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v; want containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.check(t, n)
+		})
+	}
+}
+
+func TestParseNetworkNeverEchoesKey(t *testing.T) {
+	_, err := ParseNetwork(map[string]string{"ts.authkey": "tskey-auth-SECRET with space"}, Env{})
+	if err == nil || strings.Contains(err.Error(), "SECRET") {
+		t.Fatalf("err = %v; want an error without the key", err)
+	}
+}
+
+func TestParseContainer(t *testing.T) {
+	tests := []struct {
+		labels  map[string]string
+		name    string
+		want    string
+		wantErr string
+	}{
+		{name: "/my_App.1", want: "my-app-1"},
+		{labels: map[string]string{"ts.hostname": "Web"}, name: "x", want: "web"},
+		{labels: map[string]string{"ts.hostname": "-bad"}, wantErr: "label ts.hostname=\"-bad\": want a hostname"},
+		{labels: map[string]string{"ts.hostname": "has space"}, wantErr: "want a hostname"},
+		{labels: map[string]string{"ts.tags": "tag:ok,nope"}, name: "x", wantErr: "label ts.tags: \"nope\" is not a tag"},
+		{labels: map[string]string{"ts.nope": "1"}, name: "x", wantErr: "unknown label ts.nope"},
+		{labels: map[string]string{"other": "1"}, name: "___", wantErr: "gives no valid hostname"},
+	}
+	for _, tt := range tests {
+		c, err := ParseContainer(tt.labels, tt.name)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseContainer(%v, %q) err = %v; want %q", tt.labels, tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || c.Hostname != tt.want {
+			t.Errorf("ParseContainer(%v, %q) = %+v, %v; want hostname %q", tt.labels, tt.name, c, err, tt.want)
+		}
+	}
+}
+
+func FuzzParseContainer(f *testing.F) {
+	f.Add("ts.hostname", "web", "c")
+	f.Add("ts.tags", "tag:a,tag:b", "")
+	f.Add("ts.serve.443", "https:8080", "x")
+	f.Fuzz(func(t *testing.T, k, v, name string) {
+		c, err := ParseContainer(map[string]string{k: v}, name)
+		if err == nil && !ValidHostname(c.Hostname) {
+			t.Fatalf("accepted invalid hostname %q", c.Hostname)
+		}
+	})
+}
