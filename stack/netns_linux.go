@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"sync"
 	"slices"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -144,13 +146,33 @@ func syncAddrs(h *netlink.Handle, l netlink.Link, addrs []netip.Prefix) error {
 func enableIPv6(nsPath string) error {
 	return ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
 		// /proc/sys/net resolves to the opening thread's netns.
-		p := "/proc/sys/net/ipv6/conf/" + TUNName + "/disable_ipv6"
-		if err := os.WriteFile(p, []byte("0"), 0); err != nil {
+		rel := "sys/net/ipv6/conf/" + TUNName + "/disable_ipv6"
+		err := os.WriteFile("/proc/"+rel, []byte("0"), 0)
+		if errors.Is(err, unix.EROFS) {
+			// Inside a managed plugin /proc/sys is read-only (the OCI
+			// runtime's readonly paths); a procfs of our own is not.
+			var root string
+			if root, err = privateProc(); err == nil {
+				err = os.WriteFile(filepath.Join(root, rel), []byte("0"), 0)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("enabling IPv6 on %s: %w", TUNName, err)
 		}
 		return nil
 	})
 }
+
+var privateProc = sync.OnceValues(func() (string, error) {
+	dir := "/run/tslink/proc"
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := unix.Mount("proc", dir, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", fmt.Errorf("mounting a writable procfs at %s: %w", dir, err)
+	}
+	return dir, nil
+})
 
 // deleteLinkIn deletes link name in the netns at nsPath ("" = the host's).
 // A missing link or netns is success.

@@ -75,7 +75,7 @@ func run(args []string) error {
 		HostStateRoot: cmp.Or(os.Getenv("TSLINK_HOST_STATE_DIR"), "/var/lib/docker-plugins/tailscale"),
 		Env:           env,
 		Docker:        docker,
-		ResolvePath:   hostpath.Resolve,
+		ResolvePath:   hostpath.Path,
 		Log:           log,
 	})
 

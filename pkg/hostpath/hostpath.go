@@ -53,6 +53,30 @@ func Resolve(p string) (string, error) {
 	return "", fmt.Errorf("%s: not found here nor under any dockerd's root (/proc/<pid>/root; the plugin needs pidhost and CAP_SYS_PTRACE): %w", p, os.ErrNotExist)
 }
 
+// Path returns where this process sees p as dockerd sees it, whether or not
+// it exists yet (for polling a path dockerd is about to create): p itself if
+// its parent directory exists here, else p under the root of the dockerd that
+// [Resolve] last found (or any running dockerd).
+func Path(p string) (string, error) {
+	if _, err := os.Stat(filepath.Dir(p)); err == nil {
+		return p, nil
+	}
+	mu.Lock()
+	pid := lastPID
+	mu.Unlock()
+	if pid == 0 || !isDockerd(pid) {
+		pids := dockerdPIDs()
+		if len(pids) == 0 {
+			return "", fmt.Errorf("%s: no dockerd process visible (the plugin needs pidhost): %w", p, os.ErrNotExist)
+		}
+		pid = pids[0]
+		mu.Lock()
+		lastPID = pid
+		mu.Unlock()
+	}
+	return securejoin.SecureJoin("/proc/"+strconv.Itoa(pid)+"/root", p)
+}
+
 func under(pid int, p string) (string, bool) {
 	root := "/proc/" + strconv.Itoa(pid) + "/root"
 	rp, err := securejoin.SecureJoin(root, p)

@@ -43,8 +43,8 @@ type Config struct {
 	HostStateRoot string
 	Env           tsopts.Env
 	Docker        Docker
-	// ResolvePath maps a path as dockerd sees it (the sandbox key) to one
-	// this process can open; nil means identity.
+	// ResolvePath maps a path as dockerd sees it (the sandbox key) to where
+	// this process sees it, whether or not it exists yet; nil means identity.
 	ResolvePath func(string) (string, error)
 	Log         *slog.Logger
 }
@@ -411,16 +411,16 @@ func writeTailnet(dir, controlURL string) {
 // tailscale0 in, and re-applies IPv6 after Docker disables it.
 func (d *Driver) attach(ctx context.Context, ep *endpoint, sandboxKey string) {
 	defer close(ep.attached)
-	dir, err := d.cfg.ResolvePath(filepath.Dir(sandboxKey))
-	if err != nil {
-		d.attachFailed(ep, fmt.Errorf("resolving sandbox dir: %w", err))
-		return
-	}
-	nsPath := filepath.Join(dir, filepath.Base(sandboxKey))
 	deadline := time.Now().Add(2 * time.Minute)
-	for !isNetNS(nsPath) {
+	var nsPath string
+	for {
+		p, err := d.cfg.ResolvePath(sandboxKey)
+		if err == nil && isNetNS(p) {
+			nsPath = p
+			break
+		}
 		if time.Now().After(deadline) {
-			d.attachFailed(ep, fmt.Errorf("sandbox %s did not become a netns within 2m", sandboxKey))
+			d.attachFailed(ep, fmt.Errorf("sandbox %s did not become a netns within 2m (last error: %v)", sandboxKey, err))
 			return
 		}
 		select {

@@ -1,0 +1,93 @@
+package enginetest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// PluginName is the plugin reference the tests install, as the README does.
+const PluginName = "tslink:latest"
+
+var (
+	buildOnce sync.Once
+	bundleDir string
+	buildErr  error
+)
+
+// PluginBundle builds the static tslink binary and assembles the managed
+// plugin's bundle (config.json + rootfs/) once per test binary, without
+// pulling any image, exactly as `make rootfs` does.
+func PluginBundle(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		root := moduleRoot()
+		bundleDir, buildErr = os.MkdirTemp("", "tslink-bundle")
+		if buildErr != nil {
+			return
+		}
+		rootfs := filepath.Join(bundleDir, "rootfs")
+		for _, d := range []string{"data", "tmp", "etc/ssl/certs", "run/docker/plugins", "dev", "proc", "sys"} {
+			os.MkdirAll(filepath.Join(rootfs, d), 0o755)
+		}
+		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(rootfs, "tslink"), "./cmd/tslink")
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("building tslink: %v\n%s", err, out)
+			return
+		}
+		cfg, err := os.ReadFile(filepath.Join(root, "config.json"))
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildErr = os.WriteFile(filepath.Join(bundleDir, "config.json"), cfg, 0o644)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return bundleDir
+}
+
+func moduleRoot() string {
+	dir, _ := os.Getwd()
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+	}
+	return dir
+}
+
+// StateDir is where this engine's plugin keeps its state (the host side of
+// the plugin's /data mount).
+func (e *Engine) StateDir() string { return filepath.Join(e.Dir, "state") }
+
+// InstallPlugin creates and enables the tslink plugin with `docker plugin
+// create` from the bundle, pointing its state mount at [Engine.StateDir] and
+// DOCKER_HOST at this engine. env adds `docker plugin set` values.
+func (e *Engine) InstallPlugin(t testing.TB, env ...string) {
+	t.Helper()
+	bundle := PluginBundle(t)
+	os.MkdirAll(e.StateDir(), 0o700)
+	e.MustDocker(t, "plugin", "create", PluginName, bundle)
+	args := append([]string{"plugin", "set", PluginName,
+		"state.source=" + e.StateDir(),
+		"TSLINK_HOST_STATE_DIR=" + e.StateDir(),
+		"DOCKER_HOST=" + e.Host,
+		"LOG_LEVEL=debug",
+	}, env...)
+	e.MustDocker(t, args...)
+	e.MustDocker(t, "plugin", "enable", PluginName)
+}
+
+// RemovePlugin disables (forcibly) and removes the plugin.
+func (e *Engine) RemovePlugin(t testing.TB) {
+	t.Helper()
+	e.MustDocker(t, "plugin", "disable", "-f", PluginName)
+	e.MustDocker(t, "plugin", "rm", PluginName)
+}
