@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -89,17 +90,21 @@ func (c *Client) FindEndpoint(ctx context.Context, networkID, endpointID string)
 			if ep.EndpointID != endpointID {
 				continue
 			}
-			list, err := c.c.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("id", id))})
+			// libnetwork keys an endpoint whose sandbox it has not linked yet
+			// as "ep-<endpoint ID>"; the name is right either way and unique.
+			name := strings.TrimPrefix(ep.Name, "/")
+			f := filters.NewArgs(filters.Arg("id", id))
+			if strings.HasPrefix(id, "ep-") {
+				f = filters.NewArgs(filters.Arg("name", "^/"+regexp.QuoteMeta(name)+"$"))
+			}
+			list, err := c.c.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 			if err != nil {
-				return nil, fmt.Errorf("listing container %.12s: %w", id, err)
+				return nil, fmt.Errorf("listing container %s: %w", name, err)
 			}
-			out := &Endpoint{ContainerID: id, ContainerName: strings.TrimPrefix(ep.Name, "/")}
-			for _, ct := range list {
-				if ct.ID == id {
-					out.Labels = ct.Labels
-				}
+			if len(list) != 1 {
+				return nil, fmt.Errorf("container %s of endpoint %.12s not found", name, endpointID)
 			}
-			return out, nil
+			return &Endpoint{ContainerID: list[0].ID, ContainerName: name, Labels: list[0].Labels}, nil
 		}
 		select {
 		case <-ctx.Done():

@@ -371,6 +371,8 @@ func (d *Driver) reserve(ep *endpoint) error {
 		if o.containerID == ep.containerID && o.id != ep.id {
 			return fmt.Errorf("container %s is already on tslink network %s: a container can be on one tslink network only", ep.containerName, short(o.networkID))
 		}
+	}
+	for _, o := range d.endpoints {
 		if o.hostname == ep.hostname && o.id != ep.id {
 			return fmt.Errorf("label %s: hostname %q is already used by running container %s; give this container another %s", tsopts.LabelHostname, ep.hostname, o.containerName, tsopts.LabelHostname)
 		}
