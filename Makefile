@@ -6,7 +6,7 @@ STATE_DIR ?= /var/lib/docker-plugins/tailscale
 # TSLINK_REQUIRE_ROOT_TESTS=1 so that a skip becomes a failure.
 TEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet fmt demo clean
+.PHONY: demo demo-clean all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet fmt demo clean
 
 all: build
 
@@ -34,6 +34,14 @@ plugin: rootfs
 	-docker plugin rm -f $(PLUGIN) >/dev/null 2>&1
 	docker plugin create $(PLUGIN) plugin
 	docker plugin enable $(PLUGIN)
+
+# The main job on the embedded default: a local tailnet, the plugin, two
+# containers on it. KEEP=1 leaves it running; `make demo-clean` removes it.
+demo:
+	bash scripts/demo.sh
+
+demo-clean:
+	bash scripts/demo.sh clean
 
 vet:
 	$(GO) vet ./...
