@@ -1,7 +1,8 @@
 // Package netdriver implements Docker's remote network driver protocol
-// (docker.networkdriver/1.0) for tslink: a Linux bridge per network for
-// eth0, and per container a tailnet node (package stack) whose tailscale0
-// is moved into the container's netns.
+// (docker.networkdriver/1.0) for tslink: per network a parent device whose
+// macvlans are the containers' eth0 (see ensureParent), and per container a
+// tailnet node (package stack) whose tailscale0 is moved into the
+// container's netns.
 //
 // Join returns no gateway, so Docker also attaches the container to
 // docker_gwbridge and NATs it like any bridge container: internet access and
@@ -106,13 +107,14 @@ func genericOptions(opts map[string]any) map[string]string {
 	return out
 }
 
-// CreateNetwork validates the options and creates the network's bridge.
+// CreateNetwork validates the options and creates the network's parent
+// device.
 func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	nw, err := d.parseNetwork(genericOptions(req.Options))
 	if err != nil {
 		return err
 	}
-	if err := ensureBridge(bridgeName(req.NetworkID)); err != nil {
+	if err := ensureParent(parentName(req.NetworkID)); err != nil {
 		return err
 	}
 	d.mu.Lock()
@@ -170,7 +172,7 @@ func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.Allo
 func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
 
 // DeleteNetwork closes what is left of the network's endpoints and removes
-// its bridge. Docker refuses `network rm` while containers are attached, so
+// its parent device. Docker refuses `network rm` while containers are attached, so
 // normally nothing is left. Idempotent.
 func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.mu.Lock()
@@ -185,28 +187,29 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	for _, ep := range left {
 		d.closeEndpoint(ep)
 	}
-	if err := deleteLink(bridgeName(req.NetworkID)); err != nil {
+	if err := deleteLink(parentName(req.NetworkID)); err != nil {
 		return err
 	}
 	d.log.Info("network deleted", "network", short(req.NetworkID))
 	return nil
 }
 
-// CreateEndpoint creates the endpoint's veth pair on the network's bridge.
+// CreateEndpoint creates the endpoint's eth0, a macvlan on the network's
+// parent device.
 // IPAM has already chosen the address, so the response's Interface is empty
 // (returning one would make dockerd fail with "… already assigned").
 func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
-	if err := ensureBridge(bridgeName(req.NetworkID)); err != nil { // e.g. after a host reboot
+	if err := ensureParent(parentName(req.NetworkID)); err != nil { // e.g. after a host reboot
 		return nil, err
 	}
-	if err := createVeth(req.EndpointID, bridgeName(req.NetworkID)); err != nil {
+	if err := createEndpointLink(req.EndpointID, parentName(req.NetworkID)); err != nil {
 		return nil, err
 	}
 	return &network.CreateEndpointResponse{}, nil
 }
 
-// DeleteEndpoint removes the veth pair and a TUN that never reached the
-// container. Idempotent; dockerd also calls it to roll back a failed Join.
+// DeleteEndpoint removes the endpoint's eth0 (back in the host netns once
+// Docker released the sandbox) and a TUN that never reached the container. Idempotent; dockerd also calls it to roll back a failed Join.
 func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	d.mu.Lock()
 	ep := d.endpoints[req.EndpointID]
@@ -214,7 +217,7 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	if ep != nil {
 		d.closeEndpoint(ep)
 	}
-	return errors.Join(deleteLink(hostVethName(req.EndpointID)), stack.DeleteHostTUN(req.EndpointID))
+	return errors.Join(deleteLink(ctrLinkName(req.EndpointID)), stack.DeleteHostTUN(req.EndpointID))
 }
 
 // EndpointInfo reports the endpoint's tailnet identity.
@@ -332,7 +335,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	go d.attach(actx, ep, req.SandboxKey)
 
 	return &network.JoinResponse{
-		InterfaceName: network.InterfaceName{SrcName: ctrVethName(req.EndpointID), DstPrefix: "eth"},
+		InterfaceName: network.InterfaceName{SrcName: ctrLinkName(req.EndpointID), DstPrefix: "eth"},
 	}, nil
 }
 

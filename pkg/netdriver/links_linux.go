@@ -9,9 +9,8 @@ import (
 
 // Device names derive from Docker's IDs so every step, and a restarted
 // plugin, finds them without in-memory state. Each is 15 bytes (IFNAMSIZ).
-func bridgeName(networkID string) string    { return "tsb" + short(networkID) }
-func hostVethName(endpointID string) string { return "tsv" + short(endpointID) }
-func ctrVethName(endpointID string) string  { return "tsc" + short(endpointID) }
+func parentName(networkID string) string   { return "tsb" + short(networkID) }
+func ctrLinkName(endpointID string) string { return "tsc" + short(endpointID) }
 
 func short(id string) string {
 	if len(id) > 12 {
@@ -25,43 +24,53 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-// ensureBridge creates the network's bridge, up, if it does not exist. The
-// bridge carries eth0 traffic between containers of the network; it has no
+// ensureParent creates the network's parent device, if it does not exist:
+// one end of a veth pair whose both ends are up (a dummy link would do, but
+// kernels without the dummy module exist; a veth gives the parent carrier,
+// which macvlans follow). Each endpoint's eth0 is a macvlan in bridge mode
+// on it: siblings on one parent switch frames to each other inside the
+// macvlan driver, so containers of the network reach each other (and by
+// name through Docker's DNS) without a Linux bridge. A bridge would put that
+// traffic through br_netfilter, where Docker's FORWARD policy DROP (set
+// whenever dockerd manages iptables) discards it unless the plugin added
+// iptables rules, and the plugin's rootfs has no iptables. The parent has no
 // address, so the host is not on the network.
-func ensureBridge(name string) error {
+func ensureParent(name string) error {
 	if _, err := netlink.LinkByName(name); err == nil {
 		return nil
 	} else if !isNotFound(err) {
-		return fmt.Errorf("looking up bridge %s: %w", name, err)
+		return fmt.Errorf("looking up %s: %w", name, err)
 	}
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
-	if err := netlink.LinkAdd(br); err != nil {
-		return fmt.Errorf("creating bridge %s: %w", name, err)
+	parent := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "tsp" + name[3:]}
+	if err := netlink.LinkAdd(parent); err != nil {
+		return fmt.Errorf("creating network device %s: %w", name, err)
 	}
-	if err := netlink.LinkSetUp(br); err != nil {
-		netlink.LinkDel(br)
-		return fmt.Errorf("setting bridge %s up: %w", name, err)
+	for _, n := range []string{parent.PeerName, name} {
+		l, err := netlink.LinkByName(n)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err != nil {
+			netlink.LinkDel(parent)
+			return fmt.Errorf("setting %s up: %w", n, err)
+		}
 	}
 	return nil
 }
 
-// createVeth creates the endpoint's veth pair, the host end enslaved to
-// bridge and up. Docker moves the other end into the sandbox as eth<N>.
-func createVeth(endpointID, bridge string) error {
-	br, err := netlink.LinkByName(bridge)
+// createEndpointLink creates the endpoint's macvlan (bridge mode) on the
+// network's parent. Docker moves it into the sandbox and renames it eth<N>.
+func createEndpointLink(endpointID, parentDev string) error {
+	parent, err := netlink.LinkByName(parentDev)
 	if err != nil {
-		return fmt.Errorf("looking up bridge %s: %w", bridge, err)
+		return fmt.Errorf("looking up %s: %w", parentDev, err)
 	}
-	veth := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: hostVethName(endpointID), MasterIndex: br.Attrs().Index},
-		PeerName:  ctrVethName(endpointID),
+	mv := &netlink.Macvlan{
+		LinkAttrs: netlink.LinkAttrs{Name: ctrLinkName(endpointID), ParentIndex: parent.Attrs().Index},
+		Mode:      netlink.MACVLAN_MODE_BRIDGE,
 	}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("creating veth %s: %w", veth.Name, err)
-	}
-	if err := netlink.LinkSetUp(veth); err != nil {
-		netlink.LinkDel(veth)
-		return fmt.Errorf("setting veth %s up: %w", veth.Name, err)
+	if err := netlink.LinkAdd(mv); err != nil {
+		return fmt.Errorf("creating %s: %w", mv.Name, err)
 	}
 	return nil
 }

@@ -155,7 +155,7 @@ func (l *lab) noLeftovers() {
 			f := strings.Fields(line)
 			if len(f) > 1 {
 				name := strings.Split(strings.TrimSuffix(f[1], ":"), "@")[0]
-				if strings.HasPrefix(name, "tsb") || strings.HasPrefix(name, "tsv") || strings.HasPrefix(name, "tsc") || strings.HasPrefix(name, "tsl") {
+				if strings.HasPrefix(name, "tsb") || strings.HasPrefix(name, "tsp") || strings.HasPrefix(name, "tsc") || strings.HasPrefix(name, "tsl") {
 					left = append(left, name)
 				}
 			}
