@@ -110,7 +110,7 @@ step "a test image (busybox, made locally with docker import)"
 rm -rf $WORK/img && mkdir -p $WORK/img/bin $WORK/img/www $WORK/img/etc
 cp "$(command -v busybox)" $WORK/img/bin/busybox
 for a in $(busybox --list); do [ "$a" = busybox ] || ln -s busybox $WORK/img/bin/$a; done
-tar -C $WORK/img -c . | docker import -q -c 'ENV PATH=/bin' - $IMAGE >/dev/null
+tar -C $WORK/img -c . | docker import -c 'ENV PATH=/bin' - $IMAGE >/dev/null
 
 step "docker network create -d $PLUGIN --opt ts.authkey-file=demo --opt ts.controlurl=$CONTROL $NET"
 docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlurl="$CONTROL" $NET >/dev/null
