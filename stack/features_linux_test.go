@@ -263,6 +263,7 @@ func TestStateDirLockRefusesSecondNode(t *testing.T) {
 func TestTwentyNodesInParallel(t *testing.T) {
 	l := newLab(t)
 	baseline := runtime.NumGoroutine()
+	rssBefore := rssKiB()
 	const count = 20
 	for round := range 3 {
 		began := time.Now()
@@ -298,7 +299,7 @@ func TestTwentyNodesInParallel(t *testing.T) {
 				t.Errorf("round %d: node %d (%v) unreachable from the laptop: %v", round, i, v4, err)
 			}
 		}
-		t.Logf("round %d: all reachable after %v", round, time.Since(began))
+		t.Logf("round %d: all reachable after %v; process RSS +%d MiB for %d nodes (%.1f MiB each)", round, time.Since(began), (rssKiB()-rssBefore)>>10, count, float64(rssKiB()-rssBefore)/1024/count)
 		for i, n := range nodes {
 			lns[i].Close()
 			wg.Go(func() { n.Close(context.Background()) })
@@ -316,4 +317,17 @@ func TestTwentyNodesInParallel(t *testing.T) {
 		f.Close()
 	}
 	t.Logf("live heap after 3 rounds, all closed: %d MiB", ms.HeapAlloc>>20)
+}
+
+// rssKiB returns this process's resident set size.
+func rssKiB() int64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			var v int64
+			fmt.Sscan(f[1], &v)
+			return v
+		}
+	}
+	return 0
 }
