@@ -404,17 +404,6 @@ func (n *Node) ReapplyIPv6() error {
 // and the state-dir lock is released. ctx bounds the logout. Close is
 // idempotent and safe on a node whose container never started.
 func (n *Node) Close(ctx context.Context) error {
-	return n.close(ctx, true)
-}
-
-// Detach stops the node but leaves a persistent tailscale0 in the
-// container's netns, addresses and routes intact, for another plugin process
-// to adopt (upgrade, restart). An ephemeral node is not logged out.
-func (n *Node) Detach() error {
-	return n.close(context.Background(), false)
-}
-
-func (n *Node) close(ctx context.Context, deleteTUN bool) error {
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
@@ -425,7 +414,9 @@ func (n *Node) close(ctx context.Context, deleteTUN bool) error {
 	n.mu.Unlock()
 
 	var logoutErr error
-	if deleteTUN && n.cfg.Ephemeral && running {
+	// tsnet's LocalBackend.Shutdown also logs ephemeral nodes out, best
+	// effort; logging out first makes it bounded by ctx and reported.
+	if n.cfg.Ephemeral && running {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := n.lc.Logout(lctx); err != nil {
 			logoutErr = fmt.Errorf("logging out ephemeral node %s: %w", n.cfg.Hostname, err)
@@ -437,14 +428,14 @@ func (n *Node) close(ctx context.Context, deleteTUN bool) error {
 	if n.cancel != nil {
 		n.cancel()
 	}
-	n.teardown(!deleteTUN)
+	n.teardown(false)
 	n.wg.Wait()
 	return logoutErr
 }
 
 // teardown releases everything Start acquired. keepTUN leaves a persistent
-// tailscale0 in place (Detach); otherwise persistence is cleared first so
-// closing the last fd deletes the device.
+// tailscale0 in place (a failed adoption); otherwise persistence is cleared
+// first so closing the last fd deletes the device.
 func (n *Node) teardown(keepTUN bool) {
 	if n.dev != nil && !keepTUN {
 		n.dev.setPersist(false)

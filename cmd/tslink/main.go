@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/dockerapi"
@@ -91,14 +92,17 @@ func run(args []string) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- network.NewHandler(d).Serve(ln) }()
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer rcancel()
+	go d.Recover(rctx)
 	log.Info("tslink serving", "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(env.ControlURL, "tailscale default"), "env_authkey", env.AuthKey != "")
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	ln.Close()
-	d.Close()
-	log.Info("tslink stopped")
+	d.Shutdown()
+	log.Info("tslink stopped; running containers keep tailscale0 for the next plugin process")
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}

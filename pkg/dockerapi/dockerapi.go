@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
@@ -114,15 +115,19 @@ func (c *Client) FindEndpoint(ctx context.Context, networkID, endpointID string)
 	}
 }
 
-// RunningSandbox returns the sandbox key (netns path) of a running container.
-// ContainerInspect is safe here, outside CreateEndpoint/Join.
-func (c *Client) RunningSandbox(ctx context.Context, containerID string) (string, error) {
+// ContainerSandbox returns a container's sandbox key (netns path) and
+// whether it runs; a container that no longer exists is not running (no
+// error). ContainerInspect is safe here, outside CreateEndpoint/Join.
+func (c *Client) ContainerSandbox(ctx context.Context, containerID string) (sandboxKey string, running bool, err error) {
 	ct, err := c.c.ContainerInspect(ctx, containerID)
+	if cerrdefs.IsNotFound(err) {
+		return "", false, nil
+	}
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if ct.State == nil || !ct.State.Running || ct.NetworkSettings == nil {
-		return "", fmt.Errorf("container %.12s is not running", containerID)
+		return "", false, nil
 	}
-	return ct.NetworkSettings.SandboxKey, nil
+	return ct.NetworkSettings.SandboxKey, true, nil
 }

@@ -32,6 +32,7 @@ import (
 type Docker interface {
 	NetworkOptions(ctx context.Context, networkID string) (map[string]string, error)
 	FindEndpoint(ctx context.Context, networkID, endpointID string) (*dockerapi.Endpoint, error)
+	ContainerSandbox(ctx context.Context, containerID string) (sandboxKey string, running bool, err error)
 }
 
 // Config configures a [Driver].
@@ -217,6 +218,7 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	if ep != nil {
 		d.closeEndpoint(ep)
 	}
+	d.removeRecord(req.EndpointID)
 	return errors.Join(deleteLink(ctrLinkName(req.EndpointID)), stack.DeleteHostTUN(req.EndpointID))
 }
 
@@ -299,23 +301,9 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), nw.Timeout)
-	defer cancel()
 	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v",
 		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags)
-	ep.node, err = stack.Start(ctx, stack.Config{
-		EndpointID: req.EndpointID,
-		Hostname:   ct.Hostname,
-		StateDir:   ep.stateDir,
-		Owner:      "container " + info.ContainerName + " (" + short(info.ContainerID) + ")",
-		ControlURL: nw.ControlURL,
-		AuthKey:    authKey,
-		Ephemeral:  nw.Ephemeral,
-		Tags:       tags,
-		Logf:       ep.debugLog.Logf,
-	})
-	if err != nil {
-		ep.debugLog.Logf("tslink: join failed: %v", err)
+	if err := d.startNode(ep, nw, authKey, tags, ""); err != nil {
 		ep.debugLog.Close()
 		if newDir {
 			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
@@ -323,20 +311,46 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err)
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
-	writeTailnet(ep.stateDir, nw.ControlURL)
 	v4, v6 := ep.node.Addrs()
 	d.log.Info("node up", "container", info.ContainerName, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
+	d.saveRecord(ep, req.SandboxKey)
 
 	actx, acancel := context.WithCancel(context.Background())
 	ep.cancel = acancel
-	d.mu.Lock()
-	d.endpoints[ep.id] = ep
-	d.mu.Unlock()
 	go d.attach(actx, ep, req.SandboxKey)
 
 	return &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: ctrLinkName(req.EndpointID), DstPrefix: "eth"},
 	}, nil
+}
+
+// startNode brings ep's node up (adopting the tailscale0 in adoptNS if set)
+// within the network's timeout and records it as ep's. ep.debugLog must be
+// open.
+func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), nw.Timeout)
+	defer cancel()
+	node, err := stack.Start(ctx, stack.Config{
+		EndpointID: ep.id,
+		Hostname:   ep.hostname,
+		StateDir:   ep.stateDir,
+		Owner:      "container " + ep.containerName + " (" + short(ep.containerID) + ")",
+		ControlURL: nw.ControlURL,
+		AuthKey:    authKey,
+		Ephemeral:  nw.Ephemeral,
+		Tags:       tags,
+		Logf:       ep.debugLog.Logf,
+		AdoptNetNS: adoptNS,
+	})
+	if err != nil {
+		ep.debugLog.Logf("tslink: node start failed: %v", err)
+		return err
+	}
+	writeTailnet(ep.stateDir, nw.ControlURL)
+	d.mu.Lock()
+	ep.node = node
+	d.mu.Unlock()
+	return nil
 }
 
 // networkFor returns the network's options: from CreateNetwork, or (after a
@@ -481,6 +495,7 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	ep := d.endpoints[req.EndpointID]
 	d.mu.Unlock()
 	if ep == nil {
+		d.removeRecord(req.EndpointID) // served by an earlier plugin process
 		return nil
 	}
 	d.closeEndpoint(ep)
@@ -488,6 +503,16 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 }
 
 func (d *Driver) closeEndpoint(ep *endpoint) {
+	d.stopEndpoint(ep, false)
+}
+
+// stopEndpoint stops ep's node: Close (logout if ephemeral, tailscale0
+// deleted, record removed) or, with detach, nothing but the debug log: the
+// process is about to exit, and exiting without closing tsnet leaves the
+// persistent tailscale0 in the container for the next plugin process to
+// adopt. (Closing tsnet would log an ephemeral node out: LocalBackend's
+// Shutdown does that for ephemeral logins.)
+func (d *Driver) stopEndpoint(ep *endpoint, detach bool) {
 	d.mu.Lock()
 	if d.endpoints[ep.id] != ep {
 		d.mu.Unlock()
@@ -499,6 +524,13 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 		ep.cancel()
 		<-ep.attached
 	}
+	if detach {
+		if ep.debugLog != nil {
+			ep.debugLog.Logf("tslink: plugin stopping; node detached, tailscale0 kept for the next plugin process")
+			ep.debugLog.Close()
+		}
+		return
+	}
 	if ep.node != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := ep.node.Close(ctx); err != nil {
@@ -506,6 +538,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 		}
 		cancel()
 	}
+	d.removeRecord(ep.id)
 	if ep.debugLog != nil {
 		ep.debugLog.Logf("tslink: left; node closed")
 		ep.debugLog.Close()
@@ -530,8 +563,11 @@ func (d *Driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityR
 	return nil
 }
 
-// Close stops every node, deleting the TUNs. Used on plugin shutdown.
-func (d *Driver) Close() {
+// Shutdown prepares the process to exit on SIGTERM (`docker plugin
+// disable`, upgrades) without touching the nodes: containers keep
+// tailscale0, addresses and routes, and the next plugin process adopts them
+// ([Driver.Recover]). The caller must exit afterwards.
+func (d *Driver) Shutdown() {
 	d.mu.Lock()
 	var all []*endpoint
 	for _, ep := range d.endpoints {
@@ -542,7 +578,7 @@ func (d *Driver) Close() {
 	d.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, ep := range all {
-		wg.Go(func() { d.closeEndpoint(ep) })
+		wg.Go(func() { d.stopEndpoint(ep, true) })
 	}
 	wg.Wait()
 }

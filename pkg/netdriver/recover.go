@@ -1,0 +1,163 @@
+package netdriver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/tslink/tslink/pkg/boundedlog"
+	"github.com/tslink/tslink/stack"
+)
+
+// record is what tslink keeps of a joined endpoint in
+// StateRoot/endpoints/<endpoint ID>.json, so that a new plugin process can
+// find running containers' nodes and sweep what belongs to gone ones. It
+// holds no secret: the auth key is re-read from the network's options.
+type record struct {
+	EndpointID    string
+	NetworkID     string
+	ContainerID   string
+	ContainerName string
+	Hostname      string
+	SandboxKey    string
+}
+
+func (d *Driver) recordPath(endpointID string) string {
+	return filepath.Join(d.cfg.StateRoot, "endpoints", endpointID+".json")
+}
+
+func (d *Driver) saveRecord(ep *endpoint, sandboxKey string) {
+	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, sandboxKey}
+	b, _ := json.Marshal(rec)
+	p := d.recordPath(ep.id)
+	os.MkdirAll(filepath.Dir(p), 0o700)
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err == nil {
+		os.Rename(tmp, p)
+	}
+}
+
+func (d *Driver) removeRecord(endpointID string) { os.Remove(d.recordPath(endpointID)) }
+
+func (d *Driver) loadRecords() []record {
+	files, _ := filepath.Glob(filepath.Join(d.cfg.StateRoot, "endpoints", "*.json"))
+	var out []record
+	for _, f := range files {
+		var rec record
+		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &rec) == nil && rec.EndpointID != "" {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+// Recover runs once at plugin start, in the background (plugin activation
+// must never wait on the Docker API: dockerd may be waiting for us). For
+// every recorded endpoint whose container still runs, it brings the same
+// node up from its state dir and adopts the persistent tailscale0 left in
+// the container's netns (same identity, same IPs, established connections
+// survive). Records of containers that are gone are swept with their
+// devices. ctx bounds the wait for the Docker API.
+func (d *Driver) Recover(ctx context.Context) {
+	recs := d.loadRecords()
+	if len(recs) == 0 {
+		return
+	}
+	began := time.Now()
+	d.log.Info("recovering endpoints", "count", len(recs))
+	for _, rec := range recs {
+		d.recoverOne(ctx, rec)
+	}
+	d.log.Info("recovery done", "took", time.Since(began).Round(time.Millisecond))
+}
+
+func (d *Driver) recoverOne(ctx context.Context, rec record) {
+	d.mu.Lock()
+	_, known := d.endpoints[rec.EndpointID]
+	d.mu.Unlock()
+	if known {
+		return
+	}
+	var sandbox string
+	var running bool
+	for {
+		var err error
+		sandbox, running, err = d.cfg.Docker.ContainerSandbox(ctx, rec.ContainerID)
+		if err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			d.log.Warn("recovery gave up waiting for the Docker API", "err", err)
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	if !running || sandbox == "" {
+		d.log.Info("sweeping endpoint of a gone container", "container", rec.ContainerName, "hostname", rec.Hostname)
+		deleteLink(ctrLinkName(rec.EndpointID))
+		stack.DeleteHostTUN(rec.EndpointID)
+		d.removeRecord(rec.EndpointID)
+		return
+	}
+	nw, err := d.networkFor(rec.NetworkID)
+	if err != nil {
+		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+		return
+	}
+	authKey := nw.AuthKey
+	if nw.AuthKeyFile != "" {
+		if authKey, err = d.readKeyFile(nw.AuthKeyFile); err != nil {
+			d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+			return
+		}
+	}
+	nsPath, err := d.cfg.ResolvePath(sandbox)
+	if err != nil {
+		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+		return
+	}
+	ep := &endpoint{
+		id:            rec.EndpointID,
+		networkID:     rec.NetworkID,
+		containerID:   rec.ContainerID,
+		containerName: rec.ContainerName,
+		hostname:      rec.Hostname,
+		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname),
+		attached:      make(chan struct{}),
+	}
+	close(ep.attached) // no attach goroutine: adopted or attached below
+	if err := d.reserve(ep); err != nil {
+		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+		return
+	}
+	ep.debugLog, err = boundedlog.Open(filepath.Join(ep.stateDir, "debug.log"), 0)
+	if err != nil {
+		d.unreserve(ep)
+		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+		return
+	}
+	began := time.Now()
+	ep.debugLog.Logf("tslink: recover: container %s endpoint %s: adopting tailscale0", rec.ContainerName, short(rec.EndpointID))
+	err = d.startNode(ep, nw, authKey, nil, nsPath)
+	if errors.Is(err, stack.ErrNoTUN) {
+		// tailscale0 did not survive (e.g. the previous process closed
+		// it): give the running container a new one.
+		ep.debugLog.Logf("tslink: recover: no tailscale0 to adopt; creating one")
+		if err = d.startNode(ep, nw, authKey, nil, ""); err == nil {
+			err = ep.node.Attach(nsPath)
+		}
+	}
+	if err != nil {
+		ep.debugLog.Close()
+		d.unreserve(ep)
+		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+		return
+	}
+	v4, _ := ep.node.Addrs()
+	ep.debugLog.Logf("tslink: recovered in %v", time.Since(began).Round(time.Millisecond))
+	d.log.Info("endpoint recovered", "container", rec.ContainerName, "hostname", rec.Hostname, "ipv4", v4, "took", time.Since(began).Round(time.Millisecond))
+}

@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tslink/tslink/test/netnstest"
+)
+
+// pluginPID finds this engine's tslink plugin process (the plugin runs in
+// the host PID namespace, "pidhost": true).
+func (l *lab) pluginPID() int {
+	l.t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
+	for _, p := range procs {
+		env, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(env), "DOCKER_HOST="+l.engine.Host+"\x00") {
+			continue
+		}
+		cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		if strings.HasPrefix(string(cmd), "/tslink") {
+			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+			return pid
+		}
+	}
+	return 0
+}
+
+// echoConn opens a TCP connection from the laptop to an echo server in the
+// container and returns a function that round-trips one line on it.
+func (l *lab) echoConn(ip string) (net.Conn, func(string) error) {
+	l.t.Helper()
+	var c net.Conn
+	err := netnstest.WaitFor(15*time.Second, func() (err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		c, err = l.laptop.NS.Dial(ctx, "tcp", net.JoinHostPort(ip, "7000"))
+		return err
+	})
+	if err != nil {
+		l.t.Fatalf("laptop -> %s:7000: %v", ip, err)
+	}
+	l.t.Cleanup(func() { c.Close() })
+	r := bufio.NewReader(c)
+	return c, func(line string) error {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := fmt.Fprintln(c, line); err != nil {
+			return err
+		}
+		got, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(got) != line {
+			return fmt.Errorf("echo %q; want %q", got, line)
+		}
+		return nil
+	}
+}
+
+func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn")
+	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
+	ip := l.tsIP("svc", "-4")
+	_, echo := l.echoConn(ip)
+	if err := echo("before"); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, how := range []string{"kill -9", "disable -f + enable"} {
+		pid := l.pluginPID()
+		if pid == 0 {
+			t.Fatal("plugin process not found")
+		}
+		began := time.Now()
+		switch how {
+		case "kill -9":
+			syscall.Kill(pid, syscall.SIGKILL)
+			// dockerd does not restart a managed plugin that died; an
+			// operator (or a restart of dockerd) does.
+			netnstest.WaitFor(10*time.Second, func() error {
+				if syscall.Kill(pid, 0) == nil {
+					return fmt.Errorf("still running")
+				}
+				return nil
+			})
+			l.engine.Docker(context.Background(), "plugin", "disable", "-f", plugin)
+			l.docker("plugin", "enable", plugin)
+		default:
+			l.docker("plugin", "disable", "-f", plugin)
+			l.docker("plugin", "enable", plugin)
+		}
+		err := netnstest.WaitFor(20*time.Second, func() error { return echo("after " + how) })
+		if err != nil {
+			t.Fatalf("%s: the laptop's TCP connection did not survive: %v", how, err)
+		}
+		t.Logf("%s: established TCP connection carried traffic again %v after the plugin was stopped", how, time.Since(began).Round(time.Millisecond))
+		if got := l.tsIP("svc", "-4"); got != ip {
+			t.Errorf("%s: tailnet IP %s; want %s", how, got, ip)
+		}
+	}
+	// New containers still work, and stopping the adopted one cleans up.
+	out := l.docker("run", "--rm", "--network", "tn", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0")
+	if !strings.Contains(out, "inet 100.") {
+		t.Errorf("new container after recovery: %q", out)
+	}
+	l.docker("rm", "-f", "svc")
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
+}
