@@ -1,6 +1,13 @@
 // Command tslink is the tslink Docker network plugin: every container on a
 // tslink network becomes its own Tailscale node.
 //
+// Usage:
+//
+//	tslink [serve]                                  the plugin (run by Docker)
+//	tslink status [--json] [--state-dir DIR]        one line per endpoint: container,
+//	                                                hostname, Tailscale IPs, node state,
+//	                                                last error, debug.log path
+//
 // Run by Docker as a managed plugin (config.json), it serves the
 // docker.networkdriver/1.0 protocol on /run/docker/plugins/tslink.sock.
 //
@@ -48,8 +55,14 @@ func main() {
 }
 
 func run(args []string) error {
-	if len(args) > 0 && args[0] != "serve" {
-		return fmt.Errorf("unknown command %q; usage: tslink [serve]", args[0])
+	if len(args) > 0 {
+		switch args[0] {
+		case "serve":
+		case "status":
+			return runStatus(args[1:])
+		default:
+			return fmt.Errorf("unknown command %q; %w", args[0], errUsage)
+		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: logLevel(os.Getenv("LOG_LEVEL"))}))
 
@@ -88,6 +101,11 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	statusLn, err := serveStatus(stateDir, d)
+	if err != nil {
+		return err
+	}
+	defer statusLn.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	errc := make(chan error, 1)

@@ -127,6 +127,11 @@ func TestConnectDisconnectLeaveNothing(t *testing.T) {
 	if out, err := l.laptop.NS.Exec(context.Background(), "busybox", "ping", "-c", "1", "-W", "5", ip); err != nil {
 		t.Errorf("laptop ping after connect: %v\n%s", err, out)
 	}
+	// tslink status, as the operator runs it on the host.
+	status := l.tslinkStatus()
+	if !strings.Contains(status, "box") || !strings.Contains(status, ip) || !strings.Contains(status, "Running") || strings.Contains(status, testAuthKey) {
+		t.Errorf("tslink status:\n%s", status)
+	}
 	// A second tslink network is refused.
 	l.createNetwork("tn2")
 	if out, err := l.engine.Docker(context.Background(), "network", "connect", "tn2", "box"); err == nil || !strings.Contains(out, "one tslink network") {
@@ -140,6 +145,9 @@ func TestConnectDisconnectLeaveNothing(t *testing.T) {
 	l.docker("network", "rm", "tn", "tn2", "plain")
 	l.docker("plugin", "disable", plugin)
 	l.noLeftovers()
+	if status := l.tslinkStatus(); !strings.Contains(status, "plugin is not running") {
+		t.Errorf("tslink status with the plugin disabled:\n%s", status)
+	}
 }
 
 func TestPluginSurvivesDockerdRestart(t *testing.T) {

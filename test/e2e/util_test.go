@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"os/exec"
+	"path/filepath"
+
 	"fmt"
+	"github.com/tslink/tslink/test/enginetest"
 	"net"
 )
 
@@ -22,4 +26,12 @@ func serveHello(ln net.Listener, msg string) {
 		fmt.Fprintf(c, "HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s\n", len(msg)+1, msg)
 		c.Close()
 	}
+}
+
+// tslinkStatus runs `tslink status` from the plugin bundle against this
+// engine's state dir and returns its output (stdout and stderr).
+func (l *lab) tslinkStatus() string {
+	bin := filepath.Join(enginetest.PluginBundle(l.t), "rootfs", "tslink")
+	out, _ := exec.Command(bin, "status", "--state-dir", l.engine.StateDir()).CombinedOutput()
+	return string(out)
 }

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tslink/tslink/pkg/netdriver"
+)
+
+// statusSocket is the file, in the state dir, on which the plugin answers
+// `tslink status` (GET /status, JSON). Only root can reach it (0600).
+const statusSocket = "tslink-status.sock"
+
+// serveStatus answers status requests on stateDir/tslink-status.sock until
+// the returned listener is closed.
+func serveStatus(stateDir string, d *netdriver.Driver) (net.Listener, error) {
+	p := filepath.Join(stateDir, statusSocket)
+	os.Remove(p)
+	ln, err := net.Listen("unix", p)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", p, err)
+	}
+	os.Chmod(p, 0o600)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(d.Status())
+	})
+	go http.Serve(ln, mux)
+	return ln, nil
+}
+
+// runStatus is `tslink status [--json] [--state-dir DIR]`, run on the host
+// (or in a container with the state dir mounted).
+func runStatus(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	stateDir := fs.String("state-dir", "/var/lib/docker-plugins/tailscale", "the plugin's state dir as this process sees it")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sock := filepath.Join(*stateDir, statusSocket)
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		}},
+	}
+	res, err := client.Get("http://tslink/status")
+	if err != nil {
+		return fmt.Errorf("the tslink plugin is not running (no answer on %s): check `docker plugin ls`", sock)
+	}
+	defer res.Body.Close()
+	var eps []netdriver.EndpointStatus
+	if err := json.NewDecoder(res.Body).Decode(&eps); err != nil {
+		return fmt.Errorf("reading status: %w", err)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(eps)
+	}
+	if len(eps) == 0 {
+		fmt.Println("tslink plugin running; no containers on tslink networks")
+		return nil
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTAINER\tHOSTNAME\tTAILSCALE IPS\tSTATE\tLAST ERROR\tDEBUG LOG")
+	for _, ep := range eps {
+		state := ep.State
+		if !ep.Attached {
+			state += " (tailscale0 not in container yet)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, strings.Join(ep.IPs, ","), state, dash(ep.LastError), ep.DebugLog)
+	}
+	return tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--state-dir DIR]")

@@ -1,0 +1,52 @@
+package netdriver
+
+import (
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// EndpointStatus is one line of `tslink status`.
+type EndpointStatus struct {
+	Container string   `json:"container"`
+	Hostname  string   `json:"hostname"`
+	Network   string   `json:"network"` // network ID, 12 hex digits
+	IPs       []string `json:"ips"`
+	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), or Starting while Join runs
+	Attached  bool     `json:"attached"`
+	LastError string   `json:"lastError,omitempty"`
+	DebugLog  string   `json:"debugLog"` // as the host sees it
+}
+
+// Status lists the endpoints this plugin process serves, by hostname.
+func (d *Driver) Status() []EndpointStatus {
+	d.mu.Lock()
+	eps := make([]*endpoint, 0, len(d.endpoints))
+	for _, ep := range d.endpoints {
+		eps = append(eps, ep)
+	}
+	d.mu.Unlock()
+	out := make([]EndpointStatus, 0, len(eps))
+	for _, ep := range eps {
+		st := EndpointStatus{
+			Container: ep.containerName,
+			Hostname:  ep.hostname,
+			Network:   short(ep.networkID),
+			State:     "Starting",
+			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname, "debug.log"),
+		}
+		d.mu.Lock()
+		node := ep.node
+		d.mu.Unlock()
+		if node != nil {
+			ns := node.Status()
+			st.State, st.LastError, st.Attached = ns.State, ns.LastErr, ns.NetNS != ""
+			for _, p := range ns.Addrs {
+				st.IPs = append(st.IPs, p.Addr().String())
+			}
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b EndpointStatus) int { return strings.Compare(a.Hostname, b.Hostname) })
+	return out
+}
