@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -36,7 +38,13 @@ func serveStatus(stateDir string, d *netdriver.Driver) (net.Listener, error) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(d.Status())
 	})
-	go http.Serve(ln, mux)
+	mux.HandleFunc("GET /debug/vars", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(processVars())
+	})
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
+	go srv.Serve(ln)
 	return ln, nil
 }
 
@@ -95,3 +103,25 @@ func dash(s string) string {
 }
 
 var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--state-dir DIR]")
+
+// ProcessVars are the plugin's resource counters, for leak checks and soak
+// tests (GET /debug/vars on the status socket).
+type ProcessVars struct {
+	Goroutines int   `json:"goroutines"`
+	FDs        int   `json:"fds"`
+	RSSKiB     int64 `json:"rssKiB"`
+}
+
+func processVars() ProcessVars {
+	v := ProcessVars{Goroutines: runtime.NumGoroutine()}
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		v.FDs = len(fds)
+	}
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			fmt.Sscan(f[1], &v.RSSKiB)
+		}
+	}
+	return v
+}

@@ -26,6 +26,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -75,11 +76,13 @@ type Server struct {
 
 	registers atomic.Int64
 
-	mu      sync.Mutex
-	online  map[key.NodePublic]int // streaming polls in flight per node
-	filter  []tailcfg.FilterRule   // nil: testcontrol's allow-all
-	closed  bool
-	closeWG sync.WaitGroup
+	mu       sync.Mutex
+	hijacked map[net.Conn]bool      // Noise connections, which http.Server forgets once upgraded
+	stopped  bool                   // control (not DERP/STUN) is down: StopControl
+	online   map[key.NodePublic]int // streaming polls in flight per node
+	filter   []tailcfg.FilterRule   // nil: testcontrol's allow-all
+	closed   bool
+	closeWG  sync.WaitGroup
 }
 
 // Start starts control, DERP and STUN and returns once all three accept
@@ -163,12 +166,70 @@ func Start(opts Options) (_ *Server, retErr error) {
 		ModifyFirstMapResponse: s.modifyFirstMapResponse,
 		ExplicitBaseURL:        s.url,
 	}
+	s.serveControl()
+	return s, nil
+}
+
+func (s *Server) serveControl() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /tslink/nodes", s.serveNodes)
 	mux.Handle("/", s.control)
-	s.httpSrv = &http.Server{Handler: mux, ErrorLog: logger.StdLogger(logger.Discard)}
-	s.closeWG.Go(func() { s.httpSrv.Serve(s.ln) })
-	return s, nil
+	srv := &http.Server{Handler: mux, ErrorLog: logger.StdLogger(logger.Discard), ConnState: s.trackHijacked}
+	s.mu.Lock()
+	s.httpSrv = srv
+	ln := s.ln
+	s.mu.Unlock()
+	s.closeWG.Go(func() { srv.Serve(ln) })
+}
+
+func (s *Server) trackHijacked(c net.Conn, st http.ConnState) {
+	if st == http.StateHijacked {
+		s.mu.Lock()
+		if s.hijacked == nil {
+			s.hijacked = map[net.Conn]bool{}
+		}
+		s.hijacked[c] = true
+		s.mu.Unlock()
+	}
+}
+
+// StopControl takes the control server down (connections refused, Noise
+// sessions cut) while DERP and STUN keep running and control keeps its
+// state, as when a real control plane has an outage.
+func (s *Server) StopControl() {
+	s.mu.Lock()
+	if s.stopped || s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.stopped = true
+	srv, conns := s.httpSrv, s.hijacked
+	s.hijacked = nil
+	s.mu.Unlock()
+	srv.Close() // closes the listener and the plain HTTP connections
+	for c := range conns {
+		c.Close()
+	}
+}
+
+// StartControl brings control back on the same URL after [Server.StopControl].
+func (s *Server) StartControl() error {
+	s.mu.Lock()
+	if !s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	ln, err := net.Listen("tcp", strings.TrimPrefix(s.url, "http://"))
+	if err != nil {
+		return fmt.Errorf("re-listening on %s: %w", s.url, err)
+	}
+	s.mu.Lock()
+	s.ln = ln
+	s.stopped = false
+	s.mu.Unlock()
+	s.serveControl()
+	return nil
 }
 
 // URL is the control URL nodes log in to, e.g. "http://127.0.0.1:41234".
@@ -196,10 +257,16 @@ func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var errs []error
-	if s.httpSrv != nil {
-		errs = append(errs, closeHTTP(ctx, s.httpSrv))
-	} else if s.ln != nil {
-		s.ln.Close()
+	s.mu.Lock()
+	httpSrv, ln, conns := s.httpSrv, s.ln, s.hijacked
+	s.mu.Unlock()
+	if httpSrv != nil {
+		errs = append(errs, closeHTTP(ctx, httpSrv))
+	} else if ln != nil {
+		ln.Close()
+	}
+	for c := range conns {
+		c.Close()
 	}
 	if s.derpSrv != nil {
 		errs = append(errs, closeHTTP(ctx, s.derpSrv))

@@ -41,6 +41,12 @@ type lab struct {
 
 func newLab(t *testing.T, pluginEnv ...string) *lab {
 	t.Helper()
+	return newLabWith(t, nil, pluginEnv...)
+}
+
+// newLabWith is newLab with extra dockerd flags.
+func newLabWith(t *testing.T, dockerdArgs []string, pluginEnv ...string) *lab {
+	t.Helper()
 	enginetest.RequireEngine(t)
 	l := &lab{t: t}
 	l.laptop = netnstest.NewLaptop(t)
@@ -52,7 +58,7 @@ func newLab(t *testing.T, pluginEnv ...string) *lab {
 	t.Cleanup(func() { l.control.Close() })
 	l.laptop.Up(t, l.control.URL(), testAuthKey)
 	startInternet(t)
-	l.engine = enginetest.StartEngine(t)
+	l.engine = enginetest.StartEngine(t, dockerdArgs...)
 	l.engine.ImportBusybox(t)
 	for i, kv := range pluginEnv {
 		pluginEnv[i] = strings.ReplaceAll(kv, "$CONTROL", l.control.URL())

@@ -54,17 +54,18 @@ type Engine struct {
 	Host string // unix://…/d.sock, for DOCKER_HOST
 	cmd  *exec.Cmd
 	log  *os.File
+	args []string // extra dockerd flags
 }
 
 // StartEngine starts a dockerd of its own and stops it (removing every
 // container, plugin and mount it made) when t ends.
-func StartEngine(t testing.TB) *Engine {
+func StartEngine(t testing.TB, dockerdArgs ...string) *Engine {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tse")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "d.sock")}
+	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "d.sock"), args: dockerdArgs}
 	e.log, err = os.Create(filepath.Join(dir, "dockerd.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -76,14 +77,14 @@ func StartEngine(t testing.TB) *Engine {
 
 func (e *Engine) start(t testing.TB) {
 	t.Helper()
-	e.cmd = exec.Command("dockerd",
+	args := append([]string{
 		"--data-root", filepath.Join(e.Dir, "data"),
 		"--exec-root", filepath.Join(e.Dir, "exec"),
 		"--pidfile", filepath.Join(e.Dir, "dockerd.pid"),
 		"-H", e.Host,
 		"--bridge", "none",
-		"--live-restore=false",
-	)
+	}, e.args...)
+	e.cmd = exec.Command("dockerd", args...)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.cmd.Start(); err != nil {

@@ -1,0 +1,279 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tslink/tslink/test/netnstest"
+)
+
+// pluginGet fetches path from the plugin's status socket.
+func (l *lab) pluginGet(path string) string {
+	sock := filepath.Join(l.engine.StateDir(), "tslink-status.sock")
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	res, err := c.Get("http://tslink" + path)
+	if err != nil {
+		return err.Error()
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return string(b)
+}
+
+// pluginVars reads the plugin's resource counters from its status socket.
+func (l *lab) pluginVars() (v struct {
+	Goroutines, FDs int
+	RSSKiB          int64
+}) {
+	l.t.Helper()
+	sock := filepath.Join(l.engine.StateDir(), "tslink-status.sock")
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	res, err := c.Get("http://tslink/debug/vars")
+	if err != nil {
+		l.t.Fatalf("plugin vars: %v", err)
+	}
+	defer res.Body.Close()
+	json.NewDecoder(res.Body).Decode(&v)
+	return v
+}
+
+func TestThirtyConcurrentRuns(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn")
+	const n = 30
+	began := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, errs[i] = l.engine.Docker(context.Background(), "run", "-d", "--name", fmt.Sprintf("c%02d", i), "--network", "tn", image, "httpd", "-f", "-p", "8080", "-h", "/www")
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("run %d: %v", i, err)
+		}
+	}
+	t.Logf("%d concurrent docker run -d returned after %v", n, time.Since(began).Round(time.Millisecond))
+	seen := map[string]string{}
+	for i := range n {
+		name := fmt.Sprintf("c%02d", i)
+		ip := l.tsIP(name, "-4")
+		if other, dup := seen[ip]; dup {
+			t.Errorf("%s and %s share %s", name, other, ip)
+		}
+		seen[ip] = name
+		if nodes := l.control.NodesByHostname(name); len(nodes) != 1 {
+			t.Errorf("control has %d nodes named %s", len(nodes), name)
+		}
+	}
+	for ip, name := range seen {
+		err := netnstest.WaitFor(20*time.Second, func() error {
+			body, err := httpGetFrom(l.laptop.NS, "http://"+ip+":8080/")
+			if err == nil && !strings.Contains(body, "hello") {
+				err = fmt.Errorf("body %q", body)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("laptop -> %s (%s): %v", name, ip, err)
+		}
+	}
+	t.Logf("all %d reachable from the laptop %v after the first docker run", n, time.Since(began).Round(time.Millisecond))
+	names := make([]string, 0, n)
+	for i := range n {
+		names = append(names, fmt.Sprintf("c%02d", i))
+	}
+	l.docker(append([]string{"rm", "-f"}, names...)...)
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
+}
+
+func TestSameHostnameTwiceIsRefused(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn")
+	l.docker("run", "-d", "--name", "first", "--network", "tn", "--label", "ts.hostname=shared", image, "sleep", "3600")
+	out, err := l.engine.Docker(context.Background(), "run", "-d", "--name", "second", "--network", "tn", "--label", "ts.hostname=shared", image, "sleep", "3600")
+	if err == nil || !strings.Contains(out, "already used by running container first") {
+		t.Fatalf("second container with the same hostname: err %v, %q; want a refusal naming first", err, out)
+	}
+	l.docker("rm", "-f", "first")
+	l.docker("start", "second")
+	if ip := l.tsIP("second", "-4"); ip == "" {
+		t.Error("second has no tailnet address once first is gone")
+	}
+}
+
+func TestCrashLoopingContainerLeaksNothing(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("keep", "--opt", "ts.ephemeral=false")
+	// Warm up once so the plugin's lazily created state does not count.
+	l.docker("run", "--rm", "--network", "keep", "--label", "ts.hostname=warm", image, "true")
+	before := l.pluginVars()
+	l.docker("run", "-d", "--name", "crashy", "--restart", "always", "--network", "keep", "--label", "ts.hostname=crashy", image, "sh", "-c", "sleep 0.3; exit 1")
+	time.Sleep(20 * time.Second)
+	restarts := l.docker("inspect", "-f", "{{.RestartCount}}", "crashy")
+	l.docker("rm", "-f", "crashy")
+	if n := l.control.NodesByHostname("crashy"); len(n) != 1 {
+		t.Errorf("control has %d nodes named crashy after %s restarts; want 1", len(n), restarts)
+	}
+	var after struct {
+		Goroutines, FDs int
+		RSSKiB          int64
+	}
+	netnstest.WaitFor(10*time.Second, func() error {
+		after = l.pluginVars()
+		if after.Goroutines > before.Goroutines+5 || after.FDs > before.FDs+2 {
+			return fmt.Errorf("not settled")
+		}
+		return nil
+	})
+	t.Logf("%s restarts; plugin goroutines %d -> %d, fds %d -> %d, RSS %d -> %d KiB", restarts, before.Goroutines, after.Goroutines, before.FDs, after.FDs, before.RSSKiB, after.RSSKiB)
+	if after.Goroutines > before.Goroutines+5 || after.FDs > before.FDs+2 {
+		t.Errorf("plugin grew: goroutines %d -> %d, fds %d -> %d", before.Goroutines, after.Goroutines, before.FDs, after.FDs)
+	}
+	l.docker("network", "rm", "keep")
+	l.noLeftovers()
+}
+
+func TestControlOutage(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn", "--opt", "ts.timeout=4s")
+	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
+	ip := l.tsIP("svc", "-4")
+	_, echo := l.echoConn(ip)
+	if err := echo("before"); err != nil {
+		t.Fatal(err)
+	}
+	l.control.StopControl()
+	// Traffic between connected nodes continues without control.
+	for i := range 5 {
+		if err := echo(fmt.Sprintf("during %d", i)); err != nil {
+			t.Fatalf("traffic stopped with control down: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	// A container started now fails clearly within its wait.
+	began := time.Now()
+	out, err := l.engine.Docker(context.Background(), "run", "--rm", "--network", "tn", "--label", "ts.hostname=during", image, "true")
+	if err == nil || !strings.Contains(out, "control server unreachable") || time.Since(began) > 15*time.Second {
+		t.Errorf("docker run with control down: err %v after %v: %q", err, time.Since(began), out)
+	}
+	if err := l.control.StartControl(); err != nil {
+		t.Fatal(err)
+	}
+	// Nodes reconnect: svc is online at control again, new containers work.
+	err = netnstest.WaitFor(60*time.Second, func() error {
+		if n := l.control.NodesByHostname("svc"); len(n) != 1 || !n[0].Online {
+			return fmt.Errorf("svc not back online at control: %+v", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if err := echo("after"); err != nil {
+		t.Errorf("traffic after control returned: %v", err)
+	}
+	out = l.docker("run", "--rm", "--network", "tn", "--label", "ts.hostname=after", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0")
+	if !strings.Contains(out, "inet 100.") {
+		t.Errorf("container after control returned: %q", out)
+	}
+}
+
+func TestDockerdRestartWithLiveRestore(t *testing.T) {
+	l := newLabWith(t, []string{"--live-restore"})
+	l.createNetwork("tn")
+	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
+	ip := l.tsIP("svc", "-4")
+	_, echo := l.echoConn(ip)
+	if err := echo("before"); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	l.engine.Restart(t)
+	t.Logf("dockerd restarted in %v", time.Since(began).Round(time.Millisecond))
+	if err := netnstest.WaitFor(10*time.Second, func() error { return echo("after") }); err != nil {
+		t.Fatalf("connection after dockerd restart: %v", err)
+	}
+	t.Logf("traffic on the old connection %v after the restart began", time.Since(began).Round(time.Millisecond))
+	if got := l.tsIP("svc", "-4"); got != ip {
+		t.Errorf("IP after restart %s; want %s", got, ip)
+	}
+	out := l.docker("run", "--rm", "--network", "tn", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0")
+	if !strings.Contains(out, "inet 100.") {
+		t.Errorf("new container after dockerd restart: %q", out)
+	}
+}
+
+// soakCycles is how many create/start/stop/remove cycles TestSoak runs:
+// TSLINK_SOAK_CYCLES (make soak sets 300), else a smoke size.
+func soakCycles() int {
+	if n, err := strconv.Atoi(os.Getenv("TSLINK_SOAK_CYCLES")); err == nil && n > 0 {
+		return n
+	}
+	return 10
+}
+
+func TestSoak(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("soak")
+	cycles := soakCycles()
+	warm := min(5, cycles)
+	cycle := func(i int) {
+		name := fmt.Sprintf("soak%d", i)
+		l.docker("create", "--name", name, "--network", "soak", image, "sleep", "3600")
+		l.docker("start", name)
+		l.docker("stop", "-t", "0", name)
+		l.docker("rm", name)
+	}
+	for i := range warm {
+		cycle(i)
+	}
+	before := l.pluginVars()
+	began := time.Now()
+	for i := warm; i < cycles; i++ {
+		cycle(i)
+	}
+	took := time.Since(began)
+	var after struct {
+		Goroutines, FDs int
+		RSSKiB          int64
+	}
+	netnstest.WaitFor(10*time.Second, func() error {
+		after = l.pluginVars()
+		if after.Goroutines > before.Goroutines || after.FDs > before.FDs {
+			return fmt.Errorf("not settled")
+		}
+		return nil
+	})
+	t.Logf("soak: %d cycles (after %d warm-up) in %v (%v each); plugin goroutines %d -> %d, fds %d -> %d, RSS %d -> %d KiB (%+.1f%%)",
+		cycles-warm, warm, took.Round(time.Millisecond), (took / time.Duration(max(1, cycles-warm))).Round(time.Millisecond),
+		before.Goroutines, after.Goroutines, before.FDs, after.FDs, before.RSSKiB, after.RSSKiB, 100*float64(after.RSSKiB-before.RSSKiB)/float64(before.RSSKiB))
+	if after.Goroutines > before.Goroutines+2 || after.FDs > before.FDs+2 {
+		t.Errorf("plugin leaked: goroutines %d -> %d, fds %d -> %d\n%s", before.Goroutines, after.Goroutines, before.FDs, after.FDs, l.pluginGet("/debug/pprof/goroutine?debug=1"))
+	}
+	if cycles >= 100 && float64(after.RSSKiB) > 1.1*float64(before.RSSKiB) {
+		t.Errorf("plugin RSS grew more than 10%%: %d -> %d KiB", before.RSSKiB, after.RSSKiB)
+	}
+	l.docker("network", "rm", "soak")
+	l.noLeftovers()
+}
