@@ -14,6 +14,7 @@ IMAGE=tslink-demo-busybox:latest
 LAB=10.238.0      # host <-> laptop veth
 INET=10.239.0     # host <-> "internet" veth
 WORK=/run/tslink-demo
+CONTROL_PORT=${DEMO_CONTROL_PORT:-47400}  # fixed, so a persistent identity stays on "the same tailnet"
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 fail() { printf '\n\033[31mDEMO FAILED: %s\033[0m\n' "$*"; exit 1; }
 
@@ -22,7 +23,10 @@ fail() { printf '\n\033[31mDEMO FAILED: %s\033[0m\n' "$*"; exit 1; }
 cleanup() {
   [ "${KEEP:-0}" = 1 ] && return
   step "cleaning up"
-  docker rm -f tslink-demo-alpha tslink-demo-beta >/dev/null 2>&1 || true
+  # Every container on the demo network, also ones added while KEEP=1 ran.
+  local ctrs
+  ctrs=$(docker network inspect -f '{{range $id, $c := .Containers}}{{$id}} {{end}}' "$NET" 2>/dev/null || true)
+  docker rm -f tslink-demo-alpha tslink-demo-beta $ctrs >/dev/null 2>&1 || true
   docker network rm "$NET" >/dev/null 2>&1 || true
   [ -f $WORK/laptop.pid ] && kill "$(cat $WORK/laptop.pid)" 2>/dev/null || true
   [ -f $WORK/control.pid ] && kill "$(cat $WORK/control.pid)" 2>/dev/null || true
@@ -32,14 +36,18 @@ cleanup() {
   ip link del tsdemo-lap 2>/dev/null || true
   ip link del tsdemo-inet 2>/dev/null || true
   rm -f "$STATE/keys/demo"
+  rm -rf "$STATE/by-hostname/demo-alpha" "$STATE/by-hostname/demo-beta"
   if [ -f $WORK/dockerd.pid ]; then
     docker plugin disable -f "$PLUGIN" >/dev/null 2>&1 || true
-    kill "$(cat $WORK/dockerd.pid)" 2>/dev/null || true
+    local pid; pid=$(cat $WORK/dockerd.pid)
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   fi
   rm -rf $WORK
 }
 if [ "${1:-}" = clean ]; then KEEP=0; cleanup; exit 0; fi
 trap cleanup EXIT
+trap 'printf "\n\033[31mDEMO FAILED at: %s\033[0m\n" "$BASH_COMMAND"' ERR
 
 step "installing what this machine lacks"
 need=()
@@ -66,7 +74,7 @@ fi
 
 step "building and installing the plugin ($PLUGIN)"
 make -s plugin PLUGIN="$PLUGIN" STATE_DIR="$STATE"
-make -s bin/tslink-devcontrol
+make -s bin/tslink-devcontrol bin/tslink
 go build -o bin/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale
 
 step "a local tailnet: tslink-devcontrol on $LAB.1, the laptop on $LAB.2, the internet on $INET.2"
@@ -90,14 +98,14 @@ umask 077
 printf '%s\n' "$KEY" >$WORK/authkey
 mkdir -p "$STATE/keys" && cp $WORK/authkey "$STATE/keys/demo"
 umask 022
-bin/tslink-devcontrol -listen $LAB.1 -authkey-file $WORK/authkey >$WORK/control.log 2>&1 &
+bin/tslink-devcontrol -listen $LAB.1 -port "$CONTROL_PORT" -authkey-file $WORK/authkey >$WORK/control.log 2>&1 &
 echo $! >$WORK/control.pid
 for _ in $(seq 50); do grep -q "control URL" $WORK/control.log && break; sleep 0.1; done
 CONTROL=$(sed -n 's/^control URL: //p' $WORK/control.log)
 [ -n "$CONTROL" ] || fail "tslink-devcontrol did not start: $(cat $WORK/control.log)"
 echo "control server: $CONTROL"
 
-TS="bin/tailscale --socket=$WORK/laptop.sock"
+TS="$PWD/bin/tailscale --socket=$WORK/laptop.sock"
 TS_NO_LOGS_NO_SUPPORT=true ip netns exec tslink-demo-laptop bin/tailscaled --state=$WORK/laptop.state \
   --socket=$WORK/laptop.sock --statedir=$WORK/laptop --tun=tailscale0 --port=0 --no-logs-no-support >$WORK/laptop.log 2>&1 &
 echo $! >$WORK/laptop.pid
@@ -117,12 +125,12 @@ docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlur
 
 step "two containers, each its own tailnet node"
 for c in alpha beta; do
-  docker run -d --name tslink-demo-$c --network $NET --label ts.hostname=$c $IMAGE \
+  docker run -d --name tslink-demo-$c --network $NET --label ts.hostname=demo-$c $IMAGE \
     sh -c "echo 'hello from $c' >/www/index.html; exec httpd -f -p 8080 -h /www" >/dev/null
 done
 ip_of() { docker exec "tslink-demo-$1" ip -4 -o addr show dev tailscale0 | awk '{print $4}' | cut -d/ -f1; }
 ALPHA=$(ip_of alpha); BETA=$(ip_of beta)
-printf '  %-8s %s\n' alpha "$ALPHA" beta "$BETA"
+printf '  %-12s %s\n' demo-alpha "$ALPHA" demo-beta "$BETA"
 get() { printf 'GET / HTTP/1.0\r\n\r\n' | "$@" 2>/dev/null | tail -1; }
 
 step "checks"
@@ -137,12 +145,12 @@ check "alpha -> beta over the tailnet ($BETA)" "hello from beta" get docker exec
 check "beta -> alpha over the tailnet ($ALPHA)" "hello from alpha" get docker exec -i tslink-demo-beta nc -w 5 "$ALPHA" 8080
 check "laptop -> alpha over the tailnet" "hello from alpha" get ip netns exec tslink-demo-laptop busybox nc -w 5 "$ALPHA" 8080
 check "laptop -> beta over the tailnet" "hello from beta" get ip netns exec tslink-demo-laptop busybox nc -w 5 "$BETA" 8080
-check "laptop's tailscale status lists alpha and beta" "beta" sh -c "$TS status | grep alpha; $TS status | grep beta"
+check "laptop's tailscale status lists demo-alpha and demo-beta" "demo-beta" sh -c "$TS status | grep demo-alpha && $TS status | grep demo-beta"
 check "alpha -> the internet through Docker's NAT" "hello from the internet" get docker exec -i tslink-demo-alpha nc -w 5 $INET.2 80
 check "alpha pings the laptop ($LAPTOP_IP)" "1 packets received" docker exec tslink-demo-alpha ping -c 1 -W 3 "$LAPTOP_IP"
 
 if [ "$bad" = 0 ]; then
-  printf '\n\033[32mSUCCESS: %d checks passed. alpha (%s) and beta (%s) are tailnet nodes, reach each other, the laptop and the internet.\033[0m\n' "$ok" "$ALPHA" "$BETA"
+  printf '\n\033[32mSUCCESS: %d checks passed. demo-alpha (%s) and demo-beta (%s) are tailnet nodes, reach each other, the laptop and the internet.\033[0m\n' "$ok" "$ALPHA" "$BETA"
 else
   printf '\n\033[31mDEMO FAILED: %d of %d checks failed. Logs: %s/by-hostname/*/debug.log\033[0m\n' "$bad" $((ok+bad)) "$STATE"
   exit 1
@@ -151,10 +159,11 @@ if [ "${KEEP:-0}" = 1 ]; then
   cat <<MSG
 
 KEEP=1: everything keeps running. Try:
-  docker exec -it tslink-demo-alpha sh          # then: ip addr show tailscale0
-  $TS status                                    # the laptop's view of the tailnet
-  curl -s $CONTROL/tslink/nodes                 # control's view
-  tail $STATE/by-hostname/alpha/debug.log
-Clean up by running: KEEP=0 make demo-clean
+  docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0
+  $TS status
+  curl -s $CONTROL/tslink/nodes           # control's view of the tailnet
+  $PWD/bin/tslink status                  # the plugin's view
+  grep -a tslink: $STATE/by-hostname/demo-alpha/debug.log
+Clean up with: make demo-clean
 MSG
 fi

@@ -68,6 +68,7 @@ type endpoint struct {
 	containerName string
 	hostname      string
 	stateDir      string
+	ephemeral     bool // the node logs out at stop; its state dir goes with it
 	node          *stack.Node
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
@@ -291,7 +292,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 
 	_, statErr := os.Stat(ep.stateDir)
 	newDir := errors.Is(statErr, os.ErrNotExist)
-	if err := checkTailnet(ep.stateDir, nw.ControlURL); err != nil {
+	if err := d.checkTailnet(ep, nw); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(ep.stateDir, 0o700); err != nil {
@@ -346,7 +347,8 @@ func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tag
 		ep.debugLog.Logf("tslink: node start failed: %v", err)
 		return err
 	}
-	writeTailnet(ep.stateDir, nw.ControlURL)
+	writeTailnet(ep.stateDir, nw.ControlURL, nw.Ephemeral)
+	ep.ephemeral = nw.Ephemeral
 	d.mu.Lock()
 	ep.node = node
 	d.mu.Unlock()
@@ -406,23 +408,45 @@ func (d *Driver) unreserve(ep *endpoint) {
 	}
 }
 
-// tailnetFile records which control server a state dir's node belongs to:
-// a node's identity must never be offered to another tailnet.
+// tailnetFile records which tailnet a state dir's node belongs to: the
+// control server and whether the node is ephemeral. A node's identity must
+// never be offered to another control server, and a persistent identity must
+// not be taken (and, at stop, logged out) by a container of an ephemeral
+// network.
 const tailnetFile = "tailnet"
 
-func checkTailnet(dir, controlURL string) error {
-	b, err := os.ReadFile(filepath.Join(dir, tailnetFile))
+func tailnetLine(controlURL string, ephemeral bool) string {
+	kind := "persistent"
+	if ephemeral {
+		kind = "ephemeral"
+	}
+	return controlName(controlURL) + " " + kind
+}
+
+func (d *Driver) checkTailnet(ep *endpoint, nw *tsopts.Network) error {
+	b, err := os.ReadFile(filepath.Join(ep.stateDir, tailnetFile))
 	if err != nil {
 		return nil
 	}
-	if have := strings.TrimSpace(string(b)); have != controlName(controlURL) {
-		return fmt.Errorf("state dir %s belongs to a node of the tailnet at %s, not %s: use another %s, or remove that dir to start a new identity", dir, have, controlName(controlURL), tsopts.LabelHostname)
+	have := strings.TrimSpace(string(b))
+	if want := tailnetLine(nw.ControlURL, nw.Ephemeral); have != want && have != controlName(nw.ControlURL) {
+		hostDir := filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname)
+		return fmt.Errorf("label %s=%s: %s holds the identity of a %s node, and this network wants a %s one: use another %s, or remove that dir to start a new identity",
+			tsopts.LabelHostname, ep.hostname, hostDir, describeTailnet(have), describeTailnet(want), tsopts.LabelHostname)
 	}
 	return nil
 }
 
-func writeTailnet(dir, controlURL string) {
-	os.WriteFile(filepath.Join(dir, tailnetFile), []byte(controlName(controlURL)+"\n"), 0o600)
+func describeTailnet(line string) string {
+	url, kind, _ := strings.Cut(line, " ")
+	if kind == "" {
+		kind = "persistent"
+	}
+	return kind + " node of the tailnet at " + url
+}
+
+func writeTailnet(dir, controlURL string, ephemeral bool) {
+	os.WriteFile(filepath.Join(dir, tailnetFile), []byte(tailnetLine(controlURL, ephemeral)+"\n"), 0o600)
 }
 
 // attach waits for the sandbox key to become a netns (runc's prestart hook
@@ -542,6 +566,11 @@ func (d *Driver) stopEndpoint(ep *endpoint, detach bool) {
 	if ep.debugLog != nil {
 		ep.debugLog.Logf("tslink: left; node closed")
 		ep.debugLog.Close()
+	}
+	if ep.ephemeral && ep.node != nil {
+		// A logged-out ephemeral identity can never be used again; keeping
+		// its dir would only pile up one per container name.
+		os.RemoveAll(ep.stateDir)
 	}
 	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
 }
