@@ -43,6 +43,9 @@ import (
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
+// version is set at build time (-ldflags "-X main.version=…").
+var version = "dev"
+
 // pluginSocket is where dockerd looks for a managed plugin's socket
 // (config.json "socket", under /run/docker/plugins).
 const pluginSocket = "/run/docker/plugins/tslink.sock"
@@ -113,7 +116,7 @@ func run(args []string) error {
 	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer rcancel()
 	go d.Recover(rctx)
-	log.Info("tslink serving", "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(env.ControlURL, "tailscale default"), "env_authkey", env.AuthKey != "")
+	log.Info("tslink serving", "version", version, "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(env.ControlURL, "tailscale default"), "env_authkey", env.AuthKey != "")
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

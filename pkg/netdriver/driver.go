@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -57,6 +58,12 @@ type Driver struct {
 	cfg Config
 	log *slog.Logger
 
+	// startSlots bounds how many nodes come up at once. Bringing a tsnet node
+	// up is CPU-heavy (engine, netstack, keys, first netmap); with 30 at once
+	// on 2 cores all of them starve past their deadline, while a few at a
+	// time each finish in a fraction of a second.
+	startSlots chan struct{}
+
 	mu        sync.Mutex
 	networks  map[string]*tsopts.Network // by network ID; filled by CreateNetwork or lazily at Join
 	endpoints map[string]*endpoint       // joined endpoints by endpoint ID
@@ -89,7 +96,13 @@ func New(cfg Config) *Driver {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{cfg: cfg, log: lg, networks: map[string]*tsopts.Network{}, endpoints: map[string]*endpoint{}}
+	return &Driver{
+		cfg:        cfg,
+		log:        lg,
+		startSlots: make(chan struct{}, max(2, 2*runtime.NumCPU())),
+		networks:   map[string]*tsopts.Network{},
+		endpoints:  map[string]*endpoint{},
+	}
 }
 
 // GetCapabilities: tslink networks are local to this host.
@@ -331,6 +344,12 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), nw.Timeout)
 	defer cancel()
+	select {
+	case d.startSlots <- struct{}{}:
+		defer func() { <-d.startSlots }()
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %d other nodes were still starting after %v", stack.ErrNotReady, cap(d.startSlots), nw.Timeout)
+	}
 	node, err := stack.Start(ctx, stack.Config{
 		EndpointID: ep.id,
 		Hostname:   ep.hostname,

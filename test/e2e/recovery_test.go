@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tslink/tslink/test/enginetest"
 	"github.com/tslink/tslink/test/netnstest"
 )
 
@@ -117,4 +118,51 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 	l.docker("rm", "-f", "svc")
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
+}
+
+// TestPluginUpgradeThroughRegistry installs the plugin from a registry and
+// upgrades it to a new version the way users do (`docker plugin disable -f`,
+// `docker plugin upgrade`, `docker plugin enable`): the running container
+// keeps its tailnet IP and its established TCP connection.
+func TestPluginUpgradeThroughRegistry(t *testing.T) {
+	l := newLab(t)
+	enginetest.StartRegistry(t)
+	ref := func(v string) string { return enginetest.RegistryAddr + "/tslink:" + v }
+	// Publish v1 and v2 (different binaries), as a release process would.
+	for _, v := range []string{"v1", "v2"} {
+		l.docker("plugin", "create", ref(v), enginetest.PluginBundleVersion(t, v))
+		l.docker("plugin", "push", ref(v))
+		l.docker("plugin", "rm", ref(v))
+	}
+	// Replace the harness's plugin with v1 from the registry, under the
+	// same name.
+	l.docker("plugin", "disable", "-f", plugin)
+	l.docker("plugin", "rm", plugin)
+	l.docker(append([]string{"plugin", "install", "--grant-all-permissions", "--disable", "--alias", plugin, ref("v1")}, l.engine.Settings()...)...)
+	l.docker("plugin", "enable", plugin)
+
+	l.createNetwork("tn")
+	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
+	ip := l.tsIP("svc", "-4")
+	_, echo := l.echoConn(ip)
+	if err := echo("on v1"); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	l.docker("plugin", "disable", "-f", plugin)
+	l.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", plugin, ref("v2"))
+	// Docker 20.10 keeps the settings in `plugin inspect` across an upgrade
+	// but mounts the new manifest's default source: set them again.
+	l.docker(append([]string{"plugin", "set", plugin}, l.engine.Settings()...)...)
+	l.docker("plugin", "enable", plugin)
+	if err := netnstest.WaitFor(20*time.Second, func() error { return echo("on v2") }); err != nil {
+		t.Fatalf("TCP connection across the upgrade: %v", err)
+	}
+	t.Logf("upgrade v1 -> v2: the established connection carried traffic again %v after disable began", time.Since(began).Round(time.Millisecond))
+	if got := l.tsIP("svc", "-4"); got != ip {
+		t.Errorf("IP after upgrade %s; want %s", got, ip)
+	}
+	if !strings.Contains(l.engine.Log(), "version=v2") {
+		t.Errorf("the plugin running after the upgrade is not v2")
+	}
 }

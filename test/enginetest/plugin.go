@@ -13,9 +13,8 @@ import (
 const PluginName = "tslink:latest"
 
 var (
-	buildOnce sync.Once
-	bundleDir string
-	buildErr  error
+	bundlesMu sync.Mutex
+	bundles   = map[string]string{} // version -> bundle dir
 )
 
 // PluginBundle builds the static tslink binary and assembles the managed
@@ -23,7 +22,28 @@ var (
 // pulling any image, exactly as `make rootfs` does.
 func PluginBundle(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
+	return PluginBundleVersion(t, "")
+}
+
+// PluginBundleVersion is PluginBundle with the binary's version string set
+// (so two versions differ byte for byte, as real upgrades do).
+func PluginBundleVersion(t testing.TB, version string) string {
+	t.Helper()
+	bundlesMu.Lock()
+	defer bundlesMu.Unlock()
+	if dir, ok := bundles[version]; ok {
+		return dir
+	}
+	dir, err := buildBundle(version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundles[version] = dir
+	return dir
+}
+
+func buildBundle(version string) (bundleDir string, buildErr error) {
+	{
 		root := moduleRoot()
 		bundleDir, buildErr = os.MkdirTemp("", "tslink-bundle")
 		if buildErr != nil {
@@ -33,7 +53,11 @@ func PluginBundle(t testing.TB) string {
 		for _, d := range []string{"data", "tmp", "etc/ssl/certs", "run/docker/plugins", "dev", "proc", "sys"} {
 			os.MkdirAll(filepath.Join(rootfs, d), 0o755)
 		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(rootfs, "tslink"), "./cmd/tslink")
+		args := []string{"build", "-trimpath", "-o", filepath.Join(rootfs, "tslink")}
+		if version != "" {
+			args = append(args, "-ldflags", "-X main.version="+version)
+		}
+		cmd := exec.Command("go", append(args, "./cmd/tslink")...)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -46,11 +70,8 @@ func PluginBundle(t testing.TB) string {
 			return
 		}
 		buildErr = os.WriteFile(filepath.Join(bundleDir, "config.json"), cfg, 0o644)
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
 	}
-	return bundleDir
+	return
 }
 
 func moduleRoot() string {
@@ -67,6 +88,17 @@ func moduleRoot() string {
 // the plugin's /data mount).
 func (e *Engine) StateDir() string { return filepath.Join(e.Dir, "state") }
 
+// Settings are the `docker plugin set` values every test plugin needs:
+// its state mount, DOCKER_HOST of this engine, debug logs.
+func (e *Engine) Settings() []string {
+	return []string{
+		"state.source=" + e.StateDir(),
+		"TSLINK_HOST_STATE_DIR=" + e.StateDir(),
+		"DOCKER_HOST=" + e.Host,
+		"LOG_LEVEL=debug",
+	}
+}
+
 // InstallPlugin creates and enables the tslink plugin with `docker plugin
 // create` from the bundle, pointing its state mount at [Engine.StateDir] and
 // DOCKER_HOST at this engine. env adds `docker plugin set` values.
@@ -75,12 +107,7 @@ func (e *Engine) InstallPlugin(t testing.TB, env ...string) {
 	bundle := PluginBundle(t)
 	os.MkdirAll(e.StateDir(), 0o700)
 	e.MustDocker(t, "plugin", "create", PluginName, bundle)
-	args := append([]string{"plugin", "set", PluginName,
-		"state.source=" + e.StateDir(),
-		"TSLINK_HOST_STATE_DIR=" + e.StateDir(),
-		"DOCKER_HOST=" + e.Host,
-		"LOG_LEVEL=debug",
-	}, env...)
+	args := append(append([]string{"plugin", "set", PluginName}, e.Settings()...), env...)
 	e.MustDocker(t, args...)
 	e.MustDocker(t, "plugin", "enable", PluginName)
 }
