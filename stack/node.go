@@ -143,7 +143,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := n.waitRunning(ctx); err != nil {
 		return nil, err
 	}
-	st, err := n.lc.StatusWithoutPeers(ctx)
+	// A local call: it must not fail because Running came just before the
+	// deadline.
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	st, err := n.lc.StatusWithoutPeers(sctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading node status: %w", err)
 	}

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -58,12 +57,6 @@ type Driver struct {
 	cfg Config
 	log *slog.Logger
 
-	// startSlots bounds how many nodes come up at once. Bringing a tsnet node
-	// up is CPU-heavy (engine, netstack, keys, first netmap); with 30 at once
-	// on 2 cores all of them starve past their deadline, while a few at a
-	// time each finish in a fraction of a second.
-	startSlots chan struct{}
-
 	mu        sync.Mutex
 	networks  map[string]*tsopts.Network // by network ID; filled by CreateNetwork or lazily at Join
 	endpoints map[string]*endpoint       // joined endpoints by endpoint ID
@@ -97,11 +90,10 @@ func New(cfg Config) *Driver {
 		lg = slog.New(slog.DiscardHandler)
 	}
 	return &Driver{
-		cfg:        cfg,
-		log:        lg,
-		startSlots: make(chan struct{}, max(2, 2*runtime.NumCPU())),
-		networks:   map[string]*tsopts.Network{},
-		endpoints:  map[string]*endpoint{},
+		cfg:       cfg,
+		log:       lg,
+		networks:  map[string]*tsopts.Network{},
+		endpoints: map[string]*endpoint{},
 	}
 }
 
@@ -319,10 +311,13 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags)
 	if err := d.startNode(ep, nw, authKey, tags, ""); err != nil {
 		ep.debugLog.Close()
+		// The backend's last words go to the plugin log: with a new dir
+		// removed below, debug.log goes too.
+		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err,
+			"debug_log_tail", tailLines(filepath.Join(ep.stateDir, "debug.log"), 60))
 		if newDir {
 			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
 		}
-		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err)
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
 	v4, v6 := ep.node.Addrs()
@@ -344,12 +339,6 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), nw.Timeout)
 	defer cancel()
-	select {
-	case d.startSlots <- struct{}{}:
-		defer func() { <-d.startSlots }()
-	case <-ctx.Done():
-		return fmt.Errorf("%w: %d other nodes were still starting after %v", stack.ErrNotReady, cap(d.startSlots), nw.Timeout)
-	}
 	node, err := stack.Start(ctx, stack.Config{
 		EndpointID: ep.id,
 		Hostname:   ep.hostname,
@@ -629,4 +618,17 @@ func (d *Driver) Shutdown() {
 		wg.Go(func() { d.stopEndpoint(ep, true) })
 	}
 	wg.Wait()
+}
+
+// tailLines returns the last n lines of a file, joined with " | ".
+func tailLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(strings.ToValidUTF8(string(b), "")), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
 }

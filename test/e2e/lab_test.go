@@ -67,6 +67,7 @@ func newLabWith(t *testing.T, dockerdArgs []string, pluginEnv ...string) *lab {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("dockerd/plugin log tail:\n%s", l.engine.LogTail(30))
+			t.Logf("plugin warnings and errors:\n%s", grepLines(l.engine.Log(), "level=WARN", "level=ERROR"))
 			logs, _ := filepath.Glob(filepath.Join(l.engine.StateDir(), "by-hostname", "*", "debug.log"))
 			for _, f := range logs {
 				b, _ := os.ReadFile(f)
@@ -89,6 +90,12 @@ func startInternet(t *testing.T) {
 	netnstest.Run(t, "ip", "-n", ns.Name, "addr", "add", internetAddr+"/24", "dev", "eth0")
 	netnstest.Run(t, "ip", "-n", ns.Name, "link", "set", "eth0", "up")
 	netnstest.Run(t, "ip", "-n", ns.Name, "route", "add", "default", "via", "10.239.0.1")
+	// The internet is upstream of the lab, as of any Docker host. Without a
+	// default route, tailscale.com/net/tsdial treats every link change (each
+	// container start adds links) as affecting all connections and closes
+	// the nodes' control connections, so concurrent starts time out.
+	netnstest.Run(t, "ip", "route", "replace", "default", "via", internetAddr)
+	t.Cleanup(func() { exec.Command("ip", "route", "del", "default", "via", internetAddr).Run() })
 	ln := ns.Listen(t, "tcp", ":80")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from the internet, %s\n", r.RemoteAddr)
@@ -182,11 +189,14 @@ func (l *lab) noLeftovers() {
 	}
 }
 
-func grepLines(s, substr string) string {
+func grepLines(s string, substrs ...string) string {
 	var out []string
 	for _, line := range strings.Split(s, "\n") {
-		if strings.Contains(line, substr) {
-			out = append(out, line)
+		for _, substr := range substrs {
+			if strings.Contains(line, substr) {
+				out = append(out, line)
+				break
+			}
 		}
 	}
 	return strings.Join(out, "\n")

@@ -11,8 +11,9 @@
 //
 //	lab netns: dockerd + tslink plugin + devcontrol (10.238.0.1)
 //	  ├─ veth ─ laptop netns   10.238.0.2   tailscaled, the user's machine
-//	  ├─ veth ─ internet netns 10.239.0.2   an HTTP server standing in for the internet
-//	  │         (lab side 10.239.0.1; containers reach it through docker_gwbridge NAT)
+//	  ├─ veth ─ internet netns 10.239.0.2   an HTTP server standing in for the internet,
+//	  │         and the lab's default route (lab side 10.239.0.1; containers
+//	  │         reach it through docker_gwbridge NAT)
 //	  └─ containers: eth0 on the tslink bridge, eth1 on docker_gwbridge, tailscale0
 package enginetest
 
