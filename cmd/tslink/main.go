@@ -113,7 +113,7 @@ func run(args []string) error {
 	defer stop()
 	errc := make(chan error, 1)
 	go func() { errc <- network.NewHandler(d).Serve(ln) }()
-	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer rcancel()
 	go d.Recover(rctx)
 	log.Info("tslink serving", "version", version, "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(env.ControlURL, "tailscale default"), "env_authkey", env.AuthKey != "")

@@ -68,7 +68,8 @@ type endpoint struct {
 	containerName string
 	hostname      string
 	stateDir      string
-	ephemeral     bool // the node logs out at stop; its state dir goes with it
+	ephemeral     bool     // the node logs out at stop; its state dir goes with it
+	tags          []string // the ACL tags the node asked for
 	node          *stack.Node
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
@@ -246,6 +247,24 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 // lookupTimeout bounds finding the container through the Docker API.
 const lookupTimeout = 5 * time.Second
 
+// joinBudget is how long Join may take in all: dockerd abandons a plugin
+// call after 30 s (and rolls the endpoint back), and the answer must reach it
+// before that.
+const joinBudget = 27 * time.Second
+
+// joinDeadline is when the node must be up: ts.timeout from now, but never
+// past the Join budget counted from began.
+func joinDeadline(began time.Time, timeout time.Duration) time.Time {
+	return minTime(time.Now().Add(timeout), began.Add(joinBudget))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
 // Join brings the container's node up and prepares tailscale0; a goroutine
 // moves it into the sandbox netns as soon as that exists. Failures (bad
 // labels, bad key, unreachable control, approval needed) are returned so
@@ -297,7 +316,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 
 	_, statErr := os.Stat(ep.stateDir)
 	newDir := errors.Is(statErr, os.ErrNotExist)
-	if err := d.checkTailnet(ep, nw); err != nil {
+	if err := d.checkTailnet(ep, nw, tags); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(ep.stateDir, 0o700); err != nil {
@@ -309,7 +328,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	}
 	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v",
 		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags)
-	if err := d.startNode(ep, nw, authKey, tags, ""); err != nil {
+	if err := d.startNode(ep, nw, authKey, tags, "", joinDeadline(began, nw.Timeout)); err != nil {
 		ep.debugLog.Close()
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
@@ -336,8 +355,8 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 // startNode brings ep's node up (adopting the tailscale0 in adoptNS if set)
 // within the network's timeout and records it as ep's. ep.debugLog must be
 // open.
-func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), nw.Timeout)
+func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	node, err := stack.Start(ctx, stack.Config{
 		EndpointID: ep.id,
@@ -355,13 +374,26 @@ func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tag
 		ep.debugLog.Logf("tslink: node start failed: %v", err)
 		return err
 	}
-	writeTailnet(ep.stateDir, nw.ControlURL, nw.Ephemeral)
-	ep.ephemeral = nw.Ephemeral
 	d.mu.Lock()
-	ep.node = node
+	left := d.endpoints[ep.id] != ep
+	if !left {
+		ep.node = node
+		ep.ephemeral = nw.Ephemeral
+		ep.tags = tags
+	}
 	d.mu.Unlock()
+	if left {
+		// dockerd called Leave (or gave up on Join and rolled back) while
+		// the node was coming up: nobody tracks this node any more.
+		node.Close(context.Background())
+		ep.debugLog.Logf("tslink: endpoint left while its node was starting; node closed")
+		return errEndpointGone
+	}
+	writeTailnet(ep.stateDir, nw.ControlURL, nw.Ephemeral, tags)
 	return nil
 }
+
+var errEndpointGone = errors.New("the endpoint left while its node was starting")
 
 // networkFor returns the network's options: from CreateNetwork, or (after a
 // plugin restart) re-read from dockerd, which keeps them.
@@ -401,7 +433,7 @@ func (d *Driver) reserve(ep *endpoint) error {
 	}
 	for _, o := range d.endpoints {
 		if o.hostname == ep.hostname && o.id != ep.id {
-			return fmt.Errorf("label %s: hostname %q is already used by running container %s; give this container another %s", tsopts.LabelHostname, ep.hostname, o.containerName, tsopts.LabelHostname)
+			return fmt.Errorf("hostname %q (from label %s or the container name) is already used by running container %s; give this container another %s", ep.hostname, tsopts.LabelHostname, o.containerName, tsopts.LabelHostname)
 		}
 	}
 	d.endpoints[ep.id] = ep
@@ -431,16 +463,37 @@ func tailnetLine(controlURL string, ephemeral bool) string {
 	return controlName(controlURL) + " " + kind
 }
 
-func (d *Driver) checkTailnet(ep *endpoint, nw *tsopts.Network) error {
+// tagsLine is the tailnet file's second line: the tags the node registered
+// with. Control refuses to change a node's tags without a new login (it
+// expires the node key), so a container asking for other tags is refused
+// up front.
+func tagsLine(tags []string) string {
+	if len(tags) == 0 {
+		return "tags: none"
+	}
+	return "tags: " + strings.Join(tags, ",")
+}
+
+func (d *Driver) checkTailnet(ep *endpoint, nw *tsopts.Network, tags []string) error {
 	b, err := os.ReadFile(filepath.Join(ep.stateDir, tailnetFile))
 	if err != nil {
 		return nil
 	}
-	have := strings.TrimSpace(string(b))
-	if want := tailnetLine(nw.ControlURL, nw.Ephemeral); have != want && have != controlName(nw.ControlURL) {
-		hostDir := filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname)
-		return fmt.Errorf("label %s=%s: %s holds the identity of a %s node, and this network wants a %s one: use another %s, or remove that dir to start a new identity",
-			tsopts.LabelHostname, ep.hostname, hostDir, describeTailnet(have), describeTailnet(want), tsopts.LabelHostname)
+	haveLine, haveTags, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	if strings.HasSuffix(haveLine, " ephemeral") {
+		// Left by a crash: a logged-out or abandoned ephemeral identity is
+		// worth nothing, and no running container holds it (reserve checked).
+		os.RemoveAll(ep.stateDir)
+		return nil
+	}
+	hostDir := filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname)
+	if want := tailnetLine(nw.ControlURL, nw.Ephemeral); haveLine != want && haveLine != controlName(nw.ControlURL) {
+		return fmt.Errorf("hostname %s: %s holds the identity of a %s, and this network wants a %s: use another %s, or remove that dir to start a new identity",
+			ep.hostname, hostDir, describeTailnet(haveLine), describeTailnet(want), tsopts.LabelHostname)
+	}
+	if haveTags != "" && haveTags != tagsLine(tags) {
+		return fmt.Errorf("hostname %s: the node was registered with %s and this container asks for %s; Tailscale only changes a node's tags through a new login: use the same tags, another %s, or remove %s to start a new identity",
+			ep.hostname, haveTags, tagsLine(tags), tsopts.LabelHostname, hostDir)
 	}
 	return nil
 }
@@ -453,8 +506,8 @@ func describeTailnet(line string) string {
 	return kind + " node of the tailnet at " + url
 }
 
-func writeTailnet(dir, controlURL string, ephemeral bool) {
-	os.WriteFile(filepath.Join(dir, tailnetFile), []byte(tailnetLine(controlURL, ephemeral)+"\n"), 0o600)
+func writeTailnet(dir, controlURL string, ephemeral bool, tags []string) {
+	os.WriteFile(filepath.Join(dir, tailnetFile), []byte(tailnetLine(controlURL, ephemeral)+"\n"+tagsLine(tags)+"\n"), 0o600)
 }
 
 // attach waits for the sandbox key to become a netns (runc's prestart hook

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/tslink/tslink/pkg/boundedlog"
@@ -22,6 +24,7 @@ type record struct {
 	ContainerID   string
 	ContainerName string
 	Hostname      string
+	Tags          []string // what the node registered with; a node must keep asking for them
 	SandboxKey    string
 }
 
@@ -30,7 +33,7 @@ func (d *Driver) recordPath(endpointID string) string {
 }
 
 func (d *Driver) saveRecord(ep *endpoint, sandboxKey string) {
-	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, sandboxKey}
+	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, sandboxKey}
 	b, _ := json.Marshal(rec)
 	p := d.recordPath(ep.id)
 	os.MkdirAll(filepath.Dir(p), 0o700)
@@ -60,7 +63,8 @@ func (d *Driver) loadRecords() []record {
 // node up from its state dir and adopts the persistent tailscale0 left in
 // the container's netns (same identity, same IPs, established connections
 // survive). Records of containers that are gone are swept with their
-// devices. ctx bounds the wait for the Docker API.
+// devices. Endpoints that cannot be recovered yet (control unreachable, say)
+// are retried every [recoverRetry] until ctx ends.
 func (d *Driver) Recover(ctx context.Context) {
 	recs := d.loadRecords()
 	if len(recs) == 0 {
@@ -68,18 +72,46 @@ func (d *Driver) Recover(ctx context.Context) {
 	}
 	began := time.Now()
 	d.log.Info("recovering endpoints", "count", len(recs))
-	for _, rec := range recs {
-		d.recoverOne(ctx, rec)
+	for {
+		var again []record
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for _, rec := range recs {
+			wg.Go(func() {
+				if !d.recoverOne(ctx, rec) {
+					mu.Lock()
+					again = append(again, rec)
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if len(again) == 0 {
+			d.log.Info("recovery done", "took", time.Since(began).Round(time.Millisecond))
+			return
+		}
+		d.log.Warn("some endpoints not recovered yet; retrying", "count", len(again), "in", recoverRetry)
+		select {
+		case <-ctx.Done():
+			d.log.Error("recovery gave up", "count", len(again))
+			return
+		case <-time.After(recoverRetry):
+		}
+		recs = again
 	}
-	d.log.Info("recovery done", "took", time.Since(began).Round(time.Millisecond))
 }
 
-func (d *Driver) recoverOne(ctx context.Context, rec record) {
+// recoverRetry is the pause between recovery attempts of an endpoint.
+const recoverRetry = 10 * time.Second
+
+// recoverOne recovers or sweeps one endpoint. It reports false if it should
+// be tried again later.
+func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	d.mu.Lock()
 	_, known := d.endpoints[rec.EndpointID]
 	d.mu.Unlock()
 	if known {
-		return
+		return true
 	}
 	var sandbox string
 	var running bool
@@ -92,7 +124,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) {
 		select {
 		case <-ctx.Done():
 			d.log.Warn("recovery gave up waiting for the Docker API", "err", err)
-			return
+			return true
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -101,24 +133,36 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) {
 		deleteLink(ctrLinkName(rec.EndpointID))
 		stack.DeleteHostTUN(rec.EndpointID)
 		d.removeRecord(rec.EndpointID)
-		return
+		stateDir := filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname)
+		if b, err := os.ReadFile(filepath.Join(stateDir, tailnetFile)); err == nil && strings.Contains(string(b), " ephemeral") {
+			d.mu.Lock()
+			inUse := false
+			for _, ep := range d.endpoints {
+				inUse = inUse || ep.hostname == rec.Hostname
+			}
+			d.mu.Unlock()
+			if !inUse {
+				os.RemoveAll(stateDir)
+			}
+		}
+		return true
 	}
 	nw, err := d.networkFor(rec.NetworkID)
 	if err != nil {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return
+		return false
 	}
 	authKey := nw.AuthKey
 	if nw.AuthKeyFile != "" {
 		if authKey, err = d.readKeyFile(nw.AuthKeyFile); err != nil {
 			d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-			return
+			return false
 		}
 	}
 	nsPath, err := d.cfg.ResolvePath(sandbox)
 	if err != nil {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return
+		return false
 	}
 	ep := &endpoint{
 		id:            rec.EndpointID,
@@ -132,32 +176,37 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) {
 	close(ep.attached) // no attach goroutine: adopted or attached below
 	if err := d.reserve(ep); err != nil {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return
+		return true // another endpoint holds the hostname now
 	}
 	ep.debugLog, err = boundedlog.Open(filepath.Join(ep.stateDir, "debug.log"), 0)
 	if err != nil {
 		d.unreserve(ep)
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return
+		return false
 	}
 	began := time.Now()
 	ep.debugLog.Logf("tslink: recover: container %s endpoint %s: adopting tailscale0", rec.ContainerName, short(rec.EndpointID))
-	err = d.startNode(ep, nw, authKey, nil, nsPath)
+	err = d.startNode(ep, nw, authKey, rec.Tags, nsPath, time.Now().Add(nw.Timeout))
 	if errors.Is(err, stack.ErrNoTUN) {
 		// tailscale0 did not survive (e.g. the previous process closed
 		// it): give the running container a new one.
 		ep.debugLog.Logf("tslink: recover: no tailscale0 to adopt; creating one")
-		if err = d.startNode(ep, nw, authKey, nil, ""); err == nil {
+		if err = d.startNode(ep, nw, authKey, rec.Tags, "", time.Now().Add(nw.Timeout)); err == nil {
 			err = ep.node.Attach(nsPath)
 		}
+	}
+	if errors.Is(err, errEndpointGone) {
+		ep.debugLog.Close()
+		return true // Leave came during recovery and removed it
 	}
 	if err != nil {
 		ep.debugLog.Close()
 		d.unreserve(ep)
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return
+		return false
 	}
 	v4, _ := ep.node.Addrs()
 	ep.debugLog.Logf("tslink: recovered in %v", time.Since(began).Round(time.Millisecond))
 	d.log.Info("endpoint recovered", "container", rec.ContainerName, "hostname", rec.Hostname, "ipv4", v4, "took", time.Since(began).Round(time.Millisecond))
+	return true
 }

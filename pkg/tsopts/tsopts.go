@@ -39,8 +39,10 @@ const (
 // plugin was enabled with a longer --timeout.
 const DefaultTimeout = 20 * time.Second
 
-// MaxTimeout bounds ts.timeout.
-const MaxTimeout = 10 * time.Minute
+// MaxTimeout bounds ts.timeout: dockerd abandons a plugin call after 30 s
+// and rolls the endpoint back, so a longer wait could only fail later and
+// worse.
+const MaxTimeout = 25 * time.Second
 
 // Network is a tslink network's parsed options, plugin env defaults applied.
 type Network struct {
@@ -114,7 +116,7 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 		case OptTimeout:
 			d, err := time.ParseDuration(v)
 			if err != nil || d < time.Second || d > MaxTimeout {
-				errs = append(errs, fmt.Errorf("option %s=%q: want a duration from 1s to %v, e.g. 20s or 1m", k, v, MaxTimeout))
+				errs = append(errs, fmt.Errorf("option %s=%q: want a duration from 1s to %v (dockerd gives a plugin call 30s), e.g. 20s", k, v, MaxTimeout))
 				continue
 			}
 			n.Timeout = d

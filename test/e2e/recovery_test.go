@@ -87,16 +87,16 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 		switch how {
 		case "kill -9":
 			syscall.Kill(pid, syscall.SIGKILL)
-			// dockerd does not restart a managed plugin that died; an
-			// operator (or a restart of dockerd) does.
-			netnstest.WaitFor(10*time.Second, func() error {
-				if syscall.Kill(pid, 0) == nil {
-					return fmt.Errorf("still running")
+			// dockerd restarts a managed plugin whose process died.
+			err := netnstest.WaitFor(15*time.Second, func() error {
+				if p := l.pluginPID(); p == 0 || p == pid {
+					return fmt.Errorf("no new plugin process")
 				}
 				return nil
 			})
-			l.engine.Docker(context.Background(), "plugin", "disable", "-f", plugin)
-			l.docker("plugin", "enable", plugin)
+			if err != nil {
+				t.Fatalf("dockerd did not restart the killed plugin: %v", err)
+			}
 		default:
 			l.docker("plugin", "disable", "-f", plugin)
 			l.docker("plugin", "enable", plugin)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/tslink/tslink/test/netnstest"
 )
 
 // PluginName is the plugin reference the tests install, as the README does.
@@ -35,6 +37,7 @@ func PluginBundleVersion(t testing.TB, version string) string {
 		return dir
 	}
 	dir, err := buildBundle(version)
+	netnstest.AtExit(func() { os.RemoveAll(dir) })
 	if err != nil {
 		t.Fatal(err)
 	}

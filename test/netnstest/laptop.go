@@ -31,6 +31,7 @@ func TailscaleBinaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		binDir = filepath.Join(os.TempDir(), fmt.Sprintf("tslink-tsbin-%d", os.Getpid()))
+		AtExit(func() { os.RemoveAll(binDir) })
 		cmd := exec.Command("go", "build", "-o", binDir+"/", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale")
 		cmd.Dir = moduleRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {

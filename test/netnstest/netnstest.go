@@ -36,6 +36,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -65,7 +66,9 @@ func Main(m *testing.M) {
 				os.Exit(1)
 			}
 		}
-		os.Exit(m.Run())
+		code := m.Run()
+		runAtExit()
+		os.Exit(code)
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -83,6 +86,27 @@ func Main(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+var (
+	atExitMu sync.Mutex
+	atExit   []func()
+)
+
+// AtExit registers fn to run after all tests of the binary (for files shared
+// between tests, such as built binaries), when [Main] is used.
+func AtExit(fn func()) {
+	atExitMu.Lock()
+	defer atExitMu.Unlock()
+	atExit = append(atExit, fn)
+}
+
+func runAtExit() {
+	atExitMu.Lock()
+	defer atExitMu.Unlock()
+	for _, fn := range atExit {
+		fn()
+	}
 }
 
 // RequireRoot skips t unless it runs as root in the private lab netns;
