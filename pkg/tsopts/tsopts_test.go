@@ -24,8 +24,8 @@ func TestParseNetwork(t *testing.T) {
 				t.Errorf("got %+v", n)
 			}
 		}},
-		{name: "all", opts: map[string]string{"ts.authkey": "k", "ts.controlurl": "http://c:1/", "ts.ephemeral": "false", "ts.tags": "tag:a, tag:b", "ts.timeout": "45s", "com.docker.network.foo": "x"}, check: func(t *testing.T, n *Network) {
-			if n.Ephemeral || n.ControlURL != "http://c:1" || n.Timeout != 45*time.Second || strings.Join(n.Tags, ",") != "tag:a,tag:b" {
+		{name: "all", opts: map[string]string{"ts.authkey": "k", "ts.controlurl": "http://c:1/", "ts.ephemeral": "false", "ts.tags": "tag:a, tag:b", "ts.timeout": "15s", "com.docker.network.foo": "x"}, check: func(t *testing.T, n *Network) {
+			if n.Ephemeral || n.ControlURL != "http://c:1" || n.Timeout != 15*time.Second || strings.Join(n.Tags, ",") != "tag:a,tag:b" {
 				t.Errorf("got %+v", n)
 			}
 		}},

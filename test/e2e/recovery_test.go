@@ -70,7 +70,10 @@ func (l *lab) echoConn(ip string) (net.Conn, func(string) error) {
 
 func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 	l := newLab(t)
-	l.createNetwork("tn")
+	// Tagged, with control modelling tag ownership: a recovered node must ask
+	// for the same tags, or control expires its key.
+	l.control.SetTagOwners(map[string][]string{"tag:web": {"tag:web"}})
+	l.createNetwork("tn", "--opt", "ts.tags=tag:web")
 	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
 	ip := l.tsIP("svc", "-4")
 	_, echo := l.echoConn(ip)
@@ -109,6 +112,9 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 		if got := l.tsIP("svc", "-4"); got != ip {
 			t.Errorf("%s: tailnet IP %s; want %s", how, got, ip)
 		}
+	}
+	if n := l.control.NodesByHostname("svc"); len(n) != 1 || strings.Join(n[0].Tags, ",") != "tag:web" || !n[0].Online {
+		t.Errorf("after the restarts control has %+v; want one online node tagged tag:web", n)
 	}
 	// New containers still work, and stopping the adopted one cleans up.
 	out := l.docker("run", "--rm", "--network", "tn", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0")

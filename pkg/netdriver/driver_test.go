@@ -1,0 +1,57 @@
+package netdriver
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tslink/tslink/pkg/tsopts"
+)
+
+func TestCheckTailnet(t *testing.T) {
+	root := t.TempDir()
+	d := New(Config{StateRoot: root, HostStateRoot: "/host/state"})
+	ep := &endpoint{hostname: "db", stateDir: filepath.Join(root, "by-hostname", "db")}
+	os.MkdirAll(ep.stateDir, 0o700)
+	persistent := &tsopts.Network{ControlURL: "http://c:1", Ephemeral: false}
+	writeTailnet(ep.stateDir, persistent.ControlURL, false, []string{"tag:a"})
+
+	if err := d.checkTailnet(ep, persistent, []string{"tag:a"}); err != nil {
+		t.Errorf("same tailnet and tags: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		nw   *tsopts.Network
+		tags []string
+		want string
+	}{
+		"other control": {&tsopts.Network{ControlURL: "http://other:1"}, []string{"tag:a"}, "tailnet at http://c:1"},
+		"ephemeral":     {&tsopts.Network{ControlURL: "http://c:1", Ephemeral: true}, []string{"tag:a"}, "wants a ephemeral node"},
+		"other tags":    {persistent, []string{"tag:b"}, "registered with tags: tag:a and this container asks for tags: tag:b"},
+	} {
+		err := d.checkTailnet(ep, tc.nw, tc.tags)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "/host/state/by-hostname/db") {
+			t.Errorf("%s: %v; want an error with %q and the host path", name, err, tc.want)
+		}
+	}
+
+	// A stale ephemeral identity is swept, not refused.
+	writeTailnet(ep.stateDir, "http://old:1", true, nil)
+	if err := d.checkTailnet(ep, persistent, nil); err != nil {
+		t.Errorf("stale ephemeral dir: %v", err)
+	}
+	if _, err := os.Stat(ep.stateDir); !os.IsNotExist(err) {
+		t.Errorf("stale ephemeral dir not removed: %v", err)
+	}
+}
+
+func TestJoinDeadline(t *testing.T) {
+	began := time.Now().Add(-10 * time.Second)
+	if got := joinDeadline(began, 25*time.Second); got.After(began.Add(joinBudget)) {
+		t.Errorf("deadline %v past the Join budget", got.Sub(began))
+	}
+	if got := time.Until(joinDeadline(time.Now(), 2*time.Second)); got > 2*time.Second {
+		t.Errorf("short ts.timeout not honoured: %v", got)
+	}
+}
