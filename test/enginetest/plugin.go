@@ -47,7 +47,7 @@ func PluginBundleVersion(t testing.TB, version string) string {
 
 func buildBundle(version string) (bundleDir string, buildErr error) {
 	{
-		root := moduleRoot()
+		root := netnstest.ModuleRoot()
 		bundleDir, buildErr = os.MkdirTemp("", "tslink-bundle")
 		if buildErr != nil {
 			return
@@ -77,15 +77,6 @@ func buildBundle(version string) (bundleDir string, buildErr error) {
 	return
 }
 
-func moduleRoot() string {
-	dir, _ := os.Getwd()
-	for d := dir; d != "/"; d = filepath.Dir(d) {
-		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
-			return d
-		}
-	}
-	return dir
-}
 
 // StateDir is where this engine's plugin keeps its state (the host side of
 // the plugin's /data mount).

@@ -33,7 +33,7 @@ func TailscaleBinaries(t testing.TB) string {
 		binDir = filepath.Join(os.TempDir(), fmt.Sprintf("tslink-tsbin-%d", os.Getpid()))
 		AtExit(func() { os.RemoveAll(binDir) })
 		cmd := exec.Command("go", "build", "-o", binDir+"/", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale")
-		cmd.Dir = moduleRoot()
+		cmd.Dir = ModuleRoot()
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("building tailscaled: %v\n%s", err, out)
 		}
@@ -44,7 +44,9 @@ func TailscaleBinaries(t testing.TB) string {
 	return binDir
 }
 
-func moduleRoot() string {
+// ModuleRoot returns the directory of go.mod above the working directory (a
+// test's package dir), for building the project's binaries.
+func ModuleRoot() string {
 	dir, _ := os.Getwd()
 	for d := dir; d != "/"; d = filepath.Dir(d) {
 		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
