@@ -77,7 +77,6 @@ func buildBundle(version string) (bundleDir string, buildErr error) {
 	return
 }
 
-
 // StateDir is where this engine's plugin keeps its state (the host side of
 // the plugin's /data mount).
 func (e *Engine) StateDir() string { return filepath.Join(e.Dir, "state") }
