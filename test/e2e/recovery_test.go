@@ -81,7 +81,7 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, how := range []string{"kill -9", "disable -f + enable"} {
+	for _, how := range []string{"kill -9", "disable -f + enable", "disable -f + rm + create + enable"} {
 		pid := l.pluginPID()
 		if pid == 0 {
 			t.Fatal("plugin process not found")
@@ -100,8 +100,14 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 			if err != nil {
 				t.Fatalf("dockerd did not restart the killed plugin: %v", err)
 			}
-		default:
+		case "disable -f + enable":
 			l.docker("plugin", "disable", "-f", plugin)
+			l.docker("plugin", "enable", plugin)
+		default: // a reinstall from the bundle, as `make plugin` does
+			l.docker("plugin", "disable", "-f", plugin)
+			l.docker("plugin", "rm", "-f", plugin)
+			l.docker("plugin", "create", plugin, enginetest.PluginBundle(t))
+			l.docker(append([]string{"plugin", "set", plugin}, l.engine.Settings()...)...)
 			l.docker("plugin", "enable", plugin)
 		}
 		err := netnstest.WaitFor(20*time.Second, func() error { return echo("after " + how) })
