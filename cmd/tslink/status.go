@@ -107,13 +107,16 @@ var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--sta
 // ProcessVars are the plugin's resource counters, for leak checks and soak
 // tests (GET /debug/vars on the status socket).
 type ProcessVars struct {
-	Goroutines int   `json:"goroutines"`
-	FDs        int   `json:"fds"`
-	RSSKiB     int64 `json:"rssKiB"`
+	Goroutines  int    `json:"goroutines"`
+	FDs         int    `json:"fds"`
+	RSSKiB      int64  `json:"rssKiB"`
+	HeapLiveKiB uint64 `json:"heapLiveKiB"` // heap in use after the last GC
 }
 
 func processVars() ProcessVars {
-	v := ProcessVars{Goroutines: runtime.NumGoroutine()}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	v := ProcessVars{Goroutines: runtime.NumGoroutine(), HeapLiveKiB: ms.HeapAlloc >> 10}
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		v.FDs = len(fds)
 	}

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -57,9 +58,10 @@ type Driver struct {
 	cfg Config
 	log *slog.Logger
 
-	mu        sync.Mutex
-	networks  map[string]*tsopts.Network // by network ID; filled by CreateNetwork or lazily at Join
-	endpoints map[string]*endpoint       // joined endpoints by endpoint ID
+	mu           sync.Mutex
+	networks     map[string]*tsopts.Network // by network ID; filled by CreateNetwork or lazily at Join
+	endpoints    map[string]*endpoint       // joined endpoints by endpoint ID
+	releaseTimer *time.Timer                // pending scheduleMemoryRelease
 }
 
 type endpoint struct {
@@ -634,6 +636,24 @@ func (d *Driver) stopEndpoint(ep *endpoint, detach bool) {
 		os.RemoveAll(ep.stateDir)
 	}
 	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
+	d.scheduleMemoryRelease()
+}
+
+// memoryReleaseDelay coalesces memory releases after endpoints leave.
+const memoryReleaseDelay = 3 * time.Second
+
+// scheduleMemoryRelease returns the memory of stopped nodes to the OS a
+// moment after the last one left. The Go runtime otherwise keeps freed heap
+// mapped for minutes, so the plugin's RSS would stay at its high-water mark
+// after a burst of containers.
+func (d *Driver) scheduleMemoryRelease() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.releaseTimer == nil {
+		d.releaseTimer = time.AfterFunc(memoryReleaseDelay, debug.FreeOSMemory)
+		return
+	}
+	d.releaseTimer.Reset(memoryReleaseDelay)
 }
 
 // DiscoverNew is unused by local drivers.
