@@ -36,6 +36,21 @@ func (l *lab) pluginPID() int {
 	return 0
 }
 
+// echoContainer runs container name on network with a line echo server on
+// port 7000, opens a TCP connection to it from the laptop over the tailnet,
+// checks that first carries traffic, and returns the container's tailnet IP
+// and the round-trip function of [lab.echoConn].
+func (l *lab) echoContainer(name, network, first string) (string, func(string) error) {
+	l.t.Helper()
+	l.docker("run", "-d", "--name", name, "--network", network, image, "nc", "-ll", "-p", "7000", "-e", "cat")
+	ip := l.tsIP(name, "-4")
+	_, echo := l.echoConn(ip)
+	if err := echo(first); err != nil {
+		l.t.Fatalf("first round trip to %s: %v", name, err)
+	}
+	return ip, echo
+}
+
 // echoConn opens a TCP connection from the laptop to an echo server in the
 // container and returns a function that round-trips one line on it.
 func (l *lab) echoConn(ip string) (net.Conn, func(string) error) {
@@ -74,12 +89,7 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 	// for the same tags, or control expires its key.
 	l.control.SetTagOwners(map[string][]string{"tag:web": {"tag:web"}})
 	l.createNetwork("tn", "--opt", "ts.tags=tag:web")
-	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
-	ip := l.tsIP("svc", "-4")
-	_, echo := l.echoConn(ip)
-	if err := echo("before"); err != nil {
-		t.Fatal(err)
-	}
+	ip, echo := l.echoContainer("svc", "tn", "before")
 
 	for _, how := range []string{"kill -9", "disable -f + enable", "disable -f + rm + create + enable"} {
 		pid := l.pluginPID()
@@ -154,12 +164,7 @@ func TestPluginUpgradeThroughRegistry(t *testing.T) {
 	l.docker("plugin", "enable", plugin)
 
 	l.createNetwork("tn")
-	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
-	ip := l.tsIP("svc", "-4")
-	_, echo := l.echoConn(ip)
-	if err := echo("on v1"); err != nil {
-		t.Fatal(err)
-	}
+	ip, echo := l.echoContainer("svc", "tn", "on v1")
 	began := time.Now()
 	l.docker("plugin", "disable", "-f", plugin)
 	l.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", plugin, ref("v2"))

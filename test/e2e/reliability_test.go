@@ -157,12 +157,7 @@ func TestCrashLoopingContainerLeaksNothing(t *testing.T) {
 func TestControlOutage(t *testing.T) {
 	l := newLab(t)
 	l.createNetwork("tn", "--opt", "ts.timeout=4s")
-	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
-	ip := l.tsIP("svc", "-4")
-	_, echo := l.echoConn(ip)
-	if err := echo("before"); err != nil {
-		t.Fatal(err)
-	}
+	_, echo := l.echoContainer("svc", "tn", "before")
 	l.control.StopControl()
 	// Traffic between connected nodes continues without control.
 	for i := range 5 {
@@ -202,12 +197,7 @@ func TestControlOutage(t *testing.T) {
 func TestDockerdRestartWithLiveRestore(t *testing.T) {
 	l := newLabWith(t, []string{"--live-restore"})
 	l.createNetwork("tn")
-	l.docker("run", "-d", "--name", "svc", "--network", "tn", image, "nc", "-ll", "-p", "7000", "-e", "cat")
-	ip := l.tsIP("svc", "-4")
-	_, echo := l.echoConn(ip)
-	if err := echo("before"); err != nil {
-		t.Fatal(err)
-	}
+	ip, echo := l.echoContainer("svc", "tn", "before")
 	began := time.Now()
 	l.engine.Restart(t)
 	t.Logf("dockerd restarted in %v", time.Since(began).Round(time.Millisecond))
