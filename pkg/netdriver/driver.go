@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -642,6 +643,14 @@ func (d *Driver) stopEndpoint(ep *endpoint, detach bool) {
 // memoryReleaseDelay coalesces memory releases after endpoints leave.
 const memoryReleaseDelay = 3 * time.Second
 
+func (d *Driver) releaseMemory() {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	debug.FreeOSMemory()
+	runtime.ReadMemStats(&after)
+	d.log.Debug("memory released to the OS", "heap_live_kib", after.HeapAlloc>>10, "released_kib", (after.HeapReleased-before.HeapReleased)>>10, "heap_sys_kib", after.HeapSys>>10)
+}
+
 // scheduleMemoryRelease returns the memory of stopped nodes to the OS a
 // moment after the last one left. The Go runtime otherwise keeps freed heap
 // mapped for minutes, so the plugin's RSS would stay at its high-water mark
@@ -650,7 +659,7 @@ func (d *Driver) scheduleMemoryRelease() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.releaseTimer == nil {
-		d.releaseTimer = time.AfterFunc(memoryReleaseDelay, debug.FreeOSMemory)
+		d.releaseTimer = time.AfterFunc(memoryReleaseDelay, d.releaseMemory)
 		return
 	}
 	d.releaseTimer.Reset(memoryReleaseDelay)
