@@ -352,7 +352,9 @@ func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) {
 }
 
 // SetRequireMachineAuth makes newly registered nodes wait for
-// [Server.ApproveNode], as a tailnet with device approval does.
+// [Server.ApproveNode], as a tailnet with device approval does. Like the
+// other testcontrol field setters (DNS config, tag owners) it writes a field
+// testcontrol reads under its own lock: call it while no node registers.
 func (s *Server) SetRequireMachineAuth(v bool) {
 	s.control.RequireMachineAuth = v // read by testcontrol at register time
 }

@@ -104,10 +104,3 @@ func (e *Engine) InstallPlugin(t testing.TB, env ...string) {
 	e.MustDocker(t, args...)
 	e.MustDocker(t, "plugin", "enable", PluginName)
 }
-
-// RemovePlugin disables (forcibly) and removes the plugin.
-func (e *Engine) RemovePlugin(t testing.TB) {
-	t.Helper()
-	e.MustDocker(t, "plugin", "disable", "-f", PluginName)
-	e.MustDocker(t, "plugin", "rm", PluginName)
-}
