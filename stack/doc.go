@@ -9,7 +9,8 @@
 //   - [Start] (during Docker's Join, before the container's netns exists):
 //     takes the state-dir lock, creates the TUN in the host netns under a
 //     name derived from the endpoint ID ([HostTUNName]), starts tsnet with
-//     that TUN and waits, bounded by the context, until the node is Running.
+//     that TUN and waits, bounded by the context, until the node is Running
+//     (or, at the deadline, at least logged in with its addresses).
 //     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine.
 //   - [Node.Attach] (once the sandbox netns appears): moves the TUN into the
 //     netns, renames it tailscale0, assigns the node's IPv4 /32 and IPv6 /128,

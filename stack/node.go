@@ -87,7 +87,10 @@ var disableLogUploadOnce sync.Once
 
 // Start creates the node's TUN and brings the node up, waiting until it is
 // Running or ctx ends (callers pass Docker's remaining Join budget, 20 s by
-// default). On error nothing is left behind: no TUN, lock or goroutine; the
+// default). A node that is logged in and has its addresses when ctx ends but
+// is still Starting (no DERP connection yet, e.g. on a starved CPU) is
+// returned rather than failed: the container gets its addresses and becomes
+// reachable once the connection is up. On error nothing is left behind: no TUN, lock or goroutine; the
 // error is a [*NodeError] for failures of the node itself.
 func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := cfg.validate(); err != nil {
@@ -145,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	// A local call: it must not fail because Running came just before the
 	// deadline.
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer scancel()
 	st, err := n.lc.StatusWithoutPeers(sctx)
 	if err != nil {
@@ -153,6 +156,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	for _, ip := range st.TailscaleIPs {
 		n.addrs = append(n.addrs, netip.PrefixFrom(ip, ip.BitLen()))
+	}
+	if len(n.addrs) == 0 {
+		return nil, n.nodeError(ErrNotReady, fmt.Sprintf("state %v with no Tailscale address from control yet%s", n.state, n.healthDetail()))
 	}
 	if n.nsPath != "" {
 		if err := n.configureLocked(); err != nil {
@@ -186,6 +192,14 @@ func (n *Node) waitRunning(ctx context.Context) error {
 				return fmt.Errorf("watching node state: %w", err)
 			}
 			waited := time.Since(start).Round(time.Second)
+			if loggedIn && n.state == ipn.Starting {
+				// Starting: logged in, netmap pending or no DERP/peer
+				// connection yet (ipnlocal waits for a live DERP before
+				// Running). Start checks that addresses were assigned;
+				// peers reach the node once its DERP connection is up.
+				n.logf("tslink: node still Starting after %v (logged in, not yet connected to DERP); continuing", waited)
+				return nil
+			}
 			if !loggedIn && (n.state == ipn.NoState || n.state == ipn.NeedsLogin) {
 				return n.nodeError(ErrControlUnreachable, fmt.Sprintf("no answer after %v%s", waited, n.healthDetail()))
 			}
