@@ -40,7 +40,9 @@ func serveStatus(stateDir string, d *netdriver.Driver) (net.Listener, error) {
 	})
 	mux.HandleFunc("GET /debug/vars", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(processVars())
+		v := processVars()
+		v.MemoryReleases = d.MemoryReleases()
+		json.NewEncoder(w).Encode(v)
 	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
@@ -111,6 +113,9 @@ type ProcessVars struct {
 	FDs         int    `json:"fds"`
 	RSSKiB      int64  `json:"rssKiB"`
 	HeapLiveKiB uint64 `json:"heapLiveKiB"` // heap in use after the last GC
+	// MemoryReleases counts the returns of freed heap to the OS that follow
+	// endpoints leaving (netdriver.Driver.MemoryReleases).
+	MemoryReleases uint64 `json:"memoryReleases"`
 }
 
 func processVars() ProcessVars {

@@ -20,6 +20,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
@@ -63,6 +64,7 @@ type Driver struct {
 	networks     map[string]*tsopts.Network // by network ID; filled by CreateNetwork or lazily at Join
 	endpoints    map[string]*endpoint       // joined endpoints by endpoint ID
 	releaseTimer *time.Timer                // pending scheduleMemoryRelease
+	releases     atomic.Uint64              // releaseMemory runs
 }
 
 type endpoint struct {
@@ -648,8 +650,13 @@ func (d *Driver) releaseMemory() {
 	runtime.ReadMemStats(&before)
 	debug.FreeOSMemory()
 	runtime.ReadMemStats(&after)
+	d.releases.Add(1)
 	d.log.Debug("memory released to the OS", "heap_live_kib", after.HeapAlloc>>10, "released_kib", (after.HeapReleased-before.HeapReleased)>>10, "heap_sys_kib", after.HeapSys>>10)
 }
+
+// MemoryReleases counts the times freed memory was returned to the OS after
+// endpoints left (one per quiet period of memoryReleaseDelay).
+func (d *Driver) MemoryReleases() uint64 { return d.releases.Load() }
 
 // scheduleMemoryRelease returns the memory of stopped nodes to the OS a
 // moment after the last one left. The Go runtime otherwise keeps freed heap

@@ -39,6 +39,7 @@ func (l *lab) pluginGet(path string) string {
 type pluginVars struct {
 	Goroutines, FDs     int
 	RSSKiB, HeapLiveKiB int64
+	MemoryReleases      uint64
 }
 
 func (l *lab) pluginVars() (v pluginVars) {
@@ -241,20 +242,34 @@ func TestSoak(t *testing.T) {
 	for i := range warm {
 		cycle(i)
 	}
-	// Let the plugin return the warm-up's memory (3 s after the last
-	// container left) so the baseline is a settled figure, as the end is.
-	time.Sleep(5 * time.Second)
+	// Both figures are taken once the plugin has returned freed memory to
+	// the OS (3 s after the last container left), so they compare settled
+	// states, not a moment in the middle of a cycle.
+	settled := func(since uint64) (v pluginVars) {
+		err := netnstest.WaitFor(15*time.Second, func() error {
+			if v = l.pluginVars(); v.MemoryReleases <= since {
+				return fmt.Errorf("no memory release yet (%d)", v.MemoryReleases)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("plugin did not release memory after the last container left: %v", err)
+		}
+		time.Sleep(time.Second) // the kernel's RSS count follows the madvise
+		return l.pluginVars()
+	}
+	releasesBefore := l.pluginVars().MemoryReleases
 	if p := os.Getenv("TSLINK_SOAK_HEAP"); p != "" {
 		l.pluginGet("/debug/pprof/heap?gc=1") // two GCs: sync.Pool victims go too
 		os.WriteFile(p+".before", []byte(l.pluginGet("/debug/pprof/heap?gc=1")), 0o644)
 	}
-	before := l.pluginVars()
+	before := settled(releasesBefore)
 	began := time.Now()
 	for i := warm; i < cycles; i++ {
 		cycle(i)
 	}
 	took := time.Since(began)
-	var after pluginVars
+	after := settled(before.MemoryReleases)
 	netnstest.WaitFor(10*time.Second, func() error {
 		after = l.pluginVars()
 		if after.Goroutines > before.Goroutines || after.FDs > before.FDs {
