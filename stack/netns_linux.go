@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -213,4 +214,39 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	}
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones), true
+}
+
+// dialIn connects to the TCP address addr from inside the netns at nsPath.
+// The socket is created there, so it stays in that netns after the thread
+// switches back.
+func dialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+// fromThisProcess reports whether the peer of the loopback connection c is a
+// socket this process holds: sock_diag gives the peer socket's inode, which
+// must appear among /proc/self/fd's "socket:[inode]" links.
+func fromThisProcess(c net.Conn) bool {
+	peer, err := netlink.SocketGet(c.RemoteAddr(), c.LocalAddr())
+	if err != nil {
+		return false
+	}
+	want := fmt.Sprintf("socket:[%d]", peer.INode)
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return false
+	}
+	for _, fd := range fds {
+		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && l == want {
+			return true
+		}
+	}
+	return false
 }

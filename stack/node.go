@@ -16,6 +16,8 @@ import (
 	"tailscale.com/ipn"
 	"tailscale.com/tsnet"
 	"tailscale.com/types/logger"
+
+	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 // Config describes one container's node. AuthKey is secret: it goes to tsnet
@@ -49,6 +51,9 @@ type Config struct {
 	// node's persistent tailscale0 (left by a previous plugin process):
 	// [Start] re-opens it there instead of creating a TUN.
 	AdoptNetNS string
+	// Serve is what the node serves on the tailnet (ts.serve.*, ts.service,
+	// ts.direct). A Service needs Tags.
+	Serve tsopts.Serve
 }
 
 func (c *Config) validate() error {
@@ -73,6 +78,7 @@ type Node struct {
 	lock   *stateLock
 	logf   logger.Logf
 	cancel context.CancelFunc // stops the address watcher
+	relays *relays            // Serve backends; nil without ts.serve labels
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below and serialises Attach/Close
@@ -167,6 +173,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		if err := n.dev.setPersist(true); err != nil {
 			return nil, err
 		}
+	}
+
+	if err := n.applyServe(sctx, st); err != nil {
+		return nil, err
 	}
 
 	wctx, cancel := context.WithCancel(context.Background())
@@ -431,6 +441,9 @@ func (n *Node) Close(ctx context.Context) error {
 	running := n.state == ipn.Running
 	n.mu.Unlock()
 
+	if running {
+		n.withdrawService(ctx)
+	}
 	var logoutErr error
 	// tsnet's LocalBackend.Shutdown also logs ephemeral nodes out, best
 	// effort; logging out first makes it bounded by ctx and reported.
@@ -455,6 +468,9 @@ func (n *Node) Close(ctx context.Context) error {
 // tailscale0 in place (a failed adoption); otherwise persistence is cleared
 // first so closing the last fd deletes the device.
 func (n *Node) teardown(keepTUN bool) {
+	if n.relays != nil {
+		n.relays.close()
+	}
 	if n.dev != nil && !keepTUN {
 		n.dev.setPersist(false)
 	}

@@ -301,6 +301,10 @@ type Node struct {
 	Online   bool         `json:"online"` // a streaming map poll is open
 	Approved bool         `json:"approved"`
 	NodeKey  string       `json:"nodeKey"`
+	// ServicesHash is the node's last Hostinfo.ServicesHash: non-empty while
+	// it advertises Tailscale Services or serves for them (testcontrol does
+	// not model Services; this is what the node tells control).
+	ServicesHash string `json:"servicesHash,omitempty"`
 }
 
 // Nodes lists every node control has registered, in registration order.
@@ -319,6 +323,9 @@ func (s *Server) Nodes() []Node {
 			Online:   s.online[n.Key] > 0,
 			Approved: n.MachineAuthorized,
 			NodeKey:  n.Key.String(),
+		}
+		if n.Hostinfo.Valid() {
+			nd.ServicesHash = n.Hostinfo.ServicesHash()
 		}
 		for _, p := range n.Addresses {
 			nd.IPs = append(nd.IPs, p.Addr())

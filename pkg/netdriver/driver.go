@@ -75,6 +75,7 @@ type endpoint struct {
 	stateDir      string
 	ephemeral     bool     // the node logs out at stop; its state dir goes with it
 	tags          []string // the ACL tags the node asked for
+	serve         tsopts.Serve
 	node          *stack.Node
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
@@ -300,6 +301,9 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if tags == nil {
 		tags = nw.Tags
 	}
+	if ct.Serve.Service != "" && len(tags) == 0 {
+		return nil, fmt.Errorf("tslink: label %s=%s: a Tailscale Service backend must be a tagged node: set label %s (or network option %s), e.g. %s=tag:web", tsopts.LabelService, ct.Serve.Service, tsopts.LabelTags, tsopts.OptTags, tsopts.LabelTags)
+	}
 
 	ep := &endpoint{
 		id:            req.EndpointID,
@@ -308,6 +312,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		containerName: info.ContainerName,
 		hostname:      ct.Hostname,
 		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", ct.Hostname),
+		serve:         ct.Serve,
 		attached:      make(chan struct{}),
 	}
 	if err := d.reserve(ep); err != nil {
@@ -374,6 +379,7 @@ func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tag
 		Tags:       tags,
 		Logf:       ep.debugLog.Logf,
 		AdoptNetNS: adoptNS,
+		Serve:      ep.serve,
 	})
 	if err != nil {
 		ep.debugLog.Logf("tslink: node start failed: %v", err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tslink/tslink/pkg/boundedlog"
+	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 )
 
@@ -26,6 +27,7 @@ type record struct {
 	Hostname      string
 	Tags          []string // what the node registered with; a node must keep asking for them
 	SandboxKey    string
+	Serve         tsopts.Serve // the ts.serve.*/ts.service/ts.direct labels, parsed
 }
 
 func (d *Driver) recordPath(endpointID string) string {
@@ -33,7 +35,7 @@ func (d *Driver) recordPath(endpointID string) string {
 }
 
 func (d *Driver) saveRecord(ep *endpoint, sandboxKey string) {
-	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, sandboxKey}
+	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, sandboxKey, ep.serve}
 	b, _ := json.Marshal(rec)
 	p := d.recordPath(ep.id)
 	os.MkdirAll(filepath.Dir(p), 0o700)
@@ -171,6 +173,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		containerName: rec.ContainerName,
 		hostname:      rec.Hostname,
 		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname),
+		serve:         rec.Serve,
 		attached:      make(chan struct{}),
 	}
 	close(ep.attached) // no attach goroutine: adopted or attached below

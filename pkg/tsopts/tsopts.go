@@ -8,6 +8,7 @@ package tsopts
 import (
 	"errors"
 	"fmt"
+	"path"
 	"regexp"
 	"slices"
 	"strconv"
@@ -171,6 +172,42 @@ func ParseTags(v string) ([]string, error) {
 type Container struct {
 	Hostname string   // valid DNS label
 	Tags     []string // nil: the network's default tags
+	Serve    Serve
+}
+
+// Serve protocols of ts.serve.<port>=<proto>:<target>[/<path>], named as
+// `tailscale serve` names them.
+const (
+	ProtoHTTP             = "http"               // L7 reverse proxy, plain HTTP on the tailnet
+	ProtoHTTPS            = "https"              // L7 reverse proxy, TLS with the node's certificate
+	ProtoTCP              = "tcp"                // L4 forward
+	ProtoTLSTerminatedTCP = "tls-terminated-tcp" // TLS ends on the node, plain TCP to the target
+)
+
+// ServeEndpoint is one ts.serve.<port> label.
+type ServeEndpoint struct {
+	Port   uint16 // tailnet port of the node (and of the service)
+	Proto  string // one of the Proto* constants
+	Target uint16 // container port, dialled at localhost in the container's netns
+	Path   string // HTTP mount point, "/" unless given; always "" for L4
+}
+
+// L7 reports whether the endpoint is an HTTP reverse proxy.
+func (e ServeEndpoint) L7() bool { return e.Proto == ProtoHTTP || e.Proto == ProtoHTTPS }
+
+// TLS reports whether TLS ends on the node (needs its certificate).
+func (e ServeEndpoint) TLS() bool { return e.Proto == ProtoHTTPS || e.Proto == ProtoTLSTerminatedTCP }
+
+// Serve is what a container serves on the tailnet: the ts.serve.*,
+// ts.service and ts.direct labels.
+type Serve struct {
+	Endpoints []ServeEndpoint // sorted by Port
+	// Service ("svc:name"): the node is a backend of this Tailscale Service
+	// for Endpoints.
+	Service string
+	// ServiceOnly (ts.direct=false): Endpoints answer only through Service,
+	// not on the node's own name and addresses.
+	ServiceOnly bool
 }
 
 // ParseContainer parses a container's labels. containerName (without the
@@ -197,10 +234,41 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 				continue
 			}
 			c.Tags = tags
-		case strings.HasPrefix(k, LabelServePrefix), k == LabelService, k == LabelDirect:
-			errs = append(errs, fmt.Errorf("label %s: not supported by this tslink version yet (Serve and Services are planned)", k))
+		case strings.HasPrefix(k, LabelServePrefix):
+			ep, err := ParseServe(k, v)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if i := slices.IndexFunc(c.Serve.Endpoints, func(o ServeEndpoint) bool { return o.Port == ep.Port }); i >= 0 {
+				errs = append(errs, fmt.Errorf("label %s: port %d is already served by another ts.serve label; give each port one label", k, ep.Port))
+				continue
+			}
+			c.Serve.Endpoints = append(c.Serve.Endpoints, ep)
+		case k == LabelService:
+			if !serviceRE.MatchString(v) {
+				errs = append(errs, fmt.Errorf("label %s=%q: want svc:<name>, the name a DNS label (letters, digits and -), e.g. svc:my-api", k, v))
+				continue
+			}
+			c.Serve.Service = strings.ToLower(v)
+		case k == LabelDirect:
+			direct, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("label %s=%q: want true or false", k, v))
+				continue
+			}
+			c.Serve.ServiceOnly = !direct
 		default:
 			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect))
+		}
+	}
+	if len(errs) == 0 {
+		slices.SortFunc(c.Serve.Endpoints, func(a, b ServeEndpoint) int { return int(a.Port) - int(b.Port) })
+		switch {
+		case c.Serve.Service != "" && len(c.Serve.Endpoints) == 0:
+			errs = append(errs, fmt.Errorf("label %s=%s needs at least one %s<port> label: the service's endpoints are the node's serve endpoints, e.g. %s443=https:8080", LabelService, c.Serve.Service, LabelServePrefix, LabelServePrefix))
+		case c.Serve.ServiceOnly && c.Serve.Service == "":
+			errs = append(errs, fmt.Errorf("label %s=false serves only through %s, which is not set: add %s=svc:<name> or drop %s", LabelDirect, LabelService, LabelService, LabelDirect))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -213,6 +281,65 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 		}
 	}
 	return c, nil
+}
+
+var (
+	serviceRE   = regexp.MustCompile(`^svc:[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	servePathRE = regexp.MustCompile(`^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$`)
+)
+
+// serveForm is the accepted form of a ts.serve label, for error messages.
+const serveForm = "<proto>:<port>[/<path>], proto http, https, tcp or tls-terminated-tcp, port 1-65535, e.g. https:8080 or http:3000/api"
+
+// ParseServe parses one ts.serve.<port>=<proto>:<target>[/<path>] label.
+// The error names the label and the accepted form.
+func ParseServe(key, value string) (ServeEndpoint, error) {
+	var ep ServeEndpoint
+	port, ok := parsePort(strings.TrimPrefix(key, LabelServePrefix))
+	if !ok {
+		return ep, fmt.Errorf("label %s: the part after %s must be the tailnet port, a number 1-65535, e.g. %s443=https:8080", key, LabelServePrefix, LabelServePrefix)
+	}
+	ep.Port = port
+	proto, rest, ok := strings.Cut(value, ":")
+	if !ok {
+		return ep, fmt.Errorf("label %s=%q: want %s", key, value, serveForm)
+	}
+	switch proto {
+	case ProtoHTTP, ProtoHTTPS, ProtoTCP, ProtoTLSTerminatedTCP:
+		ep.Proto = proto
+	default:
+		return ep, fmt.Errorf("label %s=%q: unknown protocol %q: want %s", key, value, proto, serveForm)
+	}
+	target, mount, hasPath := strings.Cut(rest, "/")
+	if ep.Target, ok = parsePort(target); !ok {
+		return ep, fmt.Errorf("label %s=%q: target port %q is not a number 1-65535: want %s", key, value, target, serveForm)
+	}
+	switch {
+	case hasPath && !ep.L7():
+		return ep, fmt.Errorf("label %s=%q: a /path applies to http and https only: want %s:<port>", key, value, proto)
+	case !ep.L7():
+	case !hasPath:
+		ep.Path = "/"
+	default:
+		mount = "/" + mount
+		if !servePathRE.MatchString(mount) || slices.Contains(strings.Split(mount, "/"), "..") {
+			return ep, fmt.Errorf("label %s=%q: path %q: want a URL path such as /api (letters, digits and -._~!$&'()*+,;=:@%%/, no ..)", key, value, mount)
+		}
+		ep.Path = path.Clean(mount)
+	}
+	return ep, nil
+}
+
+// parsePort parses a decimal port 1-65535.
+func parsePort(s string) (uint16, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, false
+	}
+	return uint16(n), true
 }
 
 var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)

@@ -1,6 +1,7 @@
 package tsopts
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -100,4 +101,58 @@ func FuzzParseContainer(f *testing.F) {
 			t.Fatalf("accepted invalid hostname %q", c.Hostname)
 		}
 	})
+}
+
+func TestParseServe(t *testing.T) {
+	good := []struct {
+		labels map[string]string
+		want   Serve
+	}{
+		{map[string]string{"ts.serve.443": "https:8080"}, Serve{Endpoints: []ServeEndpoint{{443, ProtoHTTPS, 8080, "/"}}}},
+		{map[string]string{"ts.serve.80": "http:3000/api/", "ts.serve.5432": "tcp:5432"},
+			Serve{Endpoints: []ServeEndpoint{{80, ProtoHTTP, 3000, "/api"}, {5432, ProtoTCP, 5432, ""}}}},
+		{map[string]string{"ts.serve.993": "tls-terminated-tcp:143", "ts.service": "svc:Mail", "ts.tags": "tag:mail", "ts.direct": "false"},
+			Serve{Endpoints: []ServeEndpoint{{993, ProtoTLSTerminatedTCP, 143, ""}}, Service: "svc:mail", ServiceOnly: true}},
+	}
+	for _, tc := range good {
+		c, err := ParseContainer(tc.labels, "c")
+		if err != nil {
+			t.Errorf("%v: %v", tc.labels, err)
+			continue
+		}
+		if !reflect.DeepEqual(c.Serve, tc.want) {
+			t.Errorf("%v: got %+v, want %+v", tc.labels, c.Serve, tc.want)
+		}
+	}
+	bad := []struct {
+		labels map[string]string
+		want   []string // substrings of the error
+	}{
+		{map[string]string{"ts.serve.web": "http:80"}, []string{"ts.serve.web", "1-65535"}},
+		{map[string]string{"ts.serve.70000": "http:80"}, []string{"ts.serve.70000", "1-65535"}},
+		{map[string]string{"ts.serve.0": "http:80"}, []string{"ts.serve.0", "1-65535"}},
+		{map[string]string{"ts.serve.80": "http:0"}, []string{"ts.serve.80", "target port", "1-65535"}},
+		{map[string]string{"ts.serve.80": "http:eighty"}, []string{"target port", "<proto>:<port>"}},
+		{map[string]string{"ts.serve.80": "ftp:21"}, []string{"unknown protocol \"ftp\"", "tls-terminated-tcp"}},
+		{map[string]string{"ts.serve.80": "8080"}, []string{"ts.serve.80", "<proto>:<port>"}},
+		{map[string]string{"ts.serve.22": "tcp:22/ssh"}, []string{"/path applies to http and https only", "tcp:<port>"}},
+		{map[string]string{"ts.serve.80": "http:80/../etc"}, []string{"no .."}},
+		{map[string]string{"ts.serve.80": "http:80", "ts.serve.080": "tcp:81"}, []string{"port 80 is already served"}},
+		{map[string]string{"ts.service": "my-api", "ts.serve.80": "http:80"}, []string{"ts.service", "svc:<name>"}},
+		{map[string]string{"ts.service": "svc:my-api"}, []string{"ts.service=svc:my-api needs at least one ts.serve.<port>"}},
+		{map[string]string{"ts.direct": "maybe"}, []string{"ts.direct", "true or false"}},
+		{map[string]string{"ts.direct": "false", "ts.serve.80": "http:80"}, []string{"ts.direct=false", "ts.service"}},
+	}
+	for _, tc := range bad {
+		_, err := ParseContainer(tc.labels, "c")
+		if err == nil {
+			t.Errorf("%v: accepted", tc.labels)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q does not contain %q", tc.labels, err, w)
+			}
+		}
+	}
 }

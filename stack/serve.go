@@ -1,0 +1,290 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
+)
+
+// ErrUntaggedService: a Tailscale Service backend must be a tagged node
+// (tailscale.com/kb/1552: "service hosts must be tagged nodes").
+var ErrUntaggedService = errors.New("a Tailscale Service backend must be a tagged node: set ts.tags, e.g. ts.tags=tag:web")
+
+// relays forwards the Serve backends' connections into the container.
+//
+// tailscale's serve proxy (ipnlocal) dials its backends from this process's
+// netns, where the container's localhost is out of reach, and tsnet's
+// LocalAPI refuses unix-socket backends (its actor is not a local admin). So
+// each target port gets a listener on 127.0.0.1 of the plugin's netns, used as
+// the serve backend; it accepts connections from this process only (the
+// peer socket's inode, from sock_diag, must be one of our fds) and relays
+// each to localhost:<port> dialled inside the container's netns.
+type relays struct {
+	netns func() string // the container's netns path; "" until attached
+	logf  func(format string, args ...any)
+
+	mu    sync.Mutex
+	lns   map[uint16]net.Listener // by target port
+	conns map[net.Conn]struct{}
+	done  bool
+	wg    sync.WaitGroup
+}
+
+func startRelays(targets []uint16, netns func() string, logf func(string, ...any)) (*relays, error) {
+	r := &relays{netns: netns, logf: logf, lns: map[uint16]net.Listener{}, conns: map[net.Conn]struct{}{}}
+	for _, port := range targets {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			r.close()
+			return nil, fmt.Errorf("serve relay for port %d: %w", port, err)
+		}
+		r.lns[port] = ln
+		r.wg.Go(func() { r.accept(ln, port) })
+	}
+	return r, nil
+}
+
+// backend is the serve backend address relaying to the container's port.
+func (r *relays) backend(port uint16) string {
+	return r.lns[port].Addr().String()
+}
+
+func (r *relays) accept(ln net.Listener, port uint16) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		if !fromThisProcess(c) {
+			r.logf("tslink: serve: relay for port %d refused a connection from %v: not from the plugin", port, c.RemoteAddr())
+			c.Close()
+			continue
+		}
+		if !r.track(c, true) {
+			c.Close()
+			return
+		}
+		r.wg.Go(func() {
+			defer r.track(c, false)
+			r.relay(c, port)
+		})
+	}
+}
+
+// track adds or removes a connection; it reports false once closed.
+func (r *relays) track(c net.Conn, add bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !add {
+		delete(r.conns, c)
+		return true
+	}
+	if r.done {
+		return false
+	}
+	r.conns[c] = struct{}{}
+	return true
+}
+
+func (r *relays) relay(front net.Conn, port uint16) {
+	defer front.Close()
+	nsPath := r.netns()
+	if nsPath == "" {
+		r.logf("tslink: serve: connection for port %d before the container's netns exists; dropped", port)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	back, err := dialLocalhostIn(ctx, nsPath, port)
+	cancel()
+	if err != nil {
+		r.logf("tslink: serve: %v", err)
+		return
+	}
+	if !r.track(back, true) {
+		back.Close()
+		return
+	}
+	defer r.track(back, false)
+	defer back.Close()
+	var wg sync.WaitGroup
+	wg.Go(func() { pipe(back, front) })
+	pipe(front, back)
+	wg.Wait()
+}
+
+// pipe copies src to dst, then half-closes dst so EOF propagates.
+func pipe(dst, src net.Conn) {
+	io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
+}
+
+// close stops accepting, cuts every relayed connection and waits for the
+// goroutines.
+func (r *relays) close() {
+	r.mu.Lock()
+	r.done = true
+	for _, ln := range r.lns {
+		ln.Close()
+	}
+	for c := range r.conns {
+		c.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// dialLocalhostIn connects to localhost:port inside the netns at nsPath,
+// IPv4 first, then IPv6 (an app may listen on either loopback only).
+func dialLocalhostIn(ctx context.Context, nsPath string, port uint16) (net.Conn, error) {
+	var errs []error
+	for _, ip := range []string{"127.0.0.1", "::1"} {
+		addr := net.JoinHostPort(ip, strconv.Itoa(int(port)))
+		c, err := dialIn(ctx, nsPath, addr)
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("dialling container port %d: %w", port, errors.Join(errs...))
+}
+
+// serveConfig builds the node's ipn.ServeConfig from cfg.Serve: node
+// endpoints under its FQDN (unless ServiceOnly) and service endpoints under
+// the service's name. Plain-HTTP endpoints also answer requests addressed to
+// the node's IPs: ipnlocal looks a plain-HTTP request up by its Host header
+// plus the MagicDNS suffix, so "<ip>.<suffix>:<port>" entries are added.
+func serveConfig(cfg *Config, st *ipnstate.Status, backend func(port uint16) string) *ipn.ServeConfig {
+	sc := new(ipn.ServeConfig)
+	if st.Self == nil {
+		return sc
+	}
+	suffix := ""
+	if st.CurrentTailnet != nil {
+		suffix = st.CurrentTailnet.MagicDNSSuffix
+	}
+	fqdn := strings.TrimSuffix(st.Self.DNSName, ".")
+	svc := tailcfg.ServiceName(cfg.Serve.Service)
+	for _, ep := range cfg.Serve.Endpoints {
+		to := backend(ep.Target)
+		if ep.L7() {
+			if !cfg.Serve.ServiceOnly {
+				sc.SetWebHandler(&ipn.HTTPHandler{Proxy: to}, fqdn, ep.Port, ep.Path, ep.TLS(), suffix)
+				if !ep.TLS() && suffix != "" {
+					for _, ip := range st.TailscaleIPs {
+						sc.SetWebHandler(&ipn.HTTPHandler{Proxy: to}, ip.String()+"."+suffix, ep.Port, ep.Path, false, suffix)
+					}
+				}
+			}
+			if svc != "" {
+				sc.SetWebHandler(&ipn.HTTPHandler{Proxy: to}, svc.String(), ep.Port, ep.Path, ep.TLS(), suffix)
+			}
+			continue
+		}
+		if !cfg.Serve.ServiceOnly {
+			sc.SetTCPForwarding(ep.Port, to, ep.TLS(), 0, fqdn)
+		}
+		if svc != "" {
+			sc.SetTCPForwardingForService(ep.Port, to, ep.TLS(), svc, 0, suffix)
+		}
+	}
+	return sc
+}
+
+// applyServe starts the relays and sets the node's serve config and service
+// advertisement, replacing whatever the state dir held from an earlier run
+// (tsnet keeps both in its state). Called from Start, i.e. after every Up and
+// every re-attach.
+func (n *Node) applyServe(ctx context.Context, st *ipnstate.Status) error {
+	var advertise []string
+	if s := n.cfg.Serve.Service; s != "" {
+		if st.Self == nil || st.Self.Tags == nil || st.Self.Tags.Len() == 0 {
+			return n.nodeError(ErrUntaggedService, "control gave "+n.cfg.Hostname+" no tags")
+		}
+		advertise = []string{s}
+	}
+	if len(n.cfg.Serve.Endpoints) > 0 {
+		var targets []uint16
+		for _, ep := range n.cfg.Serve.Endpoints {
+			if !slices.Contains(targets, ep.Target) {
+				targets = append(targets, ep.Target)
+			}
+		}
+		r, err := startRelays(targets, n.netnsPath, n.logf)
+		if err != nil {
+			return err
+		}
+		n.relays = r
+	}
+	sc := serveConfig(&n.cfg, st, func(port uint16) string { return n.relays.backend(port) })
+	if err := n.lc.SetServeConfig(ctx, sc); err != nil {
+		return fmt.Errorf("setting serve config: %w", err)
+	}
+	if _, err := n.lc.EditPrefs(ctx, &ipn.MaskedPrefs{AdvertiseServicesSet: true, Prefs: ipn.Prefs{AdvertiseServices: advertise}}); err != nil {
+		return fmt.Errorf("advertising service: %w", err)
+	}
+	for _, ep := range n.cfg.Serve.Endpoints {
+		n.logf("tslink: serving tailnet port %d (%s%s) from container port %d%s", ep.Port, ep.Proto, ep.Path, ep.Target, serveWhere(&n.cfg))
+	}
+	if len(advertise) > 0 {
+		n.logf("tslink: advertising %s (the service needs approval in the admin console or an auto-approver)", advertise[0])
+	}
+	return nil
+}
+
+func serveWhere(cfg *Config) string {
+	switch {
+	case cfg.Serve.Service == "":
+		return ""
+	case cfg.Serve.ServiceOnly:
+		return " via " + cfg.Serve.Service + " only"
+	default:
+		return " directly and via " + cfg.Serve.Service
+	}
+}
+
+// withdrawService stops advertising the node's service and clears its serve
+// config, so control moves the service's traffic off this node before it
+// goes away. Control learns of it from the node's next Hostinfo update, which
+// the backend sends at once; the short wait gives it time to leave.
+func (n *Node) withdrawService(ctx context.Context) {
+	if n.cfg.Serve.Service == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := n.lc.EditPrefs(ctx, &ipn.MaskedPrefs{AdvertiseServicesSet: true, Prefs: ipn.Prefs{AdvertiseServices: []string{}}}); err != nil {
+		n.logf("tslink: withdrawing %s: %v", n.cfg.Serve.Service, err)
+		return
+	}
+	n.lc.SetServeConfig(ctx, new(ipn.ServeConfig))
+	n.logf("tslink: withdrew %s", n.cfg.Serve.Service)
+	select {
+	case <-ctx.Done():
+	case <-time.After(serviceWithdrawGrace):
+	}
+}
+
+// serviceWithdrawGrace is how long Close waits after withdrawing a service
+// for the Hostinfo update to reach control.
+const serviceWithdrawGrace = 500 * time.Millisecond
+
+func (n *Node) netnsPath() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.nsPath
+}

@@ -1,0 +1,185 @@
+package stack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/test/netnstest"
+)
+
+// loopbackApp serves HTTP on 127.0.0.1:8080 and a line echo on
+// 127.0.0.1:9000 inside ctr: reachable only through Serve's relays.
+func loopbackApp(t *testing.T, ctr *netnstest.NetNS) {
+	t.Helper()
+	ln := ctr.Listen(t, "tcp", "127.0.0.1:8080")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "path=%s login=%s", r.URL.Path, r.Header.Get("Tailscale-User-Login"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	go echoServer(ctr.Listen(t, "tcp", "127.0.0.1:9000"))
+}
+
+// laptopGET fetches url from the laptop with the given Host header ("" keeps
+// the URL's).
+func (l *lab) laptopGET(url, host string) (string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return l.laptop.NS.Dial(ctx, network, addr)
+		},
+	}}
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return "", err
+	}
+	if host != "" {
+		req.Host = host
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 {
+		return "", fmt.Errorf("%s: %s", res.Status, b)
+	}
+	return string(b), nil
+}
+
+func TestServeReachesContainerLoopback(t *testing.T) {
+	l := newLab(t)
+	cfg := l.config("served")
+	cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{
+		{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"},
+		{Port: 81, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/app"},
+		{Port: 7000, Proto: tsopts.ProtoTCP, Target: 9000},
+	}}
+	n, ctr := l.startNode(t, cfg)
+	loopbackApp(t, ctr)
+	v4, _ := n.Addrs()
+	st := l.laptop.Status(t)
+	login := st.User[st.Self.UserID].LoginName
+
+	cases := []struct{ url, host, want string }{
+		{fmt.Sprintf("http://%s/hello", v4), "", "path=/hello login=" + login},                                     // by IP
+		{fmt.Sprintf("http://%s/hello", v4), "served", "path=/hello login=" + login},                               // MagicDNS short name
+		{fmt.Sprintf("http://%s/hello", v4), "served." + l.control.MagicDNSDomain(), "path=/hello login=" + login}, // FQDN
+		{fmt.Sprintf("http://%s:81/app/deep/x", v4), "", "path=/deep/x login=" + login},                            // mount point stripped
+	}
+	for _, tc := range cases {
+		var body string
+		err := waitFor(15*time.Second, func() (err error) {
+			body, err = l.laptopGET(tc.url, tc.host)
+			return err
+		})
+		if err != nil {
+			t.Errorf("GET %s (Host %q): %v", tc.url, tc.host, err)
+		} else if body != tc.want {
+			t.Errorf("GET %s (Host %q) = %q, want %q", tc.url, tc.host, body, tc.want)
+		}
+	}
+	if login == "" {
+		t.Errorf("laptop has no user login to check identity headers with")
+	}
+	if body, err := l.laptopGET(fmt.Sprintf("http://%s:81/elsewhere", v4), ""); err == nil {
+		t.Errorf("GET outside the /app mount answered %q", body)
+	}
+	if err := dialEcho(l.laptop.NS.Dial, netip.AddrPortFrom(v4, 7000).String()); err != nil {
+		t.Errorf("tcp serve 7000 -> 127.0.0.1:9000: %v", err)
+	}
+	// Nothing listens on the container's own port 80: the served port is
+	// the node's, not the container's.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if c, err := dialIn(ctx, ctr.Path, v4.String()+":80"); err == nil {
+		c.Close()
+		t.Errorf("port 80 answers inside the container: the serve config leaked into the netns")
+	}
+
+	// The relay is the plugin's: another process on the host is refused.
+	relay := n.relays.backend(8080)
+	if out, err := exec.Command("busybox", "sh", "-c", "echo GET / | nc "+strings.Replace(relay, ":", " ", 1)).CombinedOutput(); strings.Contains(string(out), "path=") {
+		t.Errorf("relay %s answered another process: %q (%v)", relay, out, err)
+	}
+	n.Close(context.Background())
+	if c, err := net.Dial("tcp", relay); err == nil {
+		c.Close()
+		t.Errorf("relay %s still listens after Close", relay)
+	}
+}
+
+func TestServiceOnlyAndWithdrawal(t *testing.T) {
+	l := newLab(t)
+	l.control.SetTagOwners(map[string][]string{"tag:web": {"tag:web"}})
+	for _, direct := range []bool{true, false} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			host := fmt.Sprintf("svcnode-%v", direct)
+			cfg := l.config(host)
+			cfg.Ephemeral = false
+			cfg.Tags = []string{"tag:web"}
+			cfg.Serve = tsopts.Serve{
+				Endpoints:   []tsopts.ServeEndpoint{{Port: 7000, Proto: tsopts.ProtoTCP, Target: 9000}},
+				Service:     "svc:web",
+				ServiceOnly: !direct,
+			}
+			n, ctr := l.startNode(t, cfg)
+			loopbackApp(t, ctr)
+			v4, _ := n.Addrs()
+			err := dialEcho(l.laptop.NS.Dial, netip.AddrPortFrom(v4, 7000).String())
+			if direct && err != nil {
+				t.Errorf("ts.direct=true: node's own port 7000: %v", err)
+			}
+			if !direct && err == nil {
+				t.Errorf("ts.direct=false: node's own port 7000 answers")
+			}
+			hash := func() string {
+				for _, nd := range l.control.NodesByHostname(host) {
+					return nd.ServicesHash
+				}
+				return ""
+			}
+			if err := waitFor(10*time.Second, func() error {
+				if hash() == "" {
+					return fmt.Errorf("control has no services hash for %s", host)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			n.Close(context.Background())
+			if h := hash(); h != "" {
+				t.Errorf("after Close control still has services hash %q: the service was not withdrawn", h)
+			}
+			if !strings.Contains(l.logs.String(), "withdrew svc:web") {
+				t.Errorf("no withdrawal in the node log")
+			}
+		})
+	}
+}
+
+func TestServiceRequiresTags(t *testing.T) {
+	l := newLab(t)
+	cfg := l.config("untagged")
+	cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := Start(ctx, cfg)
+	if err == nil {
+		n.Close(context.Background())
+		t.Fatal("Start of an untagged service backend succeeded")
+	}
+	if !strings.Contains(err.Error(), "tagged node") {
+		t.Errorf("error %q does not say the node must be tagged", err)
+	}
+}
