@@ -250,3 +250,55 @@ func fromThisProcess(c net.Conn) bool {
 	}
 	return false
 }
+
+// routeDNS makes the netns at nsPath send UDP port 53 that would leave by its
+// default route through tailscale0 instead (see dns.go): a rule looks DNS up
+// in the main table without its default route first (resolvers on a connected
+// network stay direct), then in table [dnsRulePriority], whose default route
+// is tailscale0 with the node's IPv4 address as source. Idempotent.
+func routeDNS(nsPath string, src netip.Addr) error {
+	return withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(TUNName)
+		if err != nil {
+			return fmt.Errorf("finding %s: %w", TUNName, err)
+		}
+		err = h.RouteReplace(&netlink.Route{
+			LinkIndex: l.Attrs().Index,
+			Table:     dnsRulePriority,
+			Scope:     netlink.SCOPE_LINK,
+			Src:       src.AsSlice(),
+		})
+		if err != nil {
+			return fmt.Errorf("adding DNS route via %s: %w", TUNName, err)
+		}
+		have, err := h.RuleList(netlink.FAMILY_V4)
+		if err != nil {
+			return fmt.Errorf("listing rules: %w", err)
+		}
+		for _, want := range dnsRules() {
+			if slices.ContainsFunc(have, func(r netlink.Rule) bool { return r.Priority == want.Priority }) {
+				continue
+			}
+			if err := h.RuleAdd(want); err != nil {
+				return fmt.Errorf("adding DNS rule: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+func dnsRules() []*netlink.Rule {
+	viaMain := netlink.NewRule()
+	viaMain.Priority = dnsRulePriority - 1
+	viaMain.Table = unix.RT_TABLE_MAIN
+	viaMain.SuppressPrefixlen = 0
+	viaTUN := netlink.NewRule()
+	viaTUN.Priority = dnsRulePriority
+	viaTUN.Table = dnsRulePriority
+	for _, r := range []*netlink.Rule{viaMain, viaTUN} {
+		r.Family = netlink.FAMILY_V4
+		r.IPProto = unix.IPPROTO_UDP
+		r.Dport = netlink.NewRulePortRange(53, 53)
+	}
+	return []*netlink.Rule{viaMain, viaTUN}
+}

@@ -178,6 +178,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := n.applyServe(sctx, st); err != nil {
 		return nil, err
 	}
+	n.answerDNS(st)
 
 	wctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -404,6 +405,13 @@ func (n *Node) configureLocked() error {
 	}
 	if err6 != nil {
 		n.logf("tslink: IPv6 on %s not configured yet: %v", TUNName, err6)
+	}
+	for _, p := range n.addrs {
+		if p.Addr().Is4() {
+			if err := routeDNS(n.nsPath, p.Addr()); err != nil {
+				n.logf("tslink: MagicDNS for Docker's DNS: %v", err)
+			}
+		}
 	}
 	return nil
 }

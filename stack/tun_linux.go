@@ -1,16 +1,19 @@
 package stack
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/tailscale/wireguard-go/tun"
 	"golang.org/x/sys/unix"
+	"tailscale.com/net/packet"
 )
 
 const (
@@ -47,6 +50,67 @@ func isHex(s string) bool {
 type device struct {
 	tun.Device
 	file *os.File
+	dns  atomic.Pointer[dnsAnswerer] // nil: DNS queries pass to tsnet
+}
+
+// Read reads packets from the container for tsnet, taking out the DNS
+// queries the device answers itself (see dns.go).
+func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	for {
+		n, err := d.Device.Read(bufs, sizes, offset)
+		a := d.dns.Load()
+		if a == nil || n == 0 {
+			return n, err
+		}
+		kept := 0
+		for i := range n {
+			pkt := bufs[i][offset : offset+sizes[i]]
+			if mayBeDNSQuery(pkt) {
+				var p packet.Parsed
+				p.Decode(pkt)
+				if interceptable(&p) {
+					a.answer(bytes.Clone(pkt))
+					continue
+				}
+			}
+			if kept != i {
+				copy(bufs[kept][offset:], pkt)
+				sizes[kept] = sizes[i]
+			}
+			kept++
+		}
+		if kept > 0 || err != nil {
+			return kept, err
+		}
+	}
+}
+
+// mayBeDNSQuery is a cheap check for UDP to port 53 (IPv4 with any header
+// length, IPv6 without extension headers).
+func mayBeDNSQuery(pkt []byte) bool {
+	if len(pkt) < 28 {
+		return false
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		ihl := int(pkt[0]&0xf) * 4
+		return pkt[9] == 17 && len(pkt) >= ihl+8 && pkt[ihl+2] == 0 && pkt[ihl+3] == 53
+	case 6:
+		return len(pkt) >= 48 && pkt[6] == 17 && pkt[42] == 0 && pkt[43] == 53
+	}
+	return false
+}
+
+// injectOffset is the headroom given to wireguard-go's Write (which puts a
+// virtio-net header there when the TUN has offloads).
+const injectOffset = 16
+
+// inject writes one IP packet to the container.
+func (d *device) inject(pkt []byte) error {
+	buf := make([]byte, injectOffset+len(pkt))
+	copy(buf[injectOffset:], pkt)
+	_, err := d.Device.Write([][]byte{buf}, injectOffset)
+	return err
 }
 
 func (d *device) MTU() (int, error)     { return MTU, nil }

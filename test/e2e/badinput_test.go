@@ -60,6 +60,13 @@ func TestBadInputThroughTheCLI(t *testing.T) {
 		{"bad hostname", "good", []string{"ts.hostname=-bad-"}, []string{"label ts.hostname=\"-bad-\"", "want a hostname"}, 10 * time.Second},
 		{"bad tags", "good", []string{"ts.tags=notatag"}, []string{"label ts.tags", "tag:name"}, 10 * time.Second},
 		{"unknown label", "good", []string{"ts.nope=1"}, []string{"unknown label ts.nope", "ts.hostname"}, 10 * time.Second},
+		{"serve port not a number", "good", []string{"ts.serve.web=http:80"}, []string{"label ts.serve.web", "1-65535"}, 10 * time.Second},
+		{"serve port out of range", "good", []string{"ts.serve.70000=http:80"}, []string{"label ts.serve.70000", "1-65535"}, 10 * time.Second},
+		{"serve unknown protocol", "good", []string{"ts.serve.21=ftp:21"}, []string{"label ts.serve.21", "unknown protocol \"ftp\"", "tls-terminated-tcp"}, 10 * time.Second},
+		{"serve path on L4", "good", []string{"ts.serve.22=tcp:22/ssh"}, []string{"label ts.serve.22", "/path applies to http and https only"}, 10 * time.Second},
+		{"service without svc:", "good", []string{"ts.service=my-api", "ts.serve.80=http:80"}, []string{"label ts.service", "svc:<name>"}, 10 * time.Second},
+		{"service without serve", "good", []string{"ts.service=svc:my-api"}, []string{"ts.service=svc:my-api needs at least one ts.serve.<port>"}, 10 * time.Second},
+		{"service untagged", "good", []string{"ts.service=svc:my-api", "ts.serve.80=http:80"}, []string{"label ts.service=svc:my-api", "tagged node", "ts.tags"}, 10 * time.Second},
 	}
 	for _, tc := range runCases {
 		args := []string{"run", "--rm", "--network", tc.network}

@@ -1,0 +1,194 @@
+package stack
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/net/packet"
+	"tailscale.com/types/ipproto"
+)
+
+// MagicDNS inside the container, with no docker flag.
+//
+// Docker's embedded DNS (127.0.0.11) answers container names and forwards
+// every other name to the host's resolvers, from inside the container's netns.
+// A policy rule there ([dnsRulePriority]) routes UDP to port 53 through
+// tailscale0, where the [device] takes those queries out of the packet stream
+// before tsnet sees them and answers them itself:
+//   - names under the tailnet's MagicDNS suffix, and single-label names that
+//     MagicDNS knows (peers' short names), from tsnet's own resolver (the one
+//     behind 100.100.100.100);
+//   - everything else from the resolver the query was addressed to, asked
+//     from the plugin's netns, so internet names resolve whether or not the
+//     tailnet's DNS config has upstream resolvers (with a custom TUN tsnet has
+//     no OS resolver to fall back on; see DESIGN.md).
+// Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`) pass
+// to tsnet untouched.
+
+// dnsRulePriority is the priority of the policy rule, and the number of the
+// routing table, that send the container's UDP DNS through tailscale0.
+const dnsRulePriority = 5353
+
+// dnsForwardTimeout bounds one forwarded query.
+const dnsForwardTimeout = 5 * time.Second
+
+// maxDNSInFlight bounds concurrently answered queries per node; more are
+// dropped (the client retries).
+const maxDNSInFlight = 64
+
+// dnsAnswerer answers intercepted queries. query asks tsnet's MagicDNS
+// resolver (dns.Manager.Query); suffix is the tailnet's MagicDNS suffix.
+type dnsAnswerer struct {
+	query  func(ctx context.Context, q []byte, family string, from netip.AddrPort) ([]byte, error)
+	suffix func() string
+	inject func(pkt []byte) error
+	logf   func(format string, args ...any)
+	slots  chan struct{}
+}
+
+// interceptable reports whether the parsed packet is a DNS query the device
+// answers itself.
+func interceptable(p *packet.Parsed) bool {
+	if p.IPProto != ipproto.UDP || p.Dst.Port() != 53 {
+		return false
+	}
+	dst := p.Dst.Addr()
+	for _, r := range tailnetRoutes {
+		if r.Contains(dst) {
+			return false // MagicDNS's 100.100.100.100 or a tailnet node
+		}
+	}
+	return true
+}
+
+// answer handles one intercepted query packet (its own copy) asynchronously.
+func (a *dnsAnswerer) answer(pkt []byte) {
+	select {
+	case a.slots <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-a.slots }()
+		var p packet.Parsed
+		p.Decode(pkt)
+		query := p.Payload()
+		resp, err := a.resolve(query, p.Src, p.Dst)
+		if err != nil {
+			a.logf("tslink: dns: %v", err)
+			return
+		}
+		if err := a.inject(replyPacket(&p, resp)); err != nil {
+			a.logf("tslink: dns: injecting answer: %v", err)
+		}
+	}()
+}
+
+func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dnsForwardTimeout)
+	defer cancel()
+	name := questionName(query)
+	suffix := strings.Trim(a.suffix(), ".")
+	if suffix != "" && (name == suffix || strings.HasSuffix(name, "."+suffix)) {
+		return a.query(ctx, query, "udp", from)
+	}
+	if name != "" && !strings.Contains(name, ".") {
+		if resp, err := a.query(ctx, query, "udp", from); err == nil && answered(resp) {
+			return resp, nil
+		}
+	}
+	return forwardDNS(ctx, query, to)
+}
+
+// questionName is the query's first question name, lowercased, without the
+// trailing dot; "" if it cannot be parsed.
+func questionName(query []byte) string {
+	var parser dnsmessage.Parser
+	if _, err := parser.Start(query); err != nil {
+		return ""
+	}
+	q, err := parser.Question()
+	if err != nil {
+		return ""
+	}
+	return strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
+}
+
+// answered reports whether a response says the name exists (NOERROR with at
+// least one answer).
+func answered(resp []byte) bool {
+	var parser dnsmessage.Parser
+	h, err := parser.Start(resp)
+	if err != nil || h.RCode != dnsmessage.RCodeSuccess {
+		return false
+	}
+	if err := parser.SkipAllQuestions(); err != nil {
+		return false
+	}
+	_, err = parser.AnswerHeader()
+	return err == nil
+}
+
+// forwardDNS asks the resolver the container addressed, from this process's
+// netns.
+func forwardDNS(ctx context.Context, query []byte, to netip.AddrPort) ([]byte, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", to.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := c.Write(query); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 65535)
+	n, err := c.Read(buf)
+	if err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
+// replyPacket builds the IP/UDP packet carrying resp back to the query's
+// sender, from the address it asked.
+func replyPacket(q *packet.Parsed, resp []byte) []byte {
+	if q.IPVersion == 4 {
+		h := q.UDP4Header()
+		h.ToResponse()
+		return packet.Generate(h, resp)
+	}
+	h := packet.UDP6Header{
+		IP6Header: packet.IP6Header{IPProto: ipproto.UDP, Src: q.Dst.Addr(), Dst: q.Src.Addr()},
+		SrcPort:   q.Dst.Port(),
+		DstPort:   q.Src.Port(),
+	}
+	return packet.Generate(h, resp)
+}
+
+// answerDNS makes the device answer the DNS queries routeDNS sends it.
+func (n *Node) answerDNS(st *ipnstate.Status) {
+	mgr, ok := n.srv.Sys().DNSManager.GetOK()
+	if !ok {
+		n.logf("tslink: no DNS manager: Docker's DNS will not know tailnet names")
+		return
+	}
+	suffix := ""
+	if st.CurrentTailnet != nil {
+		suffix = st.CurrentTailnet.MagicDNSSuffix
+	}
+	n.dev.dns.Store(&dnsAnswerer{
+		query:  mgr.Query,
+		suffix: func() string { return suffix },
+		inject: n.dev.inject,
+		logf:   n.logf,
+		slots:  make(chan struct{}, maxDNSInFlight),
+	})
+}

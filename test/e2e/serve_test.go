@@ -1,0 +1,169 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tslink/tslink/test/netnstest"
+)
+
+// loopbackApp is a container command serving only on the container's
+// 127.0.0.1: httpd on 8080 (index "hello"), a line echo on 9000, and a
+// one-shot request recorder on 8082 writing /tmp/request.
+const loopbackApp = `nc -ll -s 127.0.0.1 -p 9000 -e cat & nc -l -s 127.0.0.1 -p 8082 > /tmp/request & exec httpd -f -p 127.0.0.1:8080 -h /www`
+
+// laptopHTTP GETs url from the laptop with the given Host header.
+func (l *lab) laptopHTTP(url, host string, timeout time.Duration) (string, error) {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return l.laptop.NS.Dial(ctx, network, addr)
+	}}
+	c := &http.Client{Transport: tr, Timeout: timeout}
+	req, _ := http.NewRequest("GET", url, nil)
+	if host != "" {
+		req.Host = host
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer res.Body.Close()
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d ", res.StatusCode)
+	buf := make([]byte, 4096)
+	n, _ := res.Body.Read(buf)
+	b.Write(buf[:n])
+	return b.String(), nil
+}
+
+func (l *lab) laptopDial(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := l.laptop.NS.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte("ping\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 5)
+	if _, err := c.Read(buf); err != nil {
+		return err
+	}
+	if string(buf) != "ping\n" {
+		return fmt.Errorf("echo answered %q", buf)
+	}
+	return nil
+}
+
+// TestServeLabels: the README's ts.serve.* labels on a container whose app
+// listens on its localhost only, reached from the laptop.
+func TestServeLabels(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn")
+	l.docker("run", "-d", "--name", "web", "--network", "tn",
+		"--label", "ts.serve.80=http:8080",
+		"--label", "ts.serve.81=http:8080/app",
+		"--label", "ts.serve.82=http:8082",
+		"--label", "ts.serve.7000=tcp:9000",
+		image, "sh", "-c", loopbackApp)
+	ip := l.tsIP("web", "-4")
+	cases := []struct{ name, url, host, want string }{
+		{"http by IP", "http://" + ip + "/", "", "200 hello"},
+		{"http by MagicDNS name", "http://" + ip + "/", "web", "200 hello"},
+		{"http under a path prefix", "http://" + ip + ":81/app/index.html", "", "200 hello"},
+	}
+	for _, tc := range cases {
+		var got string
+		err := netnstest.WaitFor(15*time.Second, func() (err error) {
+			got, err = l.laptopHTTP(tc.url, tc.host, 5*time.Second)
+			if err == nil && !strings.HasPrefix(got, tc.want) {
+				err = fmt.Errorf("got %q, want %q", got, tc.want)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("%s: GET %s: %v", tc.name, tc.url, err)
+		}
+	}
+	if got, err := l.laptopHTTP("http://"+ip+":81/index.html", "", 5*time.Second); err == nil && strings.HasPrefix(got, "200") {
+		t.Errorf("GET outside the /app prefix answered %q", got)
+	}
+	if err := l.laptopDial(ip + ":7000"); err != nil {
+		t.Errorf("tcp serve 7000 -> 127.0.0.1:9000: %v", err)
+	}
+	if err := l.laptopDial(ip + ":9000"); err == nil {
+		t.Errorf("the container's localhost-only port 9000 answers on its tailnet IP")
+	}
+	// Identity headers, as tailscale serve sets them, reach the app.
+	l.laptopHTTP("http://"+ip+":82/whoami", "", 2*time.Second)
+	st := l.laptop.Status(t)
+	login := st.User[st.Self.UserID].LoginName
+	err := netnstest.WaitFor(5*time.Second, func() error {
+		req, _ := l.engine.Docker(context.Background(), "exec", "web", "cat", "/tmp/request")
+		if !strings.Contains(req, "Tailscale-User-Login: "+login) {
+			return fmt.Errorf("request seen by the app lacks Tailscale-User-Login: %s:\n%s", login, req)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	l.docker("rm", "-f", "web")
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
+}
+
+// TestServiceAndDirect: ts.direct=true vs false on the same image and
+// labels, and the ts.service advertisement reaching control and withdrawn on
+// stop (testcontrol does not model Services: the test reads the node's
+// Hostinfo.ServicesHash at control).
+func TestServiceAndDirect(t *testing.T) {
+	l := newLab(t)
+	l.control.SetTagOwners(map[string][]string{"tag:web": {"tag:web"}})
+	l.createNetwork("tn", "--opt", "ts.ephemeral=false")
+	for _, direct := range []string{"true", "false"} {
+		name := "svc-direct-" + direct
+		l.docker("run", "-d", "--name", name, "--network", "tn",
+			"--label", "ts.tags=tag:web",
+			"--label", "ts.service=svc:web",
+			"--label", "ts.direct="+direct,
+			"--label", "ts.serve.7000=tcp:9000",
+			image, "sh", "-c", loopbackApp)
+		ip := l.tsIP(name, "-4")
+		err := netnstest.WaitFor(10*time.Second, func() error { return l.laptopDial(ip + ":7000") })
+		if direct == "true" && err != nil {
+			t.Errorf("ts.direct=true: %s:7000 on the node's own IP: %v", name, err)
+		}
+		if direct == "false" && err == nil {
+			t.Errorf("ts.direct=false: %s:7000 answers on the node's own IP", name)
+		}
+		hash := func() string {
+			for _, n := range l.control.NodesByHostname(name) {
+				return n.ServicesHash
+			}
+			return ""
+		}
+		if err := netnstest.WaitFor(10*time.Second, func() error {
+			if hash() == "" {
+				return fmt.Errorf("%s: control has no service advertisement", name)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		l.docker("stop", "-t", "1", name)
+		if h := hash(); h != "" {
+			t.Errorf("%s: after docker stop control still has services hash %s: not withdrawn", name, h)
+		}
+		l.docker("rm", name)
+	}
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
+}
