@@ -96,6 +96,7 @@ func startInternet(t *testing.T) {
 	// the nodes' control connections, so concurrent starts time out.
 	netnstest.Run(t, "ip", "route", "replace", "default", "via", internetAddr)
 	t.Cleanup(func() { exec.Command("ip", "route", "del", "default", "via", internetAddr).Run() })
+	serveInternetDNS(t, ns)
 	ln := ns.Listen(t, "tcp", ":80")
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from the internet, %s\n", r.RemoteAddr)

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/tslink/tslink/test/netnstest"
+)
+
+// serveInternetDNS runs the internet's resolver on internetAddr:53: every A
+// query is answered with internetAddr (dockerd started with --dns
+// internetAddr makes it the containers' upstream, as a host's resolver is).
+func serveInternetDNS(t *testing.T, ns *netnstest.NetNS) {
+	var pc net.PacketConn
+	if err := ns.Do(func() (err error) { pc, err = net.ListenPacket("udp4", internetAddr+":53"); return err }); err != nil {
+		t.Fatalf("internet DNS: %v", err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	answer := netip.MustParseAddr(internetAddr).As4()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionAvailable: true})
+			b.StartQuestions()
+			b.Question(q)
+			b.StartAnswers()
+			if q.Type == dnsmessage.TypeA {
+				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: answer})
+			}
+			out, _ := b.Finish()
+			pc.WriteTo(out, from)
+		}
+	}()
+}
+
+// TestMagicDNSInContainers: with no docker flag, a container resolves tailnet
+// short names and FQDNs, other containers by name (Docker's DNS), and
+// internet names through the host's resolver, while the tailnet's DNS config
+// has no upstream resolvers (testcontrol sends none).
+func TestMagicDNSInContainers(t *testing.T) {
+	l := newLabWith(t, []string{"--dns", internetAddr})
+	l.createNetwork("tn")
+	l.docker("run", "-d", "--name", "alpha", "--network", "tn", image, "sleep", "3600")
+	l.docker("run", "-d", "--name", "beta", "--network", "tn", image, "sleep", "3600")
+	betaTS := l.tsIP("beta", "-4")
+	betaEth := strings.TrimSpace(l.docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "beta"))
+	laptop := l.laptop.IPv4(t).String()
+	domain := l.control.MagicDNSDomain()
+	cases := []struct{ name, want string }{
+		{l.laptop.Hostname, laptop},
+		{l.laptop.Hostname + "." + domain, laptop},
+		{"beta." + domain, betaTS},
+		{"beta", betaEth},
+		{"www.example.test", internetAddr},
+	}
+	for _, tc := range cases {
+		var out string
+		err := netnstest.WaitFor(10*time.Second, func() (err error) {
+			out, err = l.engine.Docker(context.Background(), "exec", "alpha", "nslookup", tc.name)
+			if err == nil && !strings.Contains(out, tc.want) {
+				err = fmt.Errorf("answer lacks %s:\n%s", tc.want, out)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("nslookup %s in a container: %v", tc.name, err)
+		} else {
+			t.Logf("nslookup %s -> %s", tc.name, tc.want)
+		}
+	}
+	l.docker("rm", "-f", "alpha", "beta")
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
+}
