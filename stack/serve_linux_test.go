@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"tailscale.com/ipn"
+
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/test/netnstest"
 )
@@ -64,8 +66,26 @@ func TestServeReachesContainerLoopback(t *testing.T) {
 		{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"},
 		{Port: 81, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/app"},
 		{Port: 7000, Proto: tsopts.ProtoTCP, Target: 9000},
+		{Port: 443, Proto: tsopts.ProtoHTTPS, Target: 8080, Path: "/"},
+		{Port: 993, Proto: tsopts.ProtoTLSTerminatedTCP, Target: 9000},
 	}}
 	n, ctr := l.startNode(t, cfg)
+	// TLS endpoints: testcontrol issues no certificates (no cert domains,
+	// no ACME), so this checks the serve config tsnet got, up to issuance.
+	sc, err := n.LocalClient().GetServeConfig(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fqdn := "served." + l.control.MagicDNSDomain()
+	if h := sc.TCP[443]; h == nil || !h.HTTPS {
+		t.Errorf("https endpoint: TCP[443] = %+v, want HTTPS", h)
+	}
+	if w := sc.Web[ipn.HostPort(fqdn+":443")]; w == nil || w.Handlers["/"] == nil || w.Handlers["/"].Proxy != n.relays.backend(8080) {
+		t.Errorf("https endpoint: Web[%s:443] = %+v, want / proxied to the relay of 8080", fqdn, w)
+	}
+	if h := sc.TCP[993]; h == nil || h.TerminateTLS != fqdn || h.TCPForward != n.relays.backend(9000) {
+		t.Errorf("tls-terminated-tcp endpoint: TCP[993] = %+v, want TLS ended as %s, forwarded to the relay of 9000", h, fqdn)
+	}
 	loopbackApp(t, ctr)
 	v4, _ := n.Addrs()
 	st := l.laptop.Status(t)
