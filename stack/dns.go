@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -49,6 +50,21 @@ type dnsAnswerer struct {
 	inject func(pkt []byte) error
 	logf   func(format string, args ...any)
 	slots  chan struct{}
+	ctx    context.Context // ends in stop
+	cancel context.CancelFunc
+
+	mu      sync.Mutex // orders wg.Add before stop's Wait
+	stopped bool
+	wg      sync.WaitGroup
+}
+
+// stop cancels the queries in flight and waits for their goroutines.
+func (a *dnsAnswerer) stop() {
+	a.mu.Lock()
+	a.stopped = true
+	a.mu.Unlock()
+	a.cancel()
+	a.wg.Wait()
 }
 
 // interceptable reports whether the parsed packet is a DNS query the device
@@ -73,24 +89,33 @@ func (a *dnsAnswerer) answer(pkt []byte) {
 	default:
 		return
 	}
-	go func() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopped {
+		<-a.slots
+		return
+	}
+	a.wg.Go(func() {
 		defer func() { <-a.slots }()
 		var p packet.Parsed
 		p.Decode(pkt)
 		query := p.Payload()
 		resp, err := a.resolve(query, p.Src, p.Dst)
+		if a.ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			a.logf("tslink: dns: %v", err)
 			return
 		}
-		if err := a.inject(replyPacket(&p, resp)); err != nil {
+		if err := a.inject(replyPacket(&p, resp)); err != nil && a.ctx.Err() == nil {
 			a.logf("tslink: dns: injecting answer: %v", err)
 		}
-	}()
+	})
 }
 
 func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), dnsForwardTimeout)
+	ctx, cancel := context.WithTimeout(a.ctx, dnsForwardTimeout)
 	defer cancel()
 	name := questionName(query)
 	suffix := strings.Trim(a.suffix(), ".")
@@ -184,11 +209,14 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 	if st.CurrentTailnet != nil {
 		suffix = st.CurrentTailnet.MagicDNSSuffix
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	n.dev.dns.Store(&dnsAnswerer{
 		query:  mgr.Query,
 		suffix: func() string { return suffix },
 		inject: n.dev.inject,
 		logf:   n.logf,
 		slots:  make(chan struct{}, maxDNSInFlight),
+		ctx:    ctx,
+		cancel: cancel,
 	})
 }

@@ -175,7 +175,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		}
 	}
 
-	if err := n.applyServe(sctx, st); err != nil {
+	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer acancel()
+	if err := n.applyServe(actx, st); err != nil {
 		return nil, err
 	}
 	n.answerDNS(st)
@@ -478,6 +480,11 @@ func (n *Node) Close(ctx context.Context) error {
 func (n *Node) teardown(keepTUN bool) {
 	if n.relays != nil {
 		n.relays.close()
+	}
+	if n.dev != nil {
+		if a := n.dev.dns.Swap(nil); a != nil {
+			a.stop()
+		}
 	}
 	if n.dev != nil && !keepTUN {
 		n.dev.setPersist(false)

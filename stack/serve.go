@@ -1,7 +1,9 @@
 package stack
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -231,11 +233,25 @@ func (n *Node) applyServe(ctx context.Context, st *ipnstate.Status) error {
 		n.relays = r
 	}
 	sc := serveConfig(&n.cfg, st, func(port uint16) string { return n.relays.backend(port) })
-	if err := n.lc.SetServeConfig(ctx, sc); err != nil {
-		return fmt.Errorf("setting serve config: %w", err)
+	// Both calls are skipped when they would change nothing (the common
+	// case: no serve labels now or before), keeping node start lean.
+	cur, err := n.lc.GetServeConfig(ctx)
+	if err != nil {
+		return fmt.Errorf("reading serve config: %w", err)
 	}
-	if _, err := n.lc.EditPrefs(ctx, &ipn.MaskedPrefs{AdvertiseServicesSet: true, Prefs: ipn.Prefs{AdvertiseServices: advertise}}); err != nil {
-		return fmt.Errorf("advertising service: %w", err)
+	if !sameServeConfig(cur, sc) {
+		if err := n.lc.SetServeConfig(ctx, sc); err != nil {
+			return fmt.Errorf("setting serve config: %w", err)
+		}
+	}
+	prefs, err := n.lc.GetPrefs(ctx)
+	if err != nil {
+		return fmt.Errorf("reading prefs: %w", err)
+	}
+	if !slices.Equal(prefs.AdvertiseServices, advertise) {
+		if _, err := n.lc.EditPrefs(ctx, &ipn.MaskedPrefs{AdvertiseServicesSet: true, Prefs: ipn.Prefs{AdvertiseServices: advertise}}); err != nil {
+			return fmt.Errorf("advertising service: %w", err)
+		}
 	}
 	for _, ep := range n.cfg.Serve.Endpoints {
 		n.logf("tslink: serving tailnet port %d (%s%s) from container port %d%s", ep.Port, ep.Proto, ep.Path, ep.Target, serveWhere(&n.cfg))
@@ -287,4 +303,18 @@ func (n *Node) netnsPath() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.nsPath
+}
+
+// sameServeConfig compares serve configs by their JSON form (nil and empty
+// are the same).
+func sameServeConfig(a, b *ipn.ServeConfig) bool {
+	if a == nil {
+		a = new(ipn.ServeConfig)
+	}
+	if b == nil {
+		b = new(ipn.ServeConfig)
+	}
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
