@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -83,7 +84,9 @@ type Node struct {
 
 	mu      sync.Mutex // guards the fields below and serialises Attach/Close
 	closed  bool
-	nsPath  string         // netns holding tailscale0; "" while in the host netns
+	nsPath  string         // netns holding tailscale0 (via nsFile); "" while in the host netns
+	nsFile  *os.File       // the netns, held from attach to Close
+	nsShown string         // the path the netns was given by, for status
 	addrs   []netip.Prefix // the node's Tailscale addresses, host prefixes
 	state   ipn.State
 	lastErr string
@@ -123,7 +126,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 
 	if cfg.AdoptNetNS != "" {
 		n.dev, err = openTUNIn(cfg.AdoptNetNS, TUNName)
-		n.nsPath = cfg.AdoptNetNS
+		if err == nil {
+			err = n.holdNetNS(cfg.AdoptNetNS)
+		}
 	} else {
 		n.dev, err = createTUN(HostTUNName(cfg.EndpointID))
 	}
@@ -371,7 +376,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsPath, LastErr: n.lastErr}
+	return Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr}
 }
 
 // Attach moves tailscale0 into the netns at nsPath (a path to an nsfs mount
@@ -385,14 +390,16 @@ func (n *Node) Attach(nsPath string) error {
 	if n.closed {
 		return ErrClosed
 	}
-	if n.nsPath != "" && n.nsPath != nsPath {
-		return fmt.Errorf("%s is already attached to netns %s", TUNName, n.nsPath)
+	if n.nsPath != "" && !sameFile(n.nsPath, nsPath) {
+		return fmt.Errorf("%s is already attached to netns %s", TUNName, n.nsShown)
 	}
 	if n.nsPath == "" {
 		if err := moveTUN(HostTUNName(n.cfg.EndpointID), nsPath); err != nil {
 			return err
 		}
-		n.nsPath = nsPath
+		if err := n.holdNetNS(nsPath); err != nil {
+			return err
+		}
 	}
 	if err := n.configureLocked(); err != nil {
 		return err
@@ -477,6 +484,28 @@ func (n *Node) Close(ctx context.Context) error {
 // teardown releases everything Start acquired. keepTUN leaves a persistent
 // tailscale0 in place (a failed adoption); otherwise persistence is cleared
 // first so closing the last fd deletes the device.
+// holdNetNS opens the netns at nsPath and keeps it open until Close: later
+// work in the netns goes through /proc/self/fd, so it does not depend on the
+// path staying valid (a /proc/<dockerd pid>/root/... path dies with that
+// dockerd process, e.g. on a live-restore restart).
+func (n *Node) holdNetNS(nsPath string) error {
+	f, err := os.Open(nsPath)
+	if err != nil {
+		return fmt.Errorf("opening netns %s: %w", nsPath, err)
+	}
+	n.nsFile = f
+	n.nsShown = nsPath
+	n.nsPath = fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+	return nil
+}
+
+// sameFile reports whether paths a and b name the same file (netns).
+func sameFile(a, b string) bool {
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
+}
+
 func (n *Node) teardown(keepTUN bool) {
 	if n.relays != nil {
 		n.relays.close()
@@ -494,6 +523,9 @@ func (n *Node) teardown(keepTUN bool) {
 	}
 	if n.dev != nil {
 		n.dev.Close() // no-op if wgengine already closed it
+	}
+	if n.nsFile != nil {
+		n.nsFile.Close()
 	}
 	n.lock.release()
 }

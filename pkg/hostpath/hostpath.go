@@ -64,12 +64,23 @@ func Path(p string) (string, error) {
 	mu.Lock()
 	pid := lastPID
 	mu.Unlock()
-	if pid == 0 || !isDockerd(pid) {
-		pids := dockerdPIDs()
-		if len(pids) == 0 {
-			return "", fmt.Errorf("%s: no dockerd process visible (the plugin needs pidhost): %w", p, os.ErrNotExist)
+	if pid != 0 {
+		if _, ok := under(pid, filepath.Dir(p)); !ok || !isDockerd(pid) {
+			pid = 0
 		}
-		pid = pids[0]
+	}
+	if pid == 0 {
+		// The dockerd whose root holds p's directory (several may run,
+		// e.g. test engines with their own exec-roots).
+		for _, cand := range dockerdPIDs() {
+			if _, ok := under(cand, filepath.Dir(p)); ok {
+				pid = cand
+				break
+			}
+		}
+		if pid == 0 {
+			return "", fmt.Errorf("%s: its directory is not under any dockerd's root (the plugin needs pidhost): %w", p, os.ErrNotExist)
+		}
 		mu.Lock()
 		lastPID = pid
 		mu.Unlock()
