@@ -2,8 +2,10 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -45,13 +47,16 @@ const maxDNSInFlight = 64
 // dnsAnswerer answers intercepted queries. query asks tsnet's MagicDNS
 // resolver (dns.Manager.Query); suffix is the tailnet's MagicDNS suffix.
 type dnsAnswerer struct {
-	query  func(ctx context.Context, q []byte, family string, from netip.AddrPort) ([]byte, error)
-	suffix func() string
-	inject func(pkt []byte) error
-	logf   func(format string, args ...any)
-	slots  chan struct{}
-	ctx    context.Context // ends in stop
-	cancel context.CancelFunc
+	query func(ctx context.Context, q []byte, family string, from netip.AddrPort) ([]byte, error)
+	// routable reports whether the container could reach dst itself
+	// (without the DNS rule): only then is a query forwarded for it.
+	routable func(dst netip.Addr) bool
+	suffix   func() string
+	inject   func(pkt []byte) error
+	logf     func(format string, args ...any)
+	slots    chan struct{}
+	ctx      context.Context // ends in stop
+	cancel   context.CancelFunc
 
 	mu      sync.Mutex // orders wg.Add before stop's Wait
 	stopped bool
@@ -101,7 +106,7 @@ func (a *dnsAnswerer) answer(pkt []byte) {
 		p.Decode(pkt)
 		query := p.Payload()
 		resp, err := a.resolve(query, p.Src, p.Dst)
-		if a.ctx.Err() != nil {
+		if a.ctx.Err() != nil || errors.Is(err, errNotForwarded) {
 			return
 		}
 		if err != nil {
@@ -114,34 +119,71 @@ func (a *dnsAnswerer) answer(pkt []byte) {
 	})
 }
 
+// errNotForwarded: the query was dropped rather than forwarded.
+var errNotForwarded = errors.New("not forwarded")
+
 func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(a.ctx, dnsForwardTimeout)
 	defer cancel()
-	name := questionName(query)
-	suffix := strings.Trim(a.suffix(), ".")
-	if suffix != "" && (name == suffix || strings.HasSuffix(name, "."+suffix)) {
-		return a.query(ctx, query, "udp", from)
+	q, ok := parseQuery(query)
+	if !ok {
+		return nil, errNotForwarded // not a DNS query: the rule only routes port 53
 	}
-	if name != "" && !strings.Contains(name, ".") {
-		if resp, err := a.query(ctx, query, "udp", from); err == nil && answered(resp) {
-			return resp, nil
+	name := strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
+	suffix := strings.Trim(a.suffix(), ".")
+	switch {
+	case suffix != "" && (name == suffix || strings.HasSuffix(name, "."+suffix)), tailnetReverseName(name):
+		return a.query(ctx, query, "udp", from)
+	case name != "" && !strings.Contains(name, "."):
+		// A peer's short name, for any record type, if MagicDNS has an
+		// address for it.
+		if probe, err := aQuery(q.Name); err == nil {
+			if resp, err := a.query(ctx, probe, "udp", from); err == nil && answered(resp) {
+				return a.query(ctx, query, "udp", from)
+			}
 		}
+	}
+	if !a.routable(to.Addr()) {
+		// e.g. an --internal network: the container could not have asked
+		// that resolver itself.
+		return nil, errNotForwarded
 	}
 	return forwardDNS(ctx, query, to)
 }
 
-// questionName is the query's first question name, lowercased, without the
-// trailing dot; "" if it cannot be parsed.
-func questionName(query []byte) string {
+// parseQuery returns the first question of a standard DNS query message.
+func parseQuery(msg []byte) (dnsmessage.Question, bool) {
 	var parser dnsmessage.Parser
-	if _, err := parser.Start(query); err != nil {
-		return ""
+	h, err := parser.Start(msg)
+	if err != nil || h.Response || h.OpCode != 0 {
+		return dnsmessage.Question{}, false
 	}
 	q, err := parser.Question()
-	if err != nil {
-		return ""
+	return q, err == nil
+}
+
+// aQuery builds an A query for name.
+func aQuery(name dnsmessage.Name) ([]byte, error) {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{RecursionDesired: true})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
 	}
-	return strings.ToLower(strings.TrimSuffix(q.Name.String(), "."))
+	if err := b.Question(dnsmessage.Question{Name: name, Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}); err != nil {
+		return nil, err
+	}
+	return b.Finish()
+}
+
+// tailnetReverseName reports whether name (lowercase, no trailing dot) is a
+// reverse-lookup name of a tailnet address: 100.64.0.0/10 or
+// fd7a:115c:a1e0::/48.
+func tailnetReverseName(name string) bool {
+	if v4, ok := strings.CutSuffix(name, ".100.in-addr.arpa"); ok {
+		labels := strings.Split(v4, ".")
+		second, err := strconv.Atoi(labels[len(labels)-1])
+		return err == nil && second >= 64 && second <= 127
+	}
+	return strings.HasSuffix(name, ".0.e.1.a.c.5.1.1.a.7.d.f.ip6.arpa")
 }
 
 // answered reports whether a response says the name exists (NOERROR with at
@@ -211,7 +253,11 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n.dev.dns.Store(&dnsAnswerer{
-		query:  mgr.Query,
+		query: mgr.Query,
+		routable: func(dst netip.Addr) bool {
+			nsPath := n.netnsPath()
+			return nsPath != "" && routable(nsPath, dst)
+		},
 		suffix: func() string { return suffix },
 		inject: n.dev.inject,
 		logf:   n.logf,

@@ -71,6 +71,16 @@ func TestDNSQueriesToAnyResolverKnowTailnetNames(t *testing.T) {
 	fakeResolver(t, netnstest.LabAddr+":53", internet)
 	_, ctr := l.startNode(t, l.config("dnsctr"))
 	laptopIP := l.laptop.IPv4(t).String()
+	// Like an --internal network: no route out, so nothing is forwarded
+	// (tailnet names still resolve, below).
+	if out, err := nslookup(ctr, "example.com", netnstest.LabAddr); err == nil && strings.Contains(out, internet.String()) {
+		t.Errorf("a container without a route to the resolver got an answer from it:\n%s", out)
+	}
+	// A default route, as docker_gwbridge gives (packets to port 53 still go
+	// through tailscale0 by the DNS rule).
+	if out, err := ctr.Exec(context.Background(), "ip", "route", "add", "default", "dev", "lo"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
 	cases := []struct{ name, want string }{
 		{l.laptop.Hostname, laptopIP},
 		{l.laptop.Hostname + "." + l.control.MagicDNSDomain(), laptopIP},

@@ -302,3 +302,16 @@ func dnsRules() []*netlink.Rule {
 	}
 	return []*netlink.Rule{viaMain, viaTUN}
 }
+
+// routable reports whether the netns at nsPath has a route to dst in its
+// ordinary routing (a lookup without protocol or port, so the DNS rule of
+// routeDNS does not apply).
+func routable(nsPath string, dst netip.Addr) bool {
+	ok := false
+	withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		routes, err := h.RouteGet(dst.AsSlice())
+		ok = err == nil && len(routes) > 0 && routes[0].Type != unix.RTN_UNREACHABLE && routes[0].Type != unix.RTN_BLACKHOLE && routes[0].Type != unix.RTN_PROHIBIT
+		return nil
+	})
+	return ok
+}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +14,12 @@ import (
 
 	"github.com/tslink/tslink/test/netnstest"
 )
+
+// internetQueries records the names the internet's resolver was asked.
+var internetQueries struct {
+	sync.Mutex
+	names []string
+}
 
 // serveInternetDNS runs the internet's resolver on internetAddr:53: every A
 // query is answered with internetAddr (dockerd started with --dns
@@ -40,6 +47,9 @@ func serveInternetDNS(t *testing.T, ns *netnstest.NetNS) {
 			if err != nil {
 				continue
 			}
+			internetQueries.Lock()
+			internetQueries.names = append(internetQueries.names, strings.ToLower(q.Name.String()))
+			internetQueries.Unlock()
 			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionAvailable: true})
 			b.StartQuestions()
 			b.Question(q)
@@ -88,6 +98,17 @@ func TestMagicDNSInContainers(t *testing.T) {
 			t.Logf("nslookup %s -> %s", tc.name, tc.want)
 		}
 	}
+	// Tailnet names, in any record type, and reverse lookups of tailnet
+	// addresses stay on the tailnet.
+	l.docker("exec", "alpha", "nslookup", "-type=AAAA", l.laptop.Hostname)
+	l.docker("exec", "alpha", "nslookup", laptop)
+	internetQueries.Lock()
+	for _, name := range internetQueries.names {
+		if strings.HasPrefix(name, l.laptop.Hostname+".") || strings.Contains(name, domain) || strings.HasSuffix(name, ".100.in-addr.arpa.") {
+			t.Errorf("the internet's resolver was asked for tailnet name %s", name)
+		}
+	}
+	internetQueries.Unlock()
 	l.docker("rm", "-f", "alpha", "beta")
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
