@@ -26,7 +26,7 @@ cleanup() {
   # Every container on the demo network, also ones added while KEEP=1 ran.
   local ctrs
   ctrs=$(docker network inspect -f '{{range $id, $c := .Containers}}{{$id}} {{end}}' "$NET" 2>/dev/null || true)
-  docker rm -f tslink-demo-alpha tslink-demo-beta $ctrs >/dev/null 2>&1 || true
+  docker rm -f tslink-demo-alpha tslink-demo-beta tslink-demo-gamma $ctrs >/dev/null 2>&1 || true
   docker network rm "$NET" >/dev/null 2>&1 || true
   [ -f $WORK/laptop.pid ] && kill "$(cat $WORK/laptop.pid)" 2>/dev/null || true
   [ -f $WORK/control.pid ] && kill "$(cat $WORK/control.pid)" 2>/dev/null || true
@@ -128,9 +128,12 @@ for c in alpha beta; do
   docker run -d --name tslink-demo-$c --network $NET --label ts.hostname=demo-$c $IMAGE \
     sh -c "echo 'hello from $c' >/www/index.html; exec httpd -f -p 8080 -h /www" >/dev/null
 done
+step "a served app: httpd on gamma's localhost only, served on tailnet port 80 (ts.serve.80=http:8080)"
+docker run -d --name tslink-demo-gamma --network $NET --label ts.hostname=demo-gamma --label ts.serve.80=http:8080 $IMAGE \
+  sh -c "echo 'hello from gamma, served' >/www/index.html; exec httpd -f -p 127.0.0.1:8080 -h /www" >/dev/null
 ip_of() { docker exec "tslink-demo-$1" ip -4 -o addr show dev tailscale0 | awk '{print $4}' | cut -d/ -f1; }
-ALPHA=$(ip_of alpha); BETA=$(ip_of beta)
-printf '  %-12s %s\n' demo-alpha "$ALPHA" demo-beta "$BETA"
+ALPHA=$(ip_of alpha); BETA=$(ip_of beta); GAMMA=$(ip_of gamma)
+printf '  %-12s %s\n' demo-alpha "$ALPHA" demo-beta "$BETA" demo-gamma "$GAMMA"
 get() { printf 'GET / HTTP/1.0\r\n\r\n' | "$@" 2>/dev/null | tail -1; }
 
 step "checks"
@@ -146,11 +149,14 @@ check "beta -> alpha over the tailnet ($ALPHA)" "hello from alpha" get docker ex
 check "laptop -> alpha over the tailnet" "hello from alpha" get ip netns exec tslink-demo-laptop busybox nc -w 5 "$ALPHA" 8080
 check "laptop -> beta over the tailnet" "hello from beta" get ip netns exec tslink-demo-laptop busybox nc -w 5 "$BETA" 8080
 check "laptop's tailscale status lists demo-alpha and demo-beta" "demo-beta" sh -c "$TS status | grep demo-alpha && $TS status | grep demo-beta"
+check "alpha resolves the laptop by MagicDNS name (no --dns flag)" "$LAPTOP_IP" docker exec tslink-demo-alpha nslookup laptop
+check "alpha resolves demo-beta.tailnet.test" "$BETA" docker exec tslink-demo-alpha nslookup demo-beta.tailnet.test
+check "laptop -> gamma's localhost-only app through Serve" "hello from gamma, served" sh -c "printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n' | ip netns exec tslink-demo-laptop busybox nc -w 5 $GAMMA 80 | tail -1"
 check "alpha -> the internet through Docker's NAT" "hello from the internet" get docker exec -i tslink-demo-alpha nc -w 5 $INET.2 80
 check "alpha pings the laptop ($LAPTOP_IP)" "1 packets received" docker exec tslink-demo-alpha ping -c 1 -W 3 "$LAPTOP_IP"
 
 if [ "$bad" = 0 ]; then
-  printf '\n\033[32mSUCCESS: %d checks passed. demo-alpha (%s) and demo-beta (%s) are tailnet nodes, reach each other, the laptop and the internet.\033[0m\n' "$ok" "$ALPHA" "$BETA"
+  printf '\n\033[32mSUCCESS: %d checks passed. demo-alpha (%s), demo-beta (%s) and demo-gamma (%s) are tailnet nodes, reach each other, the laptop and the internet, resolve MagicDNS names, and gamma serves its localhost app on the tailnet.\033[0m\n' "$ok" "$ALPHA" "$BETA" "$GAMMA"
 else
   printf '\n\033[31mDEMO FAILED: %d of %d checks failed. Logs: %s/by-hostname/*/debug.log\033[0m\n' "$bad" $((ok+bad)) "$STATE"
   exit 1
@@ -159,8 +165,10 @@ if [ "${KEEP:-0}" = 1 ]; then
   cat <<MSG
 
 KEEP=1: everything keeps running. Try:
-  docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0
+  docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0; nslookup laptop
   $TS status
+  ip netns exec tslink-demo-laptop busybox nslookup demo-gamma 100.100.100.100
+  printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n' | ip netns exec tslink-demo-laptop busybox nc $GAMMA 80
   curl -s $CONTROL/tslink/nodes           # control's view of the tailnet
   $PWD/bin/tslink status                  # the plugin's view
   grep -a tslink: $STATE/by-hostname/demo-alpha/debug.log

@@ -22,6 +22,10 @@ var (
 	// ErrNotReady: the node reached control but was not Running in time.
 	ErrNotReady = errors.New("node not ready")
 
+	// ErrTagsNotGranted: the node asked for ACL tags and control gave it
+	// none (the tailnet policy's tagOwners do not allow them for this key).
+	ErrTagsNotGranted = errors.New("control did not grant the requested tags")
+
 	// ErrStateDirInUse: another node holds this state dir's lock.
 	ErrStateDirInUse = errors.New("state dir in use")
 	// ErrNoTUN: there is no tailscale0 to adopt in the given netns.

@@ -180,6 +180,10 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		}
 	}
 
+	if len(cfg.Tags) > 0 && (st.Self == nil || st.Self.Tags == nil || st.Self.Tags.Len() == 0) {
+		n.lastErr = fmt.Sprintf("%v: asked for %s; the node is untagged (check the tailnet policy's tagOwners)", ErrTagsNotGranted, strings.Join(cfg.Tags, ","))
+		n.logf("tslink: %s", n.lastErr)
+	}
 	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer acancel()
 	if err := n.applyServe(actx, st); err != nil {

@@ -215,7 +215,10 @@ func (n *Node) applyServe(ctx context.Context, st *ipnstate.Status) error {
 	var advertise []string
 	if s := n.cfg.Serve.Service; s != "" {
 		if st.Self == nil || st.Self.Tags == nil || st.Self.Tags.Len() == 0 {
-			return n.nodeError(ErrUntaggedService, "control gave "+n.cfg.Hostname+" no tags")
+			if len(n.cfg.Tags) == 0 {
+				return n.nodeError(ErrUntaggedService, "")
+			}
+			return n.nodeError(ErrTagsNotGranted, fmt.Sprintf("%s asked for %s, which a Tailscale Service backend needs; the tailnet policy's tagOwners must allow them for this auth key (or use an auth key created with these tags)", n.cfg.Hostname, strings.Join(n.cfg.Tags, ",")))
 		}
 		advertise = []string{s}
 	}

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -201,5 +202,22 @@ func TestServiceRequiresTags(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "tagged node") {
 		t.Errorf("error %q does not say the node must be tagged", err)
+	}
+}
+
+func TestServiceWithTagsControlRefuses(t *testing.T) {
+	l := newLab(t) // no tag owners: testcontrol grants no tags
+	cfg := l.config("notgranted")
+	cfg.Tags = []string{"tag:web"}
+	cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := Start(ctx, cfg)
+	if err == nil {
+		n.Close(context.Background())
+		t.Fatal("Start succeeded without the tags a service needs")
+	}
+	if !errors.Is(err, ErrTagsNotGranted) || !strings.Contains(err.Error(), "tagOwners") {
+		t.Errorf("error %q does not say control did not grant the tags", err)
 	}
 }

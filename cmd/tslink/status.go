@@ -112,7 +112,7 @@ type ProcessVars struct {
 	Goroutines  int    `json:"goroutines"`
 	FDs         int    `json:"fds"`
 	RSSKiB      int64  `json:"rssKiB"`
-	HeapLiveKiB uint64 `json:"heapLiveKiB"` // heap in use after the last GC
+	HeapLiveKiB uint64 `json:"heapLiveKiB"` // allocated heap (runtime.MemStats.HeapAlloc): live objects plus garbage not yet collected
 	// MemoryReleases counts the returns of freed heap to the OS that follow
 	// endpoints leaving (netdriver.Driver.MemoryReleases).
 	MemoryReleases uint64 `json:"memoryReleases"`

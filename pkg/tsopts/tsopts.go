@@ -252,12 +252,14 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 			}
 			c.Serve.Service = strings.ToLower(v)
 		case k == LabelDirect:
-			direct, err := strconv.ParseBool(v)
-			if err != nil {
+			switch strings.ToLower(v) {
+			case "true":
+				c.Serve.ServiceOnly = false
+			case "false":
+				c.Serve.ServiceOnly = true
+			default:
 				errs = append(errs, fmt.Errorf("label %s=%q: want true or false", k, v))
-				continue
 			}
-			c.Serve.ServiceOnly = !direct
 		default:
 			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect))
 		}
