@@ -90,6 +90,26 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 	l.control.SetTagOwners(map[string][]string{"tag:web": {"tag:web"}})
 	l.createNetwork("tn", "--opt", "ts.tags=tag:web")
 	ip, echo := l.echoContainer("svc", "tn", "before")
+	// A served localhost-only app and MagicDNS must come back with the node.
+	l.docker("run", "-d", "--name", "web", "--network", "tn", "--label", "ts.serve.80=http:8080", image, "sh", "-c", loopbackApp)
+	webIP := l.tsIP("web", "-4")
+	served := func() error {
+		got, err := l.laptopHTTP("http://"+webIP+"/", "", 5*time.Second)
+		if err == nil && !strings.HasPrefix(got, "200 hello") {
+			err = fmt.Errorf("got %q", got)
+		}
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		out, err := l.engine.Docker(context.Background(), "exec", "web", "nslookup", l.laptop.Hostname)
+		if err != nil || !strings.Contains(out, l.laptop.IPv4(t).String()) {
+			return fmt.Errorf("MagicDNS: %v: %s", err, out)
+		}
+		return nil
+	}
+	if err := netnstest.WaitFor(20*time.Second, served); err != nil {
+		t.Fatal(err)
+	}
 
 	for _, how := range []string{"kill -9", "disable -f + enable", "disable -f + rm + create + enable"} {
 		pid := l.pluginPID()
@@ -128,6 +148,9 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 		if got := l.tsIP("svc", "-4"); got != ip {
 			t.Errorf("%s: tailnet IP %s; want %s", how, got, ip)
 		}
+		if err := netnstest.WaitFor(20*time.Second, served); err != nil {
+			t.Errorf("%s: %v", how, err)
+		}
 	}
 	if n := l.control.NodesByHostname("svc"); len(n) != 1 || strings.Join(n[0].Tags, ",") != "tag:web" || !n[0].Online {
 		t.Errorf("after the restarts control has %+v; want one online node tagged tag:web", n)
@@ -137,7 +160,7 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 	if !strings.Contains(out, "inet 100.") {
 		t.Errorf("new container after recovery: %q", out)
 	}
-	l.docker("rm", "-f", "svc")
+	l.docker("rm", "-f", "svc", "web")
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
 }
