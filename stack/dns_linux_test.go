@@ -10,10 +10,9 @@ import (
 	"time"
 
 	"github.com/tslink/tslink/test/netnstest"
-	"golang.org/x/net/dns/dnsmessage"
 )
 
-// fakeResolver answers A queries for every name with addr, standing in for
+// fakeResolver answers every A query with addr on listen, standing in for
 // the host's resolver (Docker's embedded DNS forwards there).
 func fakeResolver(t *testing.T, listen string, addr netip.Addr) {
 	t.Helper()
@@ -22,33 +21,7 @@ func fakeResolver(t *testing.T, listen string, addr netip.Addr) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionAvailable: true})
-			b.StartQuestions()
-			b.Question(q)
-			b.StartAnswers()
-			if q.Type == dnsmessage.TypeA {
-				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: addr.As4()})
-			}
-			out, _ := b.Finish()
-			pc.WriteTo(out, from)
-		}
-	}()
+	go netnstest.ServeDNS(pc, addr, nil)
 }
 
 func nslookup(ctr *netnstest.NetNS, name, server string) (string, error) {

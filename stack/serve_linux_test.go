@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -33,31 +32,17 @@ func loopbackApp(t *testing.T, ctr *netnstest.NetNS) {
 }
 
 // laptopGET fetches url from the laptop with the given Host header ("" keeps
-// the URL's).
+// the URL's) and returns the body of a 200 answer.
 func (l *lab) laptopGET(url, host string) (string, error) {
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return l.laptop.NS.Dial(ctx, network, addr)
-		},
-	}}
-	req, err := http.NewRequest("GET", url, nil)
+	got, err := l.laptop.NS.HTTPGet(url, host, 5*time.Second)
 	if err != nil {
 		return "", err
 	}
-	if host != "" {
-		req.Host = host
+	body, ok := strings.CutPrefix(got, "200 ")
+	if !ok {
+		return "", fmt.Errorf("answer %q", got)
 	}
-	res, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	if res.StatusCode != 200 {
-		return "", fmt.Errorf("%s: %s", res.Status, b)
-	}
-	return string(b), nil
+	return body, nil
 }
 
 func TestServeReachesContainerLoopback(t *testing.T) {
@@ -189,35 +174,33 @@ func TestServiceOnlyAndWithdrawal(t *testing.T) {
 	}
 }
 
-func TestServiceRequiresTags(t *testing.T) {
+// TestServiceNeedsGrantedTags: a service backend without tags, or whose
+// tags control does not grant (testcontrol grants none without tag owners),
+// fails to start with an error saying which.
+func TestServiceNeedsGrantedTags(t *testing.T) {
 	l := newLab(t)
-	cfg := l.config("untagged")
-	cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	n, err := Start(ctx, cfg)
-	if err == nil {
-		n.Close(context.Background())
-		t.Fatal("Start of an untagged service backend succeeded")
-	}
-	if !strings.Contains(err.Error(), "tagged node") {
-		t.Errorf("error %q does not say the node must be tagged", err)
-	}
-}
-
-func TestServiceWithTagsControlRefuses(t *testing.T) {
-	l := newLab(t) // no tag owners: testcontrol grants no tags
-	cfg := l.config("notgranted")
-	cfg.Tags = []string{"tag:web"}
-	cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	n, err := Start(ctx, cfg)
-	if err == nil {
-		n.Close(context.Background())
-		t.Fatal("Start succeeded without the tags a service needs")
-	}
-	if !errors.Is(err, ErrTagsNotGranted) || !strings.Contains(err.Error(), "tagOwners") {
-		t.Errorf("error %q does not say control did not grant the tags", err)
+	for _, tc := range []struct {
+		host string
+		tags []string
+		kind error
+		want string
+	}{
+		{"untagged", nil, ErrUntaggedService, "tagged node"},
+		{"notgranted", []string{"tag:web"}, ErrTagsNotGranted, "tagOwners"},
+	} {
+		cfg := l.config(tc.host)
+		cfg.Tags = tc.tags
+		cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		n, err := Start(ctx, cfg)
+		cancel()
+		if err == nil {
+			n.Close(context.Background())
+			t.Errorf("%s: Start succeeded", tc.host)
+			continue
+		}
+		if !errors.Is(err, tc.kind) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %q, want %v mentioning %q", tc.host, err, tc.kind, tc.want)
+		}
 	}
 }

@@ -10,8 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
-
 	"github.com/tslink/tslink/test/netnstest"
 )
 
@@ -30,37 +28,11 @@ func serveInternetDNS(t *testing.T, ns *netnstest.NetNS) {
 		t.Fatalf("internet DNS: %v", err)
 	}
 	t.Cleanup(func() { pc.Close() })
-	answer := netip.MustParseAddr(internetAddr).As4()
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			h, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			internetQueries.Lock()
-			internetQueries.names = append(internetQueries.names, strings.ToLower(q.Name.String()))
-			internetQueries.Unlock()
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionAvailable: true})
-			b.StartQuestions()
-			b.Question(q)
-			b.StartAnswers()
-			if q.Type == dnsmessage.TypeA {
-				b.AResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}, dnsmessage.AResource{A: answer})
-			}
-			out, _ := b.Finish()
-			pc.WriteTo(out, from)
-		}
-	}()
+	go netnstest.ServeDNS(pc, netip.MustParseAddr(internetAddr), func(name string) {
+		internetQueries.Lock()
+		internetQueries.names = append(internetQueries.names, name)
+		internetQueries.Unlock()
+	})
 }
 
 // TestMagicDNSInContainers: with no docker flag, a container resolves tailnet

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -18,27 +16,10 @@ import (
 // address, so those two listen on all of the container's addresses).
 const loopbackApp = `nc -ll -p 9000 -e cat & nc -l -p 8082 > /tmp/request & exec httpd -f -p 127.0.0.1:8080 -h /www`
 
-// laptopHTTP GETs url from the laptop with the given Host header.
+// laptopHTTP GETs url from the laptop with the given Host header and
+// returns "<status> <body start>".
 func (l *lab) laptopHTTP(url, host string, timeout time.Duration) (string, error) {
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return l.laptop.NS.Dial(ctx, network, addr)
-	}}
-	c := &http.Client{Transport: tr, Timeout: timeout}
-	req, _ := http.NewRequest("GET", url, nil)
-	if host != "" {
-		req.Host = host
-	}
-	res, err := c.Do(req)
-	if err != nil {
-		return "", err
-	}
-	defer res.Body.Close()
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d ", res.StatusCode)
-	buf := make([]byte, 4096)
-	n, _ := res.Body.Read(buf)
-	b.Write(buf[:n])
-	return b.String(), nil
+	return l.laptop.NS.HTTPGet(url, host, timeout)
 }
 
 func (l *lab) laptopDial(addr string) error {
