@@ -112,6 +112,10 @@ type ProcessVars struct {
 	Goroutines  int    `json:"goroutines"`
 	FDs         int    `json:"fds"`
 	RSSKiB      int64  `json:"rssKiB"`
+	// RSSAnonKiB is the anonymous part of RSS (heap, stacks, runtime): the
+	// memory the process holds. The rest of RSS is file-backed, mostly the
+	// executable's pages, shared and reclaimable.
+	RSSAnonKiB int64 `json:"rssAnonKiB"`
 	HeapLiveKiB uint64 `json:"heapLiveKiB"` // allocated heap (runtime.MemStats.HeapAlloc): live objects plus garbage not yet collected
 	// MemoryReleases counts the returns of freed heap to the OS that follow
 	// endpoints leaving (netdriver.Driver.MemoryReleases).
@@ -127,8 +131,13 @@ func processVars() ProcessVars {
 	}
 	b, _ := os.ReadFile("/proc/self/status")
 	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			fmt.Sscan(f[1], &v.RSSKiB)
+		if f := strings.Fields(line); len(f) >= 2 {
+			switch f[0] {
+			case "VmRSS:":
+				fmt.Sscan(f[1], &v.RSSKiB)
+			case "RssAnon:":
+				fmt.Sscan(f[1], &v.RSSAnonKiB)
+			}
 		}
 	}
 	return v

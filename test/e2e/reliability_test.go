@@ -39,6 +39,7 @@ func (l *lab) pluginGet(path string) string {
 type pluginVars struct {
 	Goroutines, FDs     int
 	RSSKiB, HeapLiveKiB int64
+	RSSAnonKiB          int64
 	MemoryReleases      uint64
 }
 
@@ -290,8 +291,14 @@ func TestSoak(t *testing.T) {
 	if after.Goroutines > before.Goroutines+2 || after.FDs > before.FDs+2 {
 		t.Errorf("plugin leaked: goroutines %d -> %d, fds %d -> %d\n%s", before.Goroutines, after.Goroutines, before.FDs, after.FDs, l.pluginGet("/debug/pprof/goroutine?debug=1"))
 	}
-	if cycles >= 100 && float64(after.RSSKiB) > 1.1*float64(before.RSSKiB) {
-		t.Errorf("plugin RSS grew more than 10%%: %d -> %d KiB\n%s", before.RSSKiB, after.RSSKiB, grepLines(l.engine.Log(), "memory released"))
+	t.Logf("soak: anonymous RSS %d -> %d KiB (%+.1f%%), file-backed RSS %d -> %d KiB",
+		before.RSSAnonKiB, after.RSSAnonKiB, 100*float64(after.RSSAnonKiB-before.RSSAnonKiB)/float64(before.RSSAnonKiB),
+		before.RSSKiB-before.RSSAnonKiB, after.RSSKiB-after.RSSAnonKiB)
+	// The target is on the memory the plugin holds (anonymous RSS): the
+	// file-backed rest is the executable's pages, which grows as code paths
+	// run for the first time and is shared, reclaimable page cache.
+	if cycles >= 100 && float64(after.RSSAnonKiB) > 1.1*float64(before.RSSAnonKiB) {
+		t.Errorf("plugin anonymous RSS grew more than 10%%: %d -> %d KiB\n%s", before.RSSAnonKiB, after.RSSAnonKiB, grepLines(l.engine.Log(), "memory released"))
 	}
 	l.docker("network", "rm", "soak")
 	l.noLeftovers()
