@@ -1,9 +1,12 @@
 package netdriver
 
 import (
+	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 // EndpointStatus is one line of `tslink status`.
@@ -15,7 +18,8 @@ type EndpointStatus struct {
 	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), or Starting while Join runs
 	Attached  bool     `json:"attached"`
 	LastError string   `json:"lastError,omitempty"`
-	DebugLog  string   `json:"debugLog"` // as the host sees it
+	DebugLog  string   `json:"debugLog"`        // as the host sees it
+	Serve     string   `json:"serve,omitempty"` // ts.serve.*/ts.service labels, short form
 }
 
 // Status lists the endpoints this plugin process serves, by hostname.
@@ -34,6 +38,7 @@ func (d *Driver) Status() []EndpointStatus {
 			Network:   short(ep.networkID),
 			State:     "Starting",
 			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname, "debug.log"),
+			Serve:     serveSummary(ep.serve),
 		}
 		d.mu.Lock()
 		node := ep.node
@@ -48,5 +53,26 @@ func (d *Driver) Status() []EndpointStatus {
 		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b EndpointStatus) int { return strings.Compare(a.Hostname, b.Hostname) })
+	return out
+}
+
+// serveSummary is the container's serve labels in short form, e.g.
+// "443=https:8080,5432=tcp:5432 via svc:db (direct)"; "" without any.
+func serveSummary(sv tsopts.Serve) string {
+	var parts []string
+	for _, ep := range sv.Endpoints {
+		p := fmt.Sprintf("%d=%s:%d", ep.Port, ep.Proto, ep.Target)
+		if ep.Path != "" && ep.Path != "/" {
+			p += ep.Path
+		}
+		parts = append(parts, p)
+	}
+	out := strings.Join(parts, ",")
+	switch {
+	case sv.Service != "" && sv.ServiceOnly:
+		out += " via " + sv.Service + " only"
+	case sv.Service != "":
+		out += " via " + sv.Service + " (direct)"
+	}
 	return out
 }

@@ -97,6 +97,9 @@ func TestServeLabels(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
+	if status := l.tslinkStatus(); !strings.Contains(status, "80=http:8080,81=http:8080/app,82=http:8082,7000=tcp:9000") {
+		t.Errorf("tslink status lacks the serve endpoints:\n%s", status)
+	}
 	l.docker("rm", "-f", "web")
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
