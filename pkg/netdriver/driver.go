@@ -662,7 +662,7 @@ func (d *Driver) releaseMemory() {
 	debug.FreeOSMemory()
 	runtime.ReadMemStats(&after)
 	d.releases.Add(1)
-	d.log.Debug("memory released to the OS", "heap_live_kib", after.HeapAlloc>>10, "released_kib", (after.HeapReleased-before.HeapReleased)>>10, "heap_sys_kib", after.HeapSys>>10)
+	d.log.Debug("memory released to the OS", "heap_live_kib", after.HeapAlloc>>10, "released_kib", (int64(after.HeapReleased)-int64(before.HeapReleased))>>10, "heap_sys_kib", after.HeapSys>>10)
 }
 
 // MemoryReleases counts the times freed memory was returned to the OS after
