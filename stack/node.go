@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -94,6 +95,11 @@ type Node struct {
 
 var disableLogUploadOnce sync.Once
 
+// FinishReserve is the part of Start's ctx kept for the work after the node
+// is up (status, serve config): the wait for Running ends this much (at most
+// a quarter of the time left) before ctx's deadline.
+const FinishReserve = 3 * time.Second
+
 // Start creates the node's TUN and brings the node up, waiting until it is
 // Running or ctx ends (callers pass Docker's remaining Join budget, 20 s by
 // default). A node that is logged in and has its addresses when ctx ends but
@@ -147,6 +153,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		Logf:          n.logf,
 		UserLogf:      n.logf,
 	}
+	_, statErr := os.Stat(filepath.Join(cfg.StateDir, "tailscaled.state"))
+	freshState := errors.Is(statErr, os.ErrNotExist)
 	if err := n.srv.Start(); err != nil {
 		return nil, fmt.Errorf("starting tsnet: %s", Redact(err.Error(), cfg.AuthKey))
 	}
@@ -154,12 +162,17 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := n.waitRunning(ctx); err != nil {
+	waitCtx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		waitCtx, cancel = context.WithDeadline(ctx, dl.Add(-min(FinishReserve, time.Until(dl)/4)))
+		defer cancel()
+	}
+	if err := n.waitRunning(waitCtx); err != nil {
 		return nil, err
 	}
-	// A local call: it must not fail because Running came just before the
-	// deadline.
-	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	// Local calls, bounded by what is left of ctx (FinishReserve or more).
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 	defer scancel()
 	st, err := n.lc.StatusWithoutPeers(sctx)
 	if err != nil {
@@ -184,10 +197,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		n.lastErr = fmt.Sprintf("%v: asked for %s; the node is untagged (check the tailnet policy's tagOwners)", ErrTagsNotGranted, strings.Join(cfg.Tags, ","))
 		n.logf("tslink: %s", n.lastErr)
 	}
-	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer acancel()
-	if err := n.applyServe(actx, st); err != nil {
-		return nil, err
+	// A new identity has no serve config or service advertisement to
+	// replace: only nodes with serve labels, or reused state, need the calls.
+	if len(cfg.Serve.Endpoints) > 0 || !freshState {
+		if err := n.applyServe(ctx, st); err != nil {
+			return nil, err
+		}
 	}
 	n.answerDNS(st)
 

@@ -258,10 +258,11 @@ const lookupTimeout = 5 * time.Second
 // before that.
 const joinBudget = 27 * time.Second
 
-// joinDeadline is when the node must be up: ts.timeout from now, but never
-// past the Join budget counted from began.
+// joinDeadline is the deadline for stack.Start: the node must be up within
+// ts.timeout from now, with stack.FinishReserve after that for the rest of
+// Start, but never past the Join budget counted from began.
 func joinDeadline(began time.Time, timeout time.Duration) time.Time {
-	return minTime(time.Now().Add(timeout), began.Add(joinBudget))
+	return minTime(time.Now().Add(timeout+stack.FinishReserve), began.Add(joinBudget))
 }
 
 func minTime(a, b time.Time) time.Time {
