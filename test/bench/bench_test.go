@@ -30,6 +30,7 @@ type sizes struct {
 	Full          bool
 	StartNs       []int         // containers started concurrently, per start/memory round
 	Idle          time.Duration // idle wait before memory and idle-CPU readings
+	Settle        time.Duration // wait after removing a round's containers
 	TransferMiB   int64
 	WarmupMiB     int64
 	ScaleN        int // 0: no scale round
@@ -38,9 +39,9 @@ type sizes struct {
 }
 
 func benchSizes() sizes {
-	s := sizes{StartNs: []int{1}, Idle: 2 * time.Second, TransferMiB: 16, WarmupMiB: 2}
+	s := sizes{StartNs: []int{1}, Idle: time.Second, Settle: time.Second, TransferMiB: 16, WarmupMiB: 2}
 	if os.Getenv("TSLINK_BENCH") == "full" {
-		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 15 * time.Second, TransferMiB: 1024, WarmupMiB: 128,
+		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 15 * time.Second, Settle: 5 * time.Second, TransferMiB: 1024, WarmupMiB: 128,
 			ScaleN: 100, ScaleParallel: 10, ScaleIdle: 30 * time.Second}
 	}
 	if v := os.Getenv("TSLINK_BENCH_N"); v != "" {
@@ -141,7 +142,7 @@ func (r *results) startRound(l *lab, kind string, n int) {
 		r.Memory = append(r.Memory, m)
 		t.Logf("memory %s N=%d: RSS %d KiB, PSS %d KiB (before %d/%d), idle CPU %.2f%% of a core", kind, n, m.Mem.RSS, m.Mem.PSS, before.RSS, before.PSS, m.IdleCPUPct)
 	}
-	l.removeContainers(names)
+	l.removeContainers(names, r.Sizes.Settle)
 }
 
 func (r *results) pluginMemory() memKiB {
@@ -167,9 +168,18 @@ func (l *lab) startContainers(kind, prefix string, n, parallel int) ([]startRow,
 			defer cancel()
 			began := time.Now()
 			reached := make(chan time.Time, 1)
-			go func() { reached <- l.waitReachable(ctx, kind, name, i) }()
+			poll := func() { reached <- l.waitReachable(ctx, kind, name, i) }
+			if kind != kindBridge {
+				go poll()
+			}
 			_, err := l.engine.Docker(ctx, l.runArgs(kind, name, i)...)
 			returned := time.Now()
+			if kind == kindBridge {
+				// Probing a bridge address before the container exists
+				// leaves a failed neighbour entry that delays the first
+				// answer by up to a second; users connect after run -d.
+				go poll()
+			}
 			<-slots
 			row := startRow{Kind: kind, N: n, Name: name, RunReturned: returned.Sub(began).Seconds()}
 			if err != nil {
@@ -290,13 +300,13 @@ func (l *lab) idleReading(kind string, names []string, window time.Duration, plu
 	return row
 }
 
-func (l *lab) removeContainers(names []string) {
+func (l *lab) removeContainers(names []string, settle time.Duration) {
 	for chunk := range slices.Chunk(names, 50) {
 		l.engine.Docker(context.Background(), append([]string{"rm", "-f"}, chunk...)...)
 	}
 	// The plugin returns freed memory to the OS 3 s after the last
-	// container left; let the next round start from there.
-	time.Sleep(5 * time.Second)
+	// container left; full runs let the next round start from there.
+	time.Sleep(settle)
 }
 
 // throughputRound sends TransferMiB from a container to the laptop (host,
@@ -304,7 +314,7 @@ func (l *lab) removeContainers(names []string) {
 func (r *results) throughputRound(l *lab, kind string) {
 	t := l.t
 	rows, names, _ := l.startContainers(kind, "p"+kind[:1], 2, 2)
-	defer l.removeContainers(names)
+	defer l.removeContainers(names, r.Sizes.Settle)
 	for _, row := range rows {
 		if !row.OK {
 			t.Errorf("throughput %s: %s not reachable: %s", kind, row.Name, row.Err)
@@ -418,5 +428,5 @@ func (r *results) scaleRound(l *lab) {
 	r.Scale = &row
 	l.t.Logf("scale: %d/%d reachable, all within %.1fs (%v with checks); plugin RSS %d KiB, PSS %d KiB, idle CPU %.2f%% of a core over %v",
 		row.Reachable, row.N, all, time.Since(began).Round(time.Second), m.Mem.RSS, m.Mem.PSS, m.IdleCPUPct, sz.ScaleIdle)
-	l.removeContainers(names)
+	l.removeContainers(names, r.Sizes.Settle)
 }

@@ -259,6 +259,7 @@ func (r *results) plotStart(path string) error {
 		return err
 	}
 	p.Legend.Top, p.Legend.Left = true, true
+	p.Y.Min = 0
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
@@ -286,6 +287,7 @@ func (r *results) plotMemory(path string) error {
 		return err
 	}
 	p.Legend.Top, p.Legend.Left = true, true
+	p.Y.Min = 0
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
@@ -329,7 +331,8 @@ func (r *results) markdown(notes string) string {
 	p("`docker run -d`. A container is *reachable* when its httpd answers an HTTP GET: from the laptop netns (a real\n")
 	p("tailscaled) to its Tailscale IPv4 for tslink and anchor (the address is taken from control as soon as the node\n")
 	p("registers; polled every 50 ms, 300 ms connect timeout), from the host netns to its static bridge address for bridge\n")
-	p("(the address is known before the run, so polling starts at once too).\n\n")
+	p("(a static address, polled from the moment `docker run -d` returned: probing it earlier leaves a failed neighbour\n")
+	p("entry that delays the first answer by up to a second).\n\n")
 	p("Commands: `make bench` (full sizes, ~%s); `make test` runs the same harness at N=1 with %d MiB transfers and no\n", "20–30 min", 16)
 	p("scale round. Environment knobs: `TSLINK_BENCH_N=1,10,30`, `TSLINK_BENCH_MIB=1024`, `TSLINK_BENCH_SCALE=100`,\n")
 	p("`TSLINK_BENCH_PHASES=start,throughput,scale`, `TSLINK_BENCH_OUT=dir`.\n\n")
