@@ -138,6 +138,9 @@ func (r *results) startRound(l *lab, kind string, n int) {
 		kind, n, sum.RunMedian, sum.RunMax, sum.ReachMedian, sum.ReachMax, n-failed, n, all)
 	if kind != kindBridge {
 		m := l.idleReading(kind, names, r.Sizes.Idle, r.PluginPID)
+		if kind == kindTslink {
+			l.saveProfiles(fmt.Sprintf("tslink-n%d", n))
+		}
 		m.Before = before
 		r.Memory = append(r.Memory, m)
 		t.Logf("memory %s N=%d: RSS %d KiB, PSS %d KiB (before %d/%d), idle CPU %.2f%% of a core", kind, n, m.Mem.RSS, m.Mem.PSS, before.RSS, before.PSS, m.IdleCPUPct)
