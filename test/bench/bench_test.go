@@ -349,10 +349,11 @@ func (r *results) throughputRound(l *lab, kind string) {
 	}
 }
 
-// transfer has sender pipe mib MiB of zeros through busybox nc to a Go
-// listener at dst in netns nsPath ("" for the lab netns) and times the
-// receiving side from accept to the last byte, with the whole machine's
-// CPU time over the same interval.
+// transfer sends mib MiB of zeros from a socket opened inside the sender
+// container's netns to a Go listener at dst in netns nsPath ("" for the lab
+// netns), and times the receiving side from accept to the last byte, with
+// the whole machine's CPU time over the same interval. Both ends are Go
+// (256 KiB writes) so the path, not a tool, is what is measured.
 func (l *lab) transfer(sender, dst, nsPath string, mib int64) (tputRow, error) {
 	var ln net.Listener
 	listen := func() (err error) { ln, err = net.Listen("tcp", ":0"); return err }
@@ -387,30 +388,26 @@ func (l *lab) transfer(sender, dst, nsPath string, mib int64) (tputRow, error) {
 		gb := float64(n) / 1e9
 		got <- received{row: tputRow{MiB: mib, Seconds: secs, MBps: float64(n) / 1e6 / secs, CPUPerGB: cpu0.busySeconds(cpu1) / gb}, err: err}
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	sendErr := make(chan error, 1)
-	go func() {
-		_, err := l.engine.Docker(ctx, "exec", sender, "sh", "-c",
-			fmt.Sprintf("dd if=/dev/zero bs=1M count=%d 2>/dev/null | nc %s %d", mib, dst, port))
-		sendErr <- err
-	}()
-	select {
-	case res := <-got:
-		return res.row, res.err
-	case err := <-sendErr:
-		// nc may exit with an error when the receiver closes after the
-		// last byte; only an exit before anything arrived is a failure.
-		select {
-		case res := <-got:
-			return res.row, res.err
-		case <-time.After(10 * time.Second):
-			ln.Close()
-			return tputRow{}, fmt.Errorf("sender ended without a connection: %v", err)
-		}
-	case <-ctx.Done():
-		return tputRow{}, ctx.Err()
+	var conn net.Conn
+	err = ns.WithNetNSPath(l.containerNetNS(sender), func(ns.NetNS) (err error) {
+		conn, err = net.DialTimeout("tcp", net.JoinHostPort(dst, strconv.Itoa(port)), 10*time.Second)
+		return err
+	})
+	if err != nil {
+		return tputRow{}, fmt.Errorf("connecting from %s to %s: %w", sender, dst, err)
 	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	buf := make([]byte, 256<<10)
+	for sent := int64(0); sent < want; {
+		n, err := conn.Write(buf[:min(int64(len(buf)), want-sent)])
+		sent += int64(n)
+		if err != nil {
+			return tputRow{}, fmt.Errorf("sending: %w after %d bytes", err, sent)
+		}
+	}
+	res := <-got
+	return res.row, res.err
 }
 
 // scaleRound starts ScaleN containers on one tslink network, ScaleParallel

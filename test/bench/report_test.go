@@ -384,10 +384,12 @@ func (r *results) markdown(notes string) string {
 	p("\nAll figures in MiB.\n\n![memory against N](bench/memory.png)\n\n")
 
 	p("## 3. Throughput\n\n")
-	p("%d MiB of zeros from busybox `dd | nc` in a container to a Go listener that counts bytes (in the laptop netns, in\n", r.Sizes.TransferMiB)
-	p("the host netns for bridge, or in the second container's netns), after a %d MiB warm-up on the same path. MB/s =\n", r.Sizes.WarmupMiB)
-	p("10⁶ bytes/s from accept to the last byte; CPU = the whole machine's busy CPU-seconds (/proc/stat) per 10⁹ bytes\n")
-	p("over the same interval (sender, receiver, the network stack and anything else that ran).\n\n")
+	p("%d MiB of zeros written (256 KiB writes) to a socket opened inside the sending container's netns, to a Go\n", r.Sizes.TransferMiB)
+	p("listener that counts bytes in the laptop netns (the host netns for bridge) or in the second container's netns,\n")
+	p("after a %d MiB warm-up on the same path. Both ends are the test process, so the path is measured, not a tool\n", r.Sizes.WarmupMiB)
+	p("(busybox `nc` copies in small chunks and was the bottleneck). MB/s = 10⁶ bytes/s from accept to the last byte;\n")
+	p("CPU = the whole machine's busy CPU-seconds (/proc/stat) per 10⁹ bytes over the same interval (sender, receiver,\n")
+	p("the network stack and anything else that ran).\n\n")
 	p("| path | tslink MB/s | anchor MB/s | limit (bridge) MB/s | tslink ÷ anchor | tslink ÷ limit | tslink CPU-s/GB | anchor CPU-s/GB | limit CPU-s/GB |\n")
 	p("|---|---|---|---|---|---|---|---|---|\n")
 	for _, path := range []struct{ name, tailnet, bridge string }{
