@@ -123,6 +123,9 @@ func TestBench(t *testing.T) {
 // removes them.
 func (r *results) startRound(l *lab, kind string, n int) {
 	t := l.t
+	if kind != kindBridge {
+		l.freshTailnet()
+	}
 	before := r.pluginMemory()
 	rows, names, all := l.startContainers(kind, kind[:1], n, n)
 	r.Starts = append(r.Starts, rows...)
@@ -316,6 +319,9 @@ func (l *lab) removeContainers(names []string, settle time.Duration) {
 // for the bridge) and to a second container, after a warm-up transfer.
 func (r *results) throughputRound(l *lab, kind string) {
 	t := l.t
+	if kind != kindBridge {
+		l.freshTailnet()
+	}
 	rows, names, _ := l.startContainers(kind, "p"+kind[:1], 2, 2)
 	defer l.removeContainers(names, r.Sizes.Settle)
 	for _, row := range rows {
@@ -414,6 +420,7 @@ func (l *lab) transfer(sender, dst, nsPath string, mib int64) (tputRow, error) {
 // at a time, checks all answer, and reads the plugin's RSS and idle CPU.
 func (r *results) scaleRound(l *lab) {
 	sz := r.Sizes
+	l.freshTailnet()
 	began := time.Now()
 	rows, names, all := l.startContainers(kindTslink, "s", sz.ScaleN, sz.ScaleParallel)
 	row := scaleRow{N: sz.ScaleN, Parallel: sz.ScaleParallel, AllReachable: all}

@@ -53,22 +53,43 @@ func newLab(t *testing.T) *lab {
 	enginetest.RequireEngine(t)
 	l := &lab{t: t}
 	l.laptop = netnstest.NewLaptop(t)
-	var err error
-	l.control, err = devcontrol.Start(devcontrol.Options{ListenAddr: netnstest.LabAddr, AuthKey: authKey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.control.Close() })
-	l.laptop.Up(t, l.control.URL(), authKey)
-	l.laptopIP = l.laptop.IPv4(t).String()
+	t.Cleanup(func() {
+		if l.control != nil {
+			l.control.Close()
+		}
+	})
 	addUpstream(t)
 	l.engine = enginetest.StartEngine(t)
 	l.engine.ImportBusybox(t)
 	l.importAnchorImage()
 	l.engine.InstallPlugin(t)
-	l.docker("network", "create", "-d", plugin, "--opt", "ts.authkey="+authKey, "--opt", "ts.controlurl="+l.control.URL(), tslinkNet)
 	l.docker("network", "create", "-d", "bridge", "--subnet", bridgeSubnet, "--gateway", bridgeGW, bridgeNet)
+	l.freshTailnet()
 	return l
+}
+
+// freshTailnet replaces the tailnet with a new one holding only the laptop:
+// a new devcontrol, the laptop logged in to it, the tslink network
+// re-created on it. devcontrol never deletes nodes (ephemeral ones
+// included), so without this every round's nodes would carry all earlier
+// rounds' nodes as peers, and memory would grow with them.
+func (l *lab) freshTailnet() {
+	t := l.t
+	if l.control != nil {
+		l.engine.Docker(context.Background(), "network", "rm", tslinkNet)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		l.laptop.Tailscale(ctx, "logout")
+		cancel()
+		l.control.Close()
+	}
+	var err error
+	l.control, err = devcontrol.Start(devcontrol.Options{ListenAddr: netnstest.LabAddr, AuthKey: authKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.laptop.Up(t, l.control.URL(), authKey)
+	l.laptopIP = l.laptop.IPv4(t).String()
+	l.docker("network", "create", "-d", plugin, "--opt", "ts.authkey="+authKey, "--opt", "ts.controlurl="+l.control.URL(), tslinkNet)
 }
 
 // addUpstream gives the lab netns a default route through an "internet"
