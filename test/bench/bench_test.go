@@ -103,6 +103,10 @@ func TestBench(t *testing.T) {
 		r.scaleRound(l)
 	}
 	r.LoadAfter = loadavg()
+	if dir := os.Getenv("TSLINK_BENCH_PROFILES"); dir != "" {
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "dockerd-and-plugin.log"), []byte(l.engine.Log()), 0o644)
+	}
 	r.Took = time.Since(began)
 
 	out := os.Getenv("TSLINK_BENCH_OUT")
@@ -277,6 +281,10 @@ func (l *lab) tailnetIP(hostname string) string {
 // idle: the plugin process for tslink, every container's tailscaled for
 // the anchor.
 func (l *lab) idleReading(kind string, names []string, window time.Duration, pluginPID int) memRow {
+	if pid, err := findPluginPID(l.engine.StateDir()); err == nil && pid != pluginPID {
+		l.t.Logf("the plugin was restarted: pid %d, was %d", pid, pluginPID)
+		pluginPID = pid
+	}
 	pids := []int{pluginPID}
 	if kind == kindAnchor {
 		pids = nil
