@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -68,6 +70,27 @@ func benchSizes() sizes {
 func phaseOn(name string) bool {
 	v := os.Getenv("TSLINK_BENCH_PHASES")
 	return v == "" || slices.Contains(strings.Split(v, ","), name)
+}
+
+// TestBenchReport rewrites the report from docs/bench/results.json
+// (TSLINK_BENCH_REPORT=1; for changes to the report's form without
+// measuring again).
+func TestBenchReport(t *testing.T) {
+	if os.Getenv("TSLINK_BENCH_REPORT") != "1" {
+		t.Skip("set TSLINK_BENCH_REPORT=1 to rewrite docs/benchmarks.md from docs/bench/results.json")
+	}
+	dir := cmp.Or(os.Getenv("TSLINK_BENCH_OUT"), filepath.Join(netnstest.ModuleRoot(), "docs"))
+	raw, err := os.ReadFile(filepath.Join(dir, "bench", "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r results
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.write(dir); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestBench runs every round and writes the report. With TSLINK_BENCH=full
@@ -149,6 +172,7 @@ func (r *results) startRound(l *lab, kind string, n int) {
 			l.saveProfiles(fmt.Sprintf("tslink-n%d", n))
 		}
 		m.Before = before
+		m.Running = n - failed
 		r.Memory = append(r.Memory, m)
 		t.Logf("memory %s N=%d: RSS %d KiB, PSS %d KiB (before %d/%d), idle CPU %.2f%% of a core", kind, n, m.Mem.RSS, m.Mem.PSS, before.RSS, before.PSS, m.IdleCPUPct)
 	}

@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"cmp"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -73,6 +75,7 @@ func median(v []float64) float64 {
 type memRow struct {
 	Kind       string
 	N          int
+	Running    int    // containers of the round that answered (failed starts hold no node)
 	Processes  int    // 1 (the plugin) or N tailscaleds
 	Mem        memKiB // summed over Processes
 	Before     memKiB // the plugin before the round's containers started
@@ -185,6 +188,13 @@ func (r *results) write(dir string) error {
 		return err
 	}
 	if err := r.plotMemory(filepath.Join(data, "memory.png")); err != nil {
+		return err
+	}
+	raw, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(data, "results.json"), raw, 0o644); err != nil {
 		return err
 	}
 	notes, _ := os.ReadFile(filepath.Join(data, "notes.md"))
@@ -358,7 +368,7 @@ func (r *results) markdown(notes string) string {
 	p("## 2. Memory with N idle containers\n\n")
 	p("tslink: the plugin process (RSS and PSS from `/proc/<pid>/smaps_rollup`, after %v idle); with no container it had\n", r.Sizes.Idle)
 	p("RSS %s MiB, PSS %s MiB. *per container* = (figure at N − figure with no container) ÷ N; *per additional* = (figure at N\n", mib(r.PluginBase.RSS), mib(r.PluginBase.PSS))
-	p("− figure at N=1) ÷ (N−1). anchor: the sum over the N tailscaled processes (PSS shares their common text pages\n")
+	p("− figure at N=1) ÷ (N−1), N counting only containers that started. anchor: the sum over the N tailscaled processes (PSS shares their common text pages\n")
 	p("fairly, so it is the honest per-container cost; RSS counts them N times). Idle CPU: %% of one core over the idle wait,\n")
 	p("the plugin vs the sum of the tailscaleds.\n\n")
 	p("| N | tslink RSS | tslink RSS / container | tslink RSS / additional | tslink PSS / container | anchor RSS total | anchor RSS / container | anchor PSS / container | anchor PSS ÷ tslink PSS per container | idle CPU tslink / anchor |\n")
@@ -369,11 +379,12 @@ func (r *results) markdown(notes string) string {
 		if ts == nil || an == nil {
 			continue
 		}
-		perTs := float64(ts.Mem.RSS-r.PluginBase.RSS) / float64(n)
-		perTsPSS := float64(ts.Mem.PSS-r.PluginBase.PSS) / float64(n)
+		running := float64(cmp.Or(ts.Running, n))
+		perTs := float64(ts.Mem.RSS-r.PluginBase.RSS) / running
+		perTsPSS := float64(ts.Mem.PSS-r.PluginBase.PSS) / running
 		add := "—"
-		if ts1 != nil && n > 1 {
-			add = mib(int64(float64(ts.Mem.RSS-ts1.Mem.RSS) / float64(n-1)))
+		if ts1 != nil && running > 1 {
+			add = mib(int64(float64(ts.Mem.RSS-ts1.Mem.RSS) / (running - 1)))
 		}
 		anPSS := float64(an.Mem.PSS) / float64(max(1, an.Processes))
 		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %.1f%% / %.1f%% |\n", n,
@@ -413,7 +424,7 @@ func (r *results) markdown(notes string) string {
 	p("## 4. Scale\n\n")
 	if s := r.Scale; s != nil {
 		p("%d containers on one tslink network, `docker run -d` %d at a time: %d/%d reachable from the laptop, the last %.1f s\n", s.N, s.Parallel, s.Reachable, s.N, s.AllReachable)
-		p("after the first run. Then, all idle: plugin RSS %s MiB, PSS %s MiB (%s MiB RSS per container over the plugin with\n", mib(s.Mem.RSS), mib(s.Mem.PSS), mib((s.Mem.RSS-r.PluginBase.RSS)/int64(s.N)))
+		p("after the first run. Then, all idle: plugin RSS %s MiB, PSS %s MiB (%s MiB RSS per container over the plugin with\n", mib(s.Mem.RSS), mib(s.Mem.PSS), mib((s.Mem.RSS-r.PluginBase.RSS)/int64(max(1, s.Reachable))))
 		p("none), plugin CPU %.2f%% of one core over %.0f s.\n\n", s.IdleCPUPct, s.IdleWindow)
 	} else {
 		p("Not measured in this run.\n\n")
@@ -428,8 +439,9 @@ func (r *results) markdown(notes string) string {
 		p("| N=1 tailnet-ready by the time `docker run -d` returns | reachable %s s, run -d returned %s s | %s |\n", secs(ts.ReachMedian), secs(ts.RunMedian), verdict(ts.Failed == 0 && ts.ReachMedian <= ts.RunMedian))
 	}
 	if ts, ts1 := r.memory(kindTslink, 30), r.memory(kindTslink, 1); ts != nil && ts1 != nil {
-		add := float64(ts.Mem.RSS-ts1.Mem.RSS) / 29
-		per := float64(ts.Mem.RSS-r.PluginBase.RSS) / 30
+		running := float64(cmp.Or(ts.Running, 30))
+		add := float64(ts.Mem.RSS-ts1.Mem.RSS) / (running - 1)
+		per := float64(ts.Mem.RSS-r.PluginBase.RSS) / running
 		p("| ≤ 10 MiB per additional idle container at N=30 | %s MiB RSS per additional (%s MiB per container over none) | %s |\n", mib(int64(add)), mib(int64(per)), verdict(add <= 10*1024))
 	}
 	for _, path := range []string{"container->laptop", "container->container"} {
