@@ -424,8 +424,11 @@ func (r *results) markdown(notes string) string {
 	p("## 4. Scale\n\n")
 	if s := r.Scale; s != nil {
 		p("%d containers on one tslink network, `docker run -d` %d at a time: %d/%d reachable from the laptop, the last %.1f s\n", s.N, s.Parallel, s.Reachable, s.N, s.AllReachable)
-		p("after the first run. Then, all idle: plugin RSS %s MiB, PSS %s MiB (%s MiB RSS per container over the plugin with\n", mib(s.Mem.RSS), mib(s.Mem.PSS), mib((s.Mem.RSS-r.PluginBase.RSS)/int64(max(1, s.Reachable))))
-		p("none), plugin CPU %.2f%% of one core over %.0f s.\n\n", s.IdleCPUPct, s.IdleWindow)
+		p("after the first run. Then, all idle: plugin RSS %s MiB, PSS %s MiB, plugin CPU %.2f%% of one core over %.0f s", mib(s.Mem.RSS), mib(s.Mem.PSS), s.IdleCPUPct, s.IdleWindow)
+		if s.Reachable == s.N {
+			p(" (%s MiB RSS per container over the plugin with none)", mib((s.Mem.RSS-r.PluginBase.RSS)/int64(s.N)))
+		}
+		p(".\n\n")
 	} else {
 		p("Not measured in this run.\n\n")
 	}
