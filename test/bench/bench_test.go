@@ -151,7 +151,7 @@ func TestBench(t *testing.T) {
 func (r *results) startRound(l *lab, kind string, n int) {
 	t := l.t
 	if kind != kindBridge {
-		l.freshTailnet()
+		r.freshTailnet(l)
 	}
 	before := r.pluginMemory()
 	rows, names, all := l.startContainers(kind, kind[:1], n, n)
@@ -177,6 +177,14 @@ func (r *results) startRound(l *lab, kind string, n int) {
 		t.Logf("memory %s N=%d: RSS %d KiB, PSS %d KiB (before %d/%d), idle CPU %.2f%% of a core", kind, n, m.Mem.RSS, m.Mem.PSS, before.RSS, before.PSS, m.IdleCPUPct)
 	}
 	l.removeContainers(names, r.Sizes.Settle)
+}
+
+// freshTailnet starts each full-size round on a tailnet holding only the
+// laptop; smoke runs keep theirs (a handful of nodes) to stay quick.
+func (r *results) freshTailnet(l *lab) {
+	if r.Sizes.Full || len(l.control.Nodes()) > 10 {
+		l.freshTailnet()
+	}
 }
 
 func (r *results) pluginMemory() memKiB {
@@ -352,7 +360,7 @@ func (l *lab) removeContainers(names []string, settle time.Duration) {
 func (r *results) throughputRound(l *lab, kind string) {
 	t := l.t
 	if kind != kindBridge {
-		l.freshTailnet()
+		r.freshTailnet(l)
 	}
 	rows, names, _ := l.startContainers(kind, "p"+kind[:1], 2, 2)
 	defer l.removeContainers(names, r.Sizes.Settle)
@@ -452,7 +460,7 @@ func (l *lab) transfer(sender, dst, nsPath string, mib int64) (tputRow, error) {
 // at a time, checks all answer, and reads the plugin's RSS and idle CPU.
 func (r *results) scaleRound(l *lab) {
 	sz := r.Sizes
-	l.freshTailnet()
+	r.freshTailnet(l)
 	began := time.Now()
 	rows, names, all := l.startContainers(kindTslink, "s", sz.ScaleN, sz.ScaleParallel)
 	row := scaleRow{N: sz.ScaleN, Parallel: sz.ScaleParallel, AllReachable: all}
