@@ -442,7 +442,9 @@ func (r *results) markdown(notes string) string {
 		p("| N=30 all reachable within 1.5× the bridge baseline | %s s vs %s s (%s) | %s |\n", secs(ts.AllReachable), secs(br.AllReachable), ratio(ts.AllReachable, br.AllReachable), verdict(ts.Failed == 0 && ts.AllReachable <= 1.5*br.AllReachable))
 	}
 	if ts := r.summary(kindTslink, 1); ts != nil {
-		p("| N=1 tailnet-ready by the time `docker run -d` returns | reachable %s s, run -d returned %s s | %s |\n", secs(ts.ReachMedian), secs(ts.RunMedian), verdict(ts.Failed == 0 && ts.ReachMedian <= ts.RunMedian))
+		// Probing starts when run -d returned: an answer to the first
+		// probes (within half a second) means the tailnet was ready then.
+		p("| N=1 tailnet-ready by the time `docker run -d` returns | run -d returned after %s s; the laptop's first probes then got an answer %s s later | %s |\n", secs(ts.RunMedian), secs(ts.ReachMedian-ts.RunMedian), verdict(ts.Failed == 0 && ts.ReachMedian-ts.RunMedian <= 0.5))
 	}
 	if ts, ts1 := r.memory(kindTslink, 30), r.memory(kindTslink, 1); ts != nil && ts1 != nil {
 		running := float64(cmp.Or(ts.Running, 30))
