@@ -6,7 +6,7 @@ STATE_DIR ?= /var/lib/docker-plugins/tailscale
 # TSLINK_REQUIRE_ROOT_TESTS=1 so that a skip becomes a failure.
 TEST_FLAGS ?= -count=1 -timeout 40m
 
-.PHONY: demo demo-clean soak all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet fmt demo clean
+.PHONY: demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet fmt demo clean
 
 all: build
 
@@ -57,6 +57,12 @@ test: vet
 # runs a small count.
 soak:
 	TSLINK_SOAK_CYCLES=$${TSLINK_SOAK_CYCLES:-300} $(GO) test -count=1 -timeout 60m -run 'TestSoak$$' -v ./test/e2e
+
+# Side-by-side benchmarks (start time, memory, throughput, scale) of tslink,
+# a tailscaled per container and a plain bridge, in one run: writes
+# docs/benchmarks.md and docs/bench/. `make test` runs a smoke size.
+bench:
+	TSLINK_BENCH=full $(GO) test -count=1 -timeout 80m -run '^TestBench$$' -v ./test/bench
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')

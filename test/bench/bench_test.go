@@ -1,0 +1,477 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/tslink/tslink/test/netnstest"
+)
+
+// Kinds of container networking measured side by side.
+const (
+	kindTslink = "tslink" // a tslink network: one tsnet node per container in the plugin
+	kindAnchor = "anchor" // one tailscaled with a kernel TUN in each container, on a bridge network
+	kindBridge = "bridge" // a plain Docker bridge network, no tailnet (the baseline / limit)
+)
+
+// sizes are what one run measures.
+type sizes struct {
+	Full          bool
+	StartNs       []int         // containers started concurrently, per start/memory round
+	Idle          time.Duration // idle wait before memory and idle-CPU readings
+	Settle        time.Duration // wait after removing a round's containers
+	TransferMiB   int64
+	WarmupMiB     int64
+	ScaleN        int // 0: no scale round
+	ScaleParallel int // docker run -d in flight at once in the scale round
+	ScaleIdle     time.Duration
+}
+
+func benchSizes() sizes {
+	s := sizes{StartNs: []int{1}, Idle: time.Second, Settle: time.Second, TransferMiB: 16, WarmupMiB: 2}
+	if os.Getenv("TSLINK_BENCH") == "full" {
+		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 15 * time.Second, Settle: 5 * time.Second, TransferMiB: 1024, WarmupMiB: 128,
+			ScaleN: 100, ScaleParallel: 10, ScaleIdle: 30 * time.Second}
+	}
+	if v := os.Getenv("TSLINK_BENCH_N"); v != "" {
+		s.StartNs = nil
+		for _, f := range strings.Split(v, ",") {
+			if n, err := strconv.Atoi(f); err == nil && n > 0 {
+				s.StartNs = append(s.StartNs, n)
+			}
+		}
+	}
+	if n, err := strconv.Atoi(os.Getenv("TSLINK_BENCH_SCALE")); err == nil {
+		s.ScaleN = n
+		s.ScaleParallel = max(1, min(10, n))
+		s.ScaleIdle = max(s.ScaleIdle, 5*time.Second)
+	}
+	if n, err := strconv.ParseInt(os.Getenv("TSLINK_BENCH_MIB"), 10, 64); err == nil && n > 0 {
+		s.TransferMiB, s.WarmupMiB = n, max(1, n/8)
+	}
+	return s
+}
+
+// phases lists which rounds run (TSLINK_BENCH_PHASES=start,throughput,scale;
+// default all).
+func phaseOn(name string) bool {
+	v := os.Getenv("TSLINK_BENCH_PHASES")
+	return v == "" || slices.Contains(strings.Split(v, ","), name)
+}
+
+// TestBenchReport rewrites the report from docs/bench/results.json
+// (TSLINK_BENCH_REPORT=1; for changes to the report's form without
+// measuring again).
+func TestBenchReport(t *testing.T) {
+	if os.Getenv("TSLINK_BENCH_REPORT") != "1" {
+		t.Skip("set TSLINK_BENCH_REPORT=1 to rewrite docs/benchmarks.md from docs/bench/results.json")
+	}
+	dir := cmp.Or(os.Getenv("TSLINK_BENCH_OUT"), filepath.Join(netnstest.ModuleRoot(), "docs"))
+	raw, err := os.ReadFile(filepath.Join(dir, "bench", "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r results
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.write(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBench runs every round and writes the report. With TSLINK_BENCH=full
+// (make bench) it writes docs/benchmarks.md and docs/bench/ in the module;
+// otherwise (make test) a smoke size into a temporary dir, or
+// TSLINK_BENCH_OUT.
+func TestBench(t *testing.T) {
+	sz := benchSizes()
+	began := time.Now()
+	l := newLab(t)
+	r := &results{Sizes: sz, Machine: describeMachine(), LoadBefore: loadavg(), Began: began}
+	var err error
+	if r.PluginPID, err = findPluginPID(l.engine.StateDir()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(sz.Idle)
+	r.PluginBase, _ = processMemory(r.PluginPID)
+	t.Logf("lab ready in %v; plugin pid %d, RSS %d KiB, PSS %d KiB with no container", time.Since(began).Round(time.Millisecond), r.PluginPID, r.PluginBase.RSS, r.PluginBase.PSS)
+
+	if phaseOn("start") {
+		for _, n := range sz.StartNs {
+			for _, kind := range []string{kindTslink, kindBridge, kindAnchor} {
+				r.startRound(l, kind, n)
+			}
+		}
+	}
+	if phaseOn("throughput") {
+		for _, kind := range []string{kindBridge, kindTslink, kindAnchor} {
+			r.throughputRound(l, kind)
+		}
+	}
+	if phaseOn("scale") && sz.ScaleN > 0 {
+		r.scaleRound(l)
+	}
+	r.LoadAfter = loadavg()
+	if dir := os.Getenv("TSLINK_BENCH_PROFILES"); dir != "" {
+		os.MkdirAll(dir, 0o755)
+		os.WriteFile(filepath.Join(dir, "dockerd-and-plugin.log"), []byte(l.engine.Log()), 0o644)
+	}
+	r.Took = time.Since(began)
+
+	out := os.Getenv("TSLINK_BENCH_OUT")
+	if out == "" {
+		out = t.TempDir()
+		if sz.Full {
+			out = filepath.Join(netnstest.ModuleRoot(), "docs")
+		}
+	}
+	if err := r.write(out); err != nil {
+		t.Fatalf("writing the report: %v", err)
+	}
+	t.Logf("report written to %s (%v)", filepath.Join(out, "benchmarks.md"), r.Took.Round(time.Second))
+}
+
+// startRound starts n containers of kind concurrently, waits until each
+// answers HTTP, measures the network stack's memory and idle CPU, and
+// removes them.
+func (r *results) startRound(l *lab, kind string, n int) {
+	t := l.t
+	if kind != kindBridge {
+		r.freshTailnet(l)
+	}
+	before := r.pluginMemory()
+	rows, names, all := l.startContainers(kind, kind[:1], n, n)
+	r.Starts = append(r.Starts, rows...)
+	failed := 0
+	for _, row := range rows {
+		if !row.OK {
+			failed++
+		}
+	}
+	sum := summarize(kind, n, rows, all)
+	r.StartSummaries = append(r.StartSummaries, sum)
+	t.Logf("start %s N=%d: run -d returned median %.2fs max %.2fs; reachable median %.2fs max %.2fs; all %d/%d reachable %.2fs after the first run",
+		kind, n, sum.RunMedian, sum.RunMax, sum.ReachMedian, sum.ReachMax, n-failed, n, all)
+	if kind != kindBridge {
+		m := l.idleReading(kind, names, r.Sizes.Idle, r.PluginPID)
+		if kind == kindTslink {
+			l.saveProfiles(fmt.Sprintf("tslink-n%d", n))
+		}
+		m.Before = before
+		m.Running = n - failed
+		r.Memory = append(r.Memory, m)
+		t.Logf("memory %s N=%d: RSS %d KiB, PSS %d KiB (before %d/%d), idle CPU %.2f%% of a core", kind, n, m.Mem.RSS, m.Mem.PSS, before.RSS, before.PSS, m.IdleCPUPct)
+	}
+	l.removeContainers(names, r.Sizes.Settle)
+}
+
+// freshTailnet starts each full-size round on a tailnet holding only the
+// laptop; smoke runs keep theirs (a handful of nodes) to stay quick.
+func (r *results) freshTailnet(l *lab) {
+	if r.Sizes.Full || len(l.control.Nodes()) > 10 {
+		l.freshTailnet()
+	}
+}
+
+func (r *results) pluginMemory() memKiB {
+	m, _ := processMemory(r.PluginPID)
+	return m
+}
+
+// startContainers runs n containers (at most parallel at once) and returns
+// one row per container, their names and the seconds from the first
+// `docker run -d` until the last container answered.
+func (l *lab) startContainers(kind, prefix string, n, parallel int) ([]startRow, []string, float64) {
+	t0 := time.Now()
+	rows := make([]startRow, n)
+	names := make([]string, n)
+	slots := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i := range n {
+		name := fmt.Sprintf("%s%d-%03d", prefix, n, i)
+		names[i] = name
+		wg.Go(func() {
+			slots <- struct{}{}
+			ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+			defer cancel()
+			began := time.Now()
+			reached := make(chan time.Time, 1)
+			_, err := l.engine.Docker(ctx, l.runArgs(kind, name, i)...)
+			returned := time.Now()
+			// Probe from the moment `docker run -d` returned, as a user
+			// would. Probing earlier distorts what it measures: on the
+			// bridge a failed neighbour entry delays the first answer by up
+			// to a second; on the tailnet a packet sent before the laptop
+			// knows the new peer's DERP home starts a WireGuard handshake
+			// that is dropped and retried only 5 s later (see
+			// TestStartTimeline).
+			go func() { reached <- l.waitReachable(ctx, kind, name, i) }()
+			<-slots
+			row := startRow{Kind: kind, N: n, Name: name, RunReturned: returned.Sub(began).Seconds()}
+			if err != nil {
+				row.Err = err.Error()
+				cancel()
+			}
+			if at := <-reached; !at.IsZero() {
+				row.OK = true
+				row.Reachable = at.Sub(began).Seconds()
+				row.SinceFirst = at.Sub(t0).Seconds()
+			}
+			rows[i] = row
+		})
+	}
+	wg.Wait()
+	var last float64
+	for _, row := range rows {
+		if !row.OK {
+			l.t.Logf("%s %s not reachable: %s", kind, row.Name, row.Err)
+		}
+		last = max(last, row.SinceFirst)
+	}
+	return rows, names, last
+}
+
+// bridgeIP is the static address of the i-th container on the bridge
+// network (known before it starts, as a tslink node's is once it is at
+// control).
+func bridgeIP(i int) string { return fmt.Sprintf("10.240.%d.%d", 1+i/250, 2+i%250) }
+
+func (l *lab) runArgs(kind, name string, i int) []string {
+	httpd := []string{image, "httpd", "-f", "-p", "8080", "-h", "/www"}
+	switch kind {
+	case kindTslink:
+		return append([]string{"run", "-d", "--name", name, "--network", tslinkNet}, httpd...)
+	case kindBridge:
+		return append([]string{"run", "-d", "--name", name, "--network", bridgeNet, "--ip", bridgeIP(i)}, httpd...)
+	}
+	// What a tailscaled-per-container setup runs: the app, and tailscaled
+	// with a kernel TUN in the same netns, logged in with the auth key.
+	script := fmt.Sprintf(`httpd -p 8080 -h /www
+mkdir -p /tmp/tsd-%[1]s
+tailscaled --statedir=/tmp/tsd-%[1]s --state=mem: --socket=/tmp/tsd.sock --tun=tailscale0 --port=0 --no-logs-no-support >/tmp/tailscaled.log 2>&1 &
+until tailscale --socket=/tmp/tsd.sock up --login-server=%[2]s --authkey=%[3]s --hostname=%[1]s --accept-dns=false --netfilter-mode=off --timeout=60s >>/tmp/up.log 2>&1; do sleep 0.1; done
+wait`, name, l.control.URL(), authKey)
+	return []string{"run", "-d", "--name", name, "--network", bridgeNet, "--ip", bridgeIP(i),
+		"--cap-add", "NET_ADMIN", "--device", "/dev/net/tun", "-e", "TS_NO_LOGS_NO_SUPPORT=true",
+		anchorImage, "sh", "-c", script}
+}
+
+// waitReachable polls the container's httpd every 50 ms until it answers
+// (from the laptop over the tailnet, or from the host on the bridge) and
+// returns when it did; zero when ctx ended first.
+func (l *lab) waitReachable(ctx context.Context, kind, name string, i int) time.Time {
+	addr := bridgeIP(i)
+	dial := hostDial
+	if kind != kindBridge {
+		addr = ""
+		dial = l.laptop.NS.Dial
+	}
+	for ctx.Err() == nil {
+		if addr == "" {
+			addr = l.tailnetIP(name)
+		}
+		if addr != "" && httpHello(ctx, dial, net.JoinHostPort(addr, "8080")) == nil {
+			return time.Now()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return time.Time{}
+}
+
+// tailnetIP is the node's IPv4 at control, or "" before it registered.
+func (l *lab) tailnetIP(hostname string) string {
+	for _, n := range l.control.NodesByHostname(hostname) {
+		for _, ip := range n.IPs {
+			if ip.Is4() {
+				return ip.String()
+			}
+		}
+	}
+	return ""
+}
+
+// idleReading measures the network stack of kind while its containers
+// idle: the plugin process for tslink, every container's tailscaled for
+// the anchor.
+func (l *lab) idleReading(kind string, names []string, window time.Duration, pluginPID int) memRow {
+	if pid, err := findPluginPID(l.engine.StateDir()); err == nil && pid != pluginPID {
+		l.t.Logf("the plugin was restarted: pid %d, was %d", pid, pluginPID)
+		pluginPID = pid
+	}
+	pids := []int{pluginPID}
+	if kind == kindAnchor {
+		pids = nil
+		for _, pid := range anchorPIDs(names) {
+			pids = append(pids, pid)
+		}
+		if len(pids) != len(names) {
+			l.t.Logf("found %d tailscaled processes for %d anchor containers", len(pids), len(names))
+		}
+	}
+	cpu := func() (ticks int64) {
+		for _, pid := range pids {
+			v, _ := processCPUTicks(pid)
+			ticks += v
+		}
+		return ticks
+	}
+	c0, t0 := cpu(), time.Now()
+	time.Sleep(window)
+	c1, t1 := cpu(), time.Now()
+	row := memRow{Kind: kind, N: len(names), Processes: len(pids),
+		IdleCPUPct: 100 * float64(c1-c0) / clockTicks / t1.Sub(t0).Seconds()}
+	for _, pid := range pids {
+		m, _ := processMemory(pid)
+		row.Mem = row.Mem.add(m)
+	}
+	return row
+}
+
+func (l *lab) removeContainers(names []string, settle time.Duration) {
+	for chunk := range slices.Chunk(names, 50) {
+		l.engine.Docker(context.Background(), append([]string{"rm", "-f"}, chunk...)...)
+	}
+	// The plugin returns freed memory to the OS 3 s after the last
+	// container left; full runs let the next round start from there.
+	time.Sleep(settle)
+}
+
+// throughputRound sends TransferMiB from a container to the laptop (host,
+// for the bridge) and to a second container, after a warm-up transfer.
+func (r *results) throughputRound(l *lab, kind string) {
+	t := l.t
+	if kind != kindBridge {
+		r.freshTailnet(l)
+	}
+	rows, names, _ := l.startContainers(kind, "p"+kind[:1], 2, 2)
+	defer l.removeContainers(names, r.Sizes.Settle)
+	for _, row := range rows {
+		if !row.OK {
+			t.Errorf("throughput %s: %s not reachable: %s", kind, row.Name, row.Err)
+			return
+		}
+	}
+	sender, receiver := names[0], names[1]
+	type path struct{ name, dst, ns string }
+	var paths []path
+	switch kind {
+	case kindBridge:
+		paths = []path{{"container->host", bridgeGW, ""}, {"container->container", bridgeIP(1), l.containerNetNS(receiver)}}
+	default:
+		paths = []path{{"container->laptop", l.laptopIP, l.laptop.NS.Path}, {"container->container", l.tailnetIP(receiver), l.containerNetNS(receiver)}}
+	}
+	for _, p := range paths {
+		if _, err := l.transfer(sender, p.dst, p.ns, r.Sizes.WarmupMiB); err != nil {
+			t.Errorf("throughput %s %s warm-up: %v", kind, p.name, err)
+			continue
+		}
+		row, err := l.transfer(sender, p.dst, p.ns, r.Sizes.TransferMiB)
+		if err != nil {
+			t.Errorf("throughput %s %s: %v", kind, p.name, err)
+			continue
+		}
+		row.Kind, row.Path = kind, p.name
+		r.Throughput = append(r.Throughput, row)
+		t.Logf("throughput %s %s: %d MiB in %.2fs = %.1f MB/s, %.2f CPU-s/GB (machine)", kind, p.name, row.MiB, row.Seconds, row.MBps, row.CPUPerGB)
+	}
+}
+
+// transfer sends mib MiB of zeros from a socket opened inside the sender
+// container's netns to a Go listener at dst in netns nsPath ("" for the lab
+// netns), and times the receiving side from accept to the last byte, with
+// the whole machine's CPU time over the same interval. Both ends are Go
+// (256 KiB writes) so the path, not a tool, is what is measured.
+func (l *lab) transfer(sender, dst, nsPath string, mib int64) (tputRow, error) {
+	var ln net.Listener
+	listen := func() (err error) { ln, err = net.Listen("tcp", ":0"); return err }
+	var err error
+	if nsPath == "" {
+		err = listen()
+	} else {
+		err = ns.WithNetNSPath(nsPath, func(ns.NetNS) error { return listen() })
+	}
+	if err != nil {
+		return tputRow{}, err
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	want := mib << 20
+	type received struct {
+		row tputRow
+		err error
+	}
+	got := make(chan received, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- received{err: err}
+			return
+		}
+		defer c.Close()
+		cpu0, t0 := readMachineCPU(), time.Now()
+		n, err := io.CopyN(io.Discard, c, want)
+		secs := time.Since(t0).Seconds()
+		cpu1 := readMachineCPU()
+		gb := float64(n) / 1e9
+		got <- received{row: tputRow{MiB: mib, Seconds: secs, MBps: float64(n) / 1e6 / secs, CPUPerGB: cpu0.busySeconds(cpu1) / gb}, err: err}
+	}()
+	var conn net.Conn
+	err = ns.WithNetNSPath(l.containerNetNS(sender), func(ns.NetNS) (err error) {
+		conn, err = net.DialTimeout("tcp", net.JoinHostPort(dst, strconv.Itoa(port)), 10*time.Second)
+		return err
+	})
+	if err != nil {
+		return tputRow{}, fmt.Errorf("connecting from %s to %s: %w", sender, dst, err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Minute))
+	buf := make([]byte, 256<<10)
+	for sent := int64(0); sent < want; {
+		n, err := conn.Write(buf[:min(int64(len(buf)), want-sent)])
+		sent += int64(n)
+		if err != nil {
+			return tputRow{}, fmt.Errorf("sending: %w after %d bytes", err, sent)
+		}
+	}
+	res := <-got
+	return res.row, res.err
+}
+
+// scaleRound starts ScaleN containers on one tslink network, ScaleParallel
+// at a time, checks all answer, and reads the plugin's RSS and idle CPU.
+func (r *results) scaleRound(l *lab) {
+	sz := r.Sizes
+	r.freshTailnet(l)
+	began := time.Now()
+	rows, names, all := l.startContainers(kindTslink, "s", sz.ScaleN, sz.ScaleParallel)
+	row := scaleRow{N: sz.ScaleN, Parallel: sz.ScaleParallel, AllReachable: all}
+	for _, s := range rows {
+		if s.OK {
+			row.Reachable++
+		}
+	}
+	r.Starts = append(r.Starts, rows...)
+	m := l.idleReading(kindTslink, names, sz.ScaleIdle, r.PluginPID)
+	row.Mem, row.IdleCPUPct, row.IdleWindow = m.Mem, m.IdleCPUPct, sz.ScaleIdle.Seconds()
+	r.Scale = &row
+	l.t.Logf("scale: %d/%d reachable, all within %.1fs (%v with checks); plugin RSS %d KiB, PSS %d KiB, idle CPU %.2f%% of a core over %v",
+		row.Reachable, row.N, all, time.Since(began).Round(time.Second), m.Mem.RSS, m.Mem.PSS, m.IdleCPUPct, sz.ScaleIdle)
+	l.removeContainers(names, r.Sizes.Settle)
+}

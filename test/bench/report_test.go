@@ -1,0 +1,480 @@
+package bench
+
+import (
+	"cmp"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// startRow is one container of a start round; times are seconds from its
+// own `docker run -d`.
+type startRow struct {
+	Kind        string
+	N           int
+	Name        string
+	RunReturned float64 // docker run -d returned
+	Reachable   float64 // its httpd first answered (laptop over the tailnet; host for bridge)
+	SinceFirst  float64 // Reachable, counted from the round's first docker run
+	OK          bool
+	Err         string
+}
+
+type startSummary struct {
+	Kind                  string
+	N, Failed             int
+	RunMedian, RunMax     float64
+	ReachMedian, ReachMax float64
+	AllReachable          float64 // first docker run -d until the last container answered
+}
+
+func summarize(kind string, n int, rows []startRow, all float64) startSummary {
+	s := startSummary{Kind: kind, N: n, AllReachable: all}
+	var run, reach []float64
+	for _, r := range rows {
+		run = append(run, r.RunReturned)
+		if r.OK {
+			reach = append(reach, r.Reachable)
+		} else {
+			s.Failed++
+		}
+	}
+	s.RunMedian, s.RunMax = median(run), slices.Max(run)
+	if len(reach) > 0 {
+		s.ReachMedian, s.ReachMax = median(reach), slices.Max(reach)
+	}
+	return s
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// memRow is the network stack's memory with N idle containers.
+type memRow struct {
+	Kind       string
+	N          int
+	Running    int    // containers of the round that answered (failed starts hold no node)
+	Processes  int    // 1 (the plugin) or N tailscaleds
+	Mem        memKiB // summed over Processes
+	Before     memKiB // the plugin before the round's containers started
+	IdleCPUPct float64
+}
+
+type tputRow struct {
+	Kind, Path string
+	MiB        int64
+	Seconds    float64
+	MBps       float64 // 10^6 bytes per second
+	CPUPerGB   float64 // whole machine's busy CPU-seconds per 10^9 bytes
+}
+
+type scaleRow struct {
+	N, Parallel, Reachable int
+	AllReachable           float64
+	Mem                    memKiB
+	IdleCPUPct, IdleWindow float64
+}
+
+type results struct {
+	Sizes                 sizes
+	Machine               []string
+	LoadBefore, LoadAfter string
+	Began                 time.Time
+	Took                  time.Duration
+	PluginPID             int
+	PluginBase            memKiB // no container yet
+	Starts                []startRow
+	StartSummaries        []startSummary
+	Memory                []memRow
+	Throughput            []tputRow
+	Scale                 *scaleRow
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+func describeMachine() []string {
+	out := func(name string, args ...string) string {
+		b, _ := exec.Command(name, args...).Output()
+		return strings.TrimSpace(string(b))
+	}
+	var memTotal string
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		if kib, err := strconv.ParseFloat(f[1], 64); err == nil {
+			memTotal = fmt.Sprintf("%.1f GiB", kib/1024/1024)
+		}
+	}
+	var model string
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				model = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+				break
+			}
+		}
+	}
+	return []string{
+		"CPUs (nproc): " + out("nproc") + " (" + model + ")",
+		"memory: " + memTotal,
+		"kernel: " + out("uname", "-sr"),
+		"Docker: " + out("dockerd", "--version"),
+		"Go: " + strings.TrimPrefix(out("go", "version"), "go version "),
+		"tailscale.com: v1.102.5 (go.mod); anchor tailscaled built from it",
+	}
+}
+
+func (r *results) summary(kind string, n int) *startSummary {
+	for i := range r.StartSummaries {
+		if s := &r.StartSummaries[i]; s.Kind == kind && s.N == n {
+			return s
+		}
+	}
+	return nil
+}
+
+func (r *results) memory(kind string, n int) *memRow {
+	for i := range r.Memory {
+		if m := &r.Memory[i]; m.Kind == kind && m.N == n {
+			return m
+		}
+	}
+	return nil
+}
+
+func (r *results) tput(kind, pathPrefix string) *tputRow {
+	for i := range r.Throughput {
+		if t := &r.Throughput[i]; t.Kind == kind && strings.HasPrefix(t.Path, pathPrefix) {
+			return t
+		}
+	}
+	return nil
+}
+
+// write puts benchmarks.md in dir and the CSV files and plots in dir/bench.
+func (r *results) write(dir string) error {
+	data := filepath.Join(dir, "bench")
+	if err := os.MkdirAll(data, 0o755); err != nil {
+		return err
+	}
+	if err := r.writeCSVs(data); err != nil {
+		return err
+	}
+	if err := r.plotStart(filepath.Join(data, "start.png")); err != nil {
+		return err
+	}
+	if err := r.plotMemory(filepath.Join(data, "memory.png")); err != nil {
+		return err
+	}
+	raw, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(data, "results.json"), raw, 0o644); err != nil {
+		return err
+	}
+	notes, _ := os.ReadFile(filepath.Join(data, "notes.md"))
+	return os.WriteFile(filepath.Join(dir, "benchmarks.md"), []byte(r.markdown(string(notes))), 0o644)
+}
+
+func writeCSV(path string, rows [][]string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := csv.NewWriter(f)
+	w.WriteAll(rows)
+	if err := w.Error(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func ff(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+
+func (r *results) writeCSVs(dir string) error {
+	start := [][]string{{"kind", "n", "container", "run_returned_s", "reachable_s", "reachable_since_first_run_s", "ok", "error"}}
+	for _, s := range r.Starts {
+		start = append(start, []string{s.Kind, fmt.Sprint(s.N), s.Name, ff(s.RunReturned), ff(s.Reachable), ff(s.SinceFirst), fmt.Sprint(s.OK), s.Err})
+	}
+	mem := [][]string{{"kind", "n", "processes", "rss_kib", "pss_kib", "plugin_rss_before_kib", "plugin_pss_before_kib", "plugin_rss_no_container_kib", "idle_cpu_pct_of_core"}}
+	for _, m := range r.Memory {
+		mem = append(mem, []string{m.Kind, fmt.Sprint(m.N), fmt.Sprint(m.Processes), fmt.Sprint(m.Mem.RSS), fmt.Sprint(m.Mem.PSS), fmt.Sprint(m.Before.RSS), fmt.Sprint(m.Before.PSS), fmt.Sprint(r.PluginBase.RSS), ff(m.IdleCPUPct)})
+	}
+	tput := [][]string{{"kind", "path", "mib", "seconds", "mb_per_s", "machine_cpu_s_per_gb"}}
+	for _, t := range r.Throughput {
+		tput = append(tput, []string{t.Kind, t.Path, fmt.Sprint(t.MiB), ff(t.Seconds), ff(t.MBps), ff(t.CPUPerGB)})
+	}
+	scale := [][]string{{"n", "parallel", "reachable", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "plugin_idle_cpu_pct_of_core", "idle_window_s"}}
+	if s := r.Scale; s != nil {
+		scale = append(scale, []string{fmt.Sprint(s.N), fmt.Sprint(s.Parallel), fmt.Sprint(s.Reachable), ff(s.AllReachable), fmt.Sprint(s.Mem.RSS), fmt.Sprint(s.Mem.PSS), ff(s.IdleCPUPct), ff(s.IdleWindow)})
+	}
+	for name, rows := range map[string][][]string{"start.csv": start, "memory.csv": mem, "throughput.csv": tput, "scale.csv": scale} {
+		if err := writeCSV(filepath.Join(dir, name), rows); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var kindTitles = map[string]string{
+	kindTslink: "tslink (tsnet nodes in the plugin)",
+	kindAnchor: "anchor (tailscaled + kernel TUN per container)",
+	kindBridge: "bridge (no tailnet)",
+}
+
+func (r *results) plotStart(path string) error {
+	p := plot.New()
+	p.Title.Text = "Start: first docker run -d until all N containers answer HTTP"
+	p.X.Label.Text = "containers started concurrently (N)"
+	p.Y.Label.Text = "seconds"
+	var args []any
+	for _, kind := range []string{kindTslink, kindAnchor, kindBridge} {
+		var pts plotter.XYs
+		for _, s := range r.StartSummaries {
+			if s.Kind == kind {
+				pts = append(pts, plotter.XY{X: float64(s.N), Y: s.AllReachable})
+			}
+		}
+		if len(pts) > 0 {
+			args = append(args, kindTitles[kind], pts)
+		}
+	}
+	if err := plotutil.AddLinePoints(p, args...); err != nil {
+		return err
+	}
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Y.Min = 0
+	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+func (r *results) plotMemory(path string) error {
+	p := plot.New()
+	p.Title.Text = "Memory of the Tailscale side with N idle containers"
+	p.X.Label.Text = "idle containers (N)"
+	p.Y.Label.Text = "MiB"
+	var tsRSS, tsPSS, anRSS, anPSS plotter.XYs
+	for _, m := range r.Memory {
+		x := float64(m.N)
+		switch m.Kind {
+		case kindTslink:
+			tsRSS = append(tsRSS, plotter.XY{X: x, Y: float64(m.Mem.RSS-r.PluginBase.RSS) / 1024})
+			tsPSS = append(tsPSS, plotter.XY{X: x, Y: float64(m.Mem.PSS-r.PluginBase.PSS) / 1024})
+		case kindAnchor:
+			anRSS = append(anRSS, plotter.XY{X: x, Y: float64(m.Mem.RSS) / 1024})
+			anPSS = append(anPSS, plotter.XY{X: x, Y: float64(m.Mem.PSS) / 1024})
+		}
+	}
+	err := plotutil.AddLinePoints(p,
+		"tslink plugin RSS growth", tsRSS, "tslink plugin PSS growth", tsPSS,
+		"anchor: sum of tailscaled RSS", anRSS, "anchor: sum of tailscaled PSS", anPSS)
+	if err != nil {
+		return err
+	}
+	p.Legend.Top, p.Legend.Left = true, true
+	p.Y.Min = 0
+	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
+}
+
+func mib(kib int64) string  { return fmt.Sprintf("%.1f", float64(kib)/1024) }
+func secs(v float64) string { return fmt.Sprintf("%.2f", v) }
+func ratio(a, b float64) string {
+	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**missed**"
+}
+
+func (r *results) markdown(notes string) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p("# Benchmarks: tslink against a tailscaled per container\n\n")
+	p("Generated by `make bench` (test/bench, `TSLINK_BENCH=full`) on %s in %v; re-running it rewrites this file,\n", r.Began.UTC().Format("2006-01-02 15:04 MST"), r.Took.Round(time.Second))
+	p("`docs/bench/*.csv` (raw figures, one row per container or transfer) and the plots. Hand-written findings live in\n")
+	p("`docs/bench/notes.md` and are included at the end. Benchmarks report; they assert nothing.\n\n")
+	p("## Machine\n\n")
+	for _, m := range r.Machine {
+		p("- %s\n", m)
+	}
+	p("- load average before the run: %s, after: %s (the machine may have been shared with other test runs;\n  a load above ~0.5 before the run means it was, and the figures are pessimistic)\n\n", r.LoadBefore, r.LoadAfter)
+	p("## What is compared, in one run against the same devcontrol and laptop\n\n")
+	p("- **tslink**: a tslink network; one tsnet node per container inside the plugin process, kernel TUN `tailscale0` in the container.\n")
+	p("- **anchor**: what users run today: every container runs its own `tailscaled` with a kernel TUN (`--tun=tailscale0`,\n")
+	p("  state in memory, `tailscale up --authkey`), built from the pinned tailscale.com, on a Docker bridge network\n")
+	p("  (`--cap-add NET_ADMIN --device /dev/net/tun`), its app next to it in the same container. Its tailnet traffic leaves\n")
+	p("  through Docker's NAT, as a sidecar's does.\n")
+	p("- **bridge**: the same containers on a plain Docker bridge network with no tailnet: the start-time baseline and the\n")
+	p("  throughput limit.\n\n")
+	p("Every container runs busybox `httpd` on port 8080. All containers of a round are started with concurrent\n")
+	p("`docker run -d`. A container is *reachable* when its httpd answers an HTTP GET: from the laptop netns (a real\n")
+	p("tailscaled) to its Tailscale IPv4 for tslink and anchor (the address as control has it), from the host netns to its\n")
+	p("static bridge address for bridge. Every kind is probed from the moment its `docker run -d` returned, every 50 ms with\n")
+	p("a 300 ms connect timeout, as a user would connect. Probing earlier distorts the result: a packet the laptop sends\n")
+	p("before it knows a new peer's DERP home starts a WireGuard handshake that is dropped and retried only 5 s later\n")
+	p("(`TSLINK_BENCH_TIMELINE=1 go test -run TestStartTimeline ./test/bench` shows it), and a bridge address probed\n")
+	p("before its container exists leaves a failed neighbour entry. A tailscaled started inside the container is still\n")
+	p("registering when `docker run -d` returns, so the anchor can meet that 5 s retry; so would its users.\n\n")
+	p("Each full-size round (tslink and anchor) starts on a fresh tailnet holding only the laptop: a new devcontrol, the\n")
+	p("laptop logged in to it, the tslink network re-created. devcontrol never deletes nodes, so otherwise every round's\n")
+	p("nodes would carry all earlier rounds' nodes as peers.\n\n")
+	p("Commands: `make bench` (full sizes, ~%s); `make test` runs the same harness at N=1 with %d MiB transfers and no\n", "20–30 min", 16)
+	p("scale round. Environment knobs: `TSLINK_BENCH_N=1,10,30`, `TSLINK_BENCH_MIB=1024`, `TSLINK_BENCH_SCALE=100`,\n")
+	p("`TSLINK_BENCH_PHASES=start,throughput,scale`, `TSLINK_BENCH_OUT=dir`, `TSLINK_BENCH_PROFILES=dir` (the plugin's heap\n")
+	p("profile and counters at each tslink memory reading, and dockerd's log with the plugin's), `TSLINK_BENCH_REPORT=1 go test\n")
+	p("-run TestBenchReport ./test/bench` (re-render this file from `docs/bench/results.json`).\n\n")
+
+	p("## 1. Start time\n\n")
+	p("Seconds. *all* = first `docker run -d` until the last of the N containers answered; *median/max* are per container,\n")
+	p("from its own `docker run -d`; *run -d* is when `docker run -d` returned (median).\n\n")
+	p("| N | tslink all | tslink median / max | tslink run -d | bridge all | bridge run -d | anchor all | anchor median / max | tslink ÷ bridge | tslink ÷ anchor |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, n := range r.Sizes.StartNs {
+		ts, br, an := r.summary(kindTslink, n), r.summary(kindBridge, n), r.summary(kindAnchor, n)
+		if ts == nil || br == nil || an == nil {
+			continue
+		}
+		p("| %d | %s%s | %s / %s | %s | %s | %s | %s%s | %s / %s | %s | %s |\n", n,
+			secs(ts.AllReachable), failed(ts), secs(ts.ReachMedian), secs(ts.ReachMax), secs(ts.RunMedian),
+			secs(br.AllReachable), secs(br.RunMedian),
+			secs(an.AllReachable), failed(an), secs(an.ReachMedian), secs(an.ReachMax),
+			ratio(ts.AllReachable, br.AllReachable), ratio(ts.AllReachable, an.AllReachable))
+	}
+	p("\n![start time against N](bench/start.png)\n\n")
+
+	p("## 2. Memory with N idle containers\n\n")
+	p("tslink: the plugin process (RSS and PSS from `/proc/<pid>/smaps_rollup`, after %v idle); with no container it had\n", r.Sizes.Idle)
+	p("RSS %s MiB, PSS %s MiB. *per container* = (figure at N − figure with no container) ÷ N; *per additional* = (figure at N\n", mib(r.PluginBase.RSS), mib(r.PluginBase.PSS))
+	p("− figure at N=1) ÷ (N−1), N counting only containers that started. anchor: the sum over the N tailscaled processes (PSS shares their common text pages\n")
+	p("fairly, so it is the honest per-container cost; RSS counts them N times). Idle CPU: %% of one core over the idle wait,\n")
+	p("the plugin vs the sum of the tailscaleds.\n\n")
+	p("| N | tslink RSS | tslink RSS / container | tslink RSS / additional | tslink PSS / container | anchor RSS total | anchor RSS / container | anchor PSS / container | anchor PSS ÷ tslink PSS per container | idle CPU tslink / anchor |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|\n")
+	ts1 := r.memory(kindTslink, 1)
+	for _, n := range r.Sizes.StartNs {
+		ts, an := r.memory(kindTslink, n), r.memory(kindAnchor, n)
+		if ts == nil || an == nil {
+			continue
+		}
+		running := float64(cmp.Or(ts.Running, n))
+		perTs := float64(ts.Mem.RSS-r.PluginBase.RSS) / running
+		perTsPSS := float64(ts.Mem.PSS-r.PluginBase.PSS) / running
+		add := "—"
+		if ts1 != nil && running > 1 {
+			add = mib(int64(float64(ts.Mem.RSS-ts1.Mem.RSS) / (running - 1)))
+		}
+		anPSS := float64(an.Mem.PSS) / float64(max(1, an.Processes))
+		p("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %.1f%% / %.1f%% |\n", n,
+			mib(ts.Mem.RSS), mib(int64(perTs)), add, mib(int64(perTsPSS)),
+			mib(an.Mem.RSS), mib(an.Mem.RSS/int64(max(1, an.Processes))), mib(int64(anPSS)),
+			ratio(anPSS, perTsPSS), ts.IdleCPUPct, an.IdleCPUPct)
+	}
+	p("\nAll figures in MiB.\n\n![memory against N](bench/memory.png)\n\n")
+
+	p("## 3. Throughput\n\n")
+	p("%d MiB of zeros written (256 KiB writes) to a socket opened inside the sending container's netns, to a Go\n", r.Sizes.TransferMiB)
+	p("listener that counts bytes in the laptop netns (the host netns for bridge) or in the second container's netns,\n")
+	p("after a %d MiB warm-up on the same path. Both ends are the test process, so the path is measured, not a tool\n", r.Sizes.WarmupMiB)
+	p("(busybox `nc` copies in small chunks and was the bottleneck). MB/s = 10⁶ bytes/s from accept to the last byte;\n")
+	p("CPU = the whole machine's busy CPU-seconds (/proc/stat) per 10⁹ bytes over the same interval (sender, receiver,\n")
+	p("the network stack and anything else that ran).\n\n")
+	p("| path | tslink MB/s | anchor MB/s | limit (bridge) MB/s | tslink ÷ anchor | tslink ÷ limit | tslink CPU-s/GB | anchor CPU-s/GB | limit CPU-s/GB |\n")
+	p("|---|---|---|---|---|---|---|---|---|\n")
+	for _, path := range []struct{ name, tailnet, bridge string }{
+		{"container → laptop (limit: container → host)", "container->laptop", "container->host"},
+		{"container → container", "container->container", "container->container"},
+	} {
+		ts, an, br := r.tput(kindTslink, path.tailnet), r.tput(kindAnchor, path.tailnet), r.tput(kindBridge, path.bridge)
+		v := func(t *tputRow) (float64, float64) {
+			if t == nil {
+				return math.NaN(), math.NaN()
+			}
+			return t.MBps, t.CPUPerGB
+		}
+		tsM, tsC := v(ts)
+		anM, anC := v(an)
+		brM, brC := v(br)
+		p("| %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %.1f | %.1f |\n", path.name, tsM, anM, brM, ratio(tsM, anM), ratio(tsM, brM), tsC, anC, brC)
+	}
+	p("\n")
+
+	p("## 4. Scale\n\n")
+	if s := r.Scale; s != nil {
+		p("%d containers on one tslink network, `docker run -d` %d at a time: %d/%d reachable from the laptop, the last %.1f s\n", s.N, s.Parallel, s.Reachable, s.N, s.AllReachable)
+		p("after the first run. Then, all idle: plugin RSS %s MiB, PSS %s MiB, plugin CPU %.2f%% of one core over %.0f s", mib(s.Mem.RSS), mib(s.Mem.PSS), s.IdleCPUPct, s.IdleWindow)
+		if s.Reachable == s.N {
+			p(" (%s MiB RSS per container over the plugin with none)", mib((s.Mem.RSS-r.PluginBase.RSS)/int64(s.N)))
+		}
+		p(".\n\n")
+	} else {
+		p("Not measured in this run.\n\n")
+	}
+
+	p("## Targets\n\n")
+	p("| target | measured | verdict |\n|---|---|---|\n")
+	if ts, br := r.summary(kindTslink, 30), r.summary(kindBridge, 30); ts != nil && br != nil {
+		p("| N=30 all reachable within 1.5× the bridge baseline | %s s vs %s s (%s) | %s |\n", secs(ts.AllReachable), secs(br.AllReachable), ratio(ts.AllReachable, br.AllReachable), verdict(ts.Failed == 0 && ts.AllReachable <= 1.5*br.AllReachable))
+	}
+	if ts := r.summary(kindTslink, 1); ts != nil {
+		// Probing starts when run -d returned: an answer to the first
+		// probes (within half a second) means the tailnet was ready then.
+		p("| N=1 tailnet-ready by the time `docker run -d` returns | run -d returned after %s s; the laptop's first probes then got an answer %s s later | %s |\n", secs(ts.RunMedian), secs(ts.ReachMedian-ts.RunMedian), verdict(ts.Failed == 0 && ts.ReachMedian-ts.RunMedian <= 0.5))
+	}
+	if ts, ts1 := r.memory(kindTslink, 30), r.memory(kindTslink, 1); ts != nil && ts1 != nil {
+		running := float64(cmp.Or(ts.Running, 30))
+		add := float64(ts.Mem.RSS-ts1.Mem.RSS) / (running - 1)
+		per := float64(ts.Mem.RSS-r.PluginBase.RSS) / running
+		p("| ≤ 10 MiB per additional idle container at N=30 | %s MiB RSS per additional (%s MiB per container over none) | %s |\n", mib(int64(add)), mib(int64(per)), verdict(add <= 10*1024))
+	}
+	for _, path := range []string{"container->laptop", "container->container"} {
+		if ts, an := r.tput(kindTslink, path), r.tput(kindAnchor, path); ts != nil && an != nil {
+			p("| throughput ≥ anchor, %s | %.0f vs %.0f MB/s; %.1f vs %.1f CPU-s/GB | %s |\n", path, ts.MBps, an.MBps, ts.CPUPerGB, an.CPUPerGB, verdict(ts.MBps >= an.MBps))
+		}
+	}
+	if s := r.Scale; s != nil {
+		p("| %d containers all reachable, plugin idle CPU < 5%% of a core | %d/%d, %.2f%% | %s |\n", s.N, s.Reachable, s.N, s.IdleCPUPct, verdict(s.Reachable == s.N && s.IdleCPUPct < 5))
+	}
+	p("\n")
+	if strings.TrimSpace(notes) != "" {
+		p("%s\n", strings.TrimSpace(notes))
+	}
+	return b.String()
+}
+
+func failed(s *startSummary) string {
+	if s.Failed == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d of %d never answered)", s.Failed, s.N)
+}
