@@ -116,6 +116,13 @@ type ProcessVars struct {
 	// memory the process holds. The rest of RSS is file-backed, mostly the
 	// executable's pages, shared and reclaimable.
 	RSSAnonKiB int64 `json:"rssAnonKiB"`
+	// Threads is the process's OS thread count; StackSysKiB and
+	// RuntimeMetaKiB are the Go runtime's non-heap memory (goroutine and
+	// thread stacks; span, GC and other metadata), for telling growth there
+	// from heap growth.
+	Threads        int    `json:"threads"`
+	StackSysKiB    uint64 `json:"stackSysKiB"`
+	RuntimeMetaKiB uint64 `json:"runtimeMetaKiB"`
 	HeapLiveKiB uint64 `json:"heapLiveKiB"` // allocated heap (runtime.MemStats.HeapAlloc): live objects plus garbage not yet collected
 	// MemoryReleases counts the returns of freed heap to the OS that follow
 	// endpoints leaving (netdriver.Driver.MemoryReleases).
@@ -125,7 +132,12 @@ type ProcessVars struct {
 func processVars() ProcessVars {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	v := ProcessVars{Goroutines: runtime.NumGoroutine(), HeapLiveKiB: ms.HeapAlloc >> 10}
+	v := ProcessVars{
+		Goroutines:     runtime.NumGoroutine(),
+		HeapLiveKiB:    ms.HeapAlloc >> 10,
+		StackSysKiB:    ms.StackSys >> 10,
+		RuntimeMetaKiB: (ms.MSpanSys + ms.MCacheSys + ms.BuckHashSys + ms.GCSys + ms.OtherSys) >> 10,
+	}
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		v.FDs = len(fds)
 	}
@@ -137,6 +149,8 @@ func processVars() ProcessVars {
 				fmt.Sscan(f[1], &v.RSSKiB)
 			case "RssAnon:":
 				fmt.Sscan(f[1], &v.RSSAnonKiB)
+			case "Threads:":
+				fmt.Sscan(f[1], &v.Threads)
 			}
 		}
 	}
