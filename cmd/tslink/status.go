@@ -109,9 +109,9 @@ var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--sta
 // ProcessVars are the plugin's resource counters, for leak checks and soak
 // tests (GET /debug/vars on the status socket).
 type ProcessVars struct {
-	Goroutines  int    `json:"goroutines"`
-	FDs         int    `json:"fds"`
-	RSSKiB      int64  `json:"rssKiB"`
+	Goroutines int   `json:"goroutines"`
+	FDs        int   `json:"fds"`
+	RSSKiB     int64 `json:"rssKiB"`
 	// RSSAnonKiB is the anonymous part of RSS (heap, stacks, runtime): the
 	// memory the process holds. The rest of RSS is file-backed, mostly the
 	// executable's pages, shared and reclaimable.
@@ -123,7 +123,7 @@ type ProcessVars struct {
 	Threads        int    `json:"threads"`
 	StackSysKiB    uint64 `json:"stackSysKiB"`
 	RuntimeMetaKiB uint64 `json:"runtimeMetaKiB"`
-	HeapLiveKiB uint64 `json:"heapLiveKiB"` // allocated heap (runtime.MemStats.HeapAlloc): live objects plus garbage not yet collected
+	HeapLiveKiB    uint64 `json:"heapLiveKiB"` // allocated heap (runtime.MemStats.HeapAlloc): live objects plus garbage not yet collected
 	// MemoryReleases counts the returns of freed heap to the OS that follow
 	// endpoints leaving (netdriver.Driver.MemoryReleases).
 	MemoryReleases uint64 `json:"memoryReleases"`
