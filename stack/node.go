@@ -16,8 +16,11 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 	"tailscale.com/types/logger"
+	"tailscale.com/types/views"
 
 	"github.com/tslink/tslink/pkg/tsopts"
 )
@@ -91,6 +94,7 @@ type Node struct {
 	addrs   []netip.Prefix // the node's Tailscale addresses, host prefixes
 	state   ipn.State
 	lastErr string
+	self    *tailcfg.Node // the self node as last seen on the IPN bus while starting
 }
 
 var disableLogUploadOnce sync.Once
@@ -171,12 +175,20 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := n.waitRunning(waitCtx); err != nil {
 		return nil, err
 	}
-	// Local calls, bounded by what is left of ctx (FinishReserve or more).
-	sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
-	defer scancel()
-	st, err := n.lc.StatusWithoutPeers(sctx)
-	if err != nil {
-		return nil, fmt.Errorf("reading node status: %w", err)
+	// The self node from the IPN bus gives addresses, tags and name without
+	// a LocalAPI call, which waits on the backend's lock and can take
+	// seconds when many nodes start at once. Serve config needs the status.
+	needStatus := len(cfg.Serve.Endpoints) > 0 || !freshState || n.self == nil
+	st := &ipnstate.Status{}
+	if needStatus {
+		// Bounded by what is left of ctx (FinishReserve or more).
+		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
+		defer scancel()
+		if st, err = n.lc.StatusWithoutPeers(sctx); err != nil {
+			return nil, fmt.Errorf("reading node status: %w", err)
+		}
+	} else {
+		st = statusFromSelf(n.self)
 	}
 	for _, ip := range st.TailscaleIPs {
 		n.addrs = append(n.addrs, netip.PrefixFrom(ip, ip.BitLen()))
@@ -199,7 +211,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	// A new identity has no serve config or service advertisement to
 	// replace: only nodes with serve labels, or reused state, need the calls.
-	if len(cfg.Serve.Endpoints) > 0 || !freshState {
+	if needStatus && (len(cfg.Serve.Endpoints) > 0 || !freshState) {
 		if err := n.applyServe(ctx, st); err != nil {
 			return nil, err
 		}
@@ -251,6 +263,9 @@ func (n *Node) waitRunning(ctx context.Context) error {
 		}
 		if nt.LoginFinished != nil {
 			loggedIn = true
+		}
+		if nt.SelfChange != nil {
+			n.self = nt.SelfChange
 		}
 		if nt.BrowseToURL != nil && *nt.BrowseToURL != "" {
 			if n.cfg.AuthKey == "" {
@@ -567,4 +582,24 @@ func redactingLogf(logf logger.Logf, secret string) logger.Logf {
 	return func(format string, args ...any) {
 		logf("%s", Redact(fmt.Sprintf(format, args...), secret))
 	}
+}
+
+// statusFromSelf is the part of a status Start uses (addresses, tags, DNS
+// name, MagicDNS suffix), built from the self node of a netmap.
+func statusFromSelf(self *tailcfg.Node) *ipnstate.Status {
+	st := &ipnstate.Status{Self: &ipnstate.PeerStatus{DNSName: self.Name}}
+	for _, p := range self.Addresses {
+		if p.IsSingleIP() {
+			st.TailscaleIPs = append(st.TailscaleIPs, p.Addr())
+		}
+	}
+	if len(self.Tags) > 0 {
+		tags := views.SliceOf(self.Tags)
+		st.Self.Tags = &tags
+	}
+	// A node's MagicDNS name is <hostname>.<suffix>.
+	if _, suffix, ok := strings.Cut(strings.TrimSuffix(self.Name, "."), "."); ok {
+		st.CurrentTailnet = &ipnstate.TailnetStatus{MagicDNSSuffix: suffix}
+	}
+	return st
 }
