@@ -247,10 +247,7 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 		n.logf("tslink: no DNS manager: Docker's DNS will not know tailnet names")
 		return
 	}
-	suffix := ""
-	if st.CurrentTailnet != nil {
-		suffix = st.CurrentTailnet.MagicDNSSuffix
-	}
+	n.setDNSSuffix(st)
 	ctx, cancel := context.WithCancel(context.Background())
 	n.dev.dns.Store(&dnsAnswerer{
 		query: mgr.Query,
@@ -258,7 +255,7 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 			nsPath := n.netnsPath()
 			return nsPath != "" && routable(nsPath, dst)
 		},
-		suffix: func() string { return suffix },
+		suffix: n.dnsSuffix,
 		inject: n.dev.inject,
 		logf:   n.logf,
 		slots:  make(chan struct{}, maxDNSInFlight),

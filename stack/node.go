@@ -95,6 +95,22 @@ type Node struct {
 	state   ipn.State
 	lastErr string
 	self    *tailcfg.Node // the self node as last seen on the IPN bus while starting
+	suffix  string        // the tailnet's MagicDNS suffix, "" until known
+}
+
+func (n *Node) setDNSSuffix(st *ipnstate.Status) {
+	if st.CurrentTailnet == nil || st.CurrentTailnet.MagicDNSSuffix == "" {
+		return
+	}
+	n.mu.Lock()
+	n.suffix = st.CurrentTailnet.MagicDNSSuffix
+	n.mu.Unlock()
+}
+
+func (n *Node) dnsSuffix() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.suffix
 }
 
 var disableLogUploadOnce sync.Once
@@ -159,6 +175,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	_, statErr := os.Stat(filepath.Join(cfg.StateDir, "tailscaled.state"))
 	freshState := errors.Is(statErr, os.ErrNotExist)
+	startedAt := time.Now()
 	if err := n.srv.Start(); err != nil {
 		return nil, fmt.Errorf("starting tsnet: %s", Redact(err.Error(), cfg.AuthKey))
 	}
@@ -166,6 +183,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	n.logf("tslink: tsnet started in %v", time.Since(startedAt).Round(time.Millisecond))
 	waitCtx := ctx
 	if dl, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
@@ -185,7 +203,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 		defer scancel()
 		if st, err = n.lc.StatusWithoutPeers(sctx); err != nil {
-			return nil, fmt.Errorf("reading node status: %w", err)
+			if len(cfg.Serve.Endpoints) > 0 || !freshState {
+				return nil, fmt.Errorf("reading node status: %w", err)
+			}
+			n.logf("tslink: reading node status: %v; continuing", err)
+			st = &ipnstate.Status{}
 		}
 	} else {
 		st = statusFromSelf(n.self)
@@ -193,8 +215,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	for _, ip := range st.TailscaleIPs {
 		n.addrs = append(n.addrs, netip.PrefixFrom(ip, ip.BitLen()))
 	}
-	if len(n.addrs) == 0 {
+	if len(n.addrs) == 0 && len(cfg.Serve.Endpoints) > 0 {
 		return nil, n.nodeError(ErrNotReady, fmt.Sprintf("state %v with no Tailscale address from control yet%s", n.state, n.healthDetail()))
+	}
+	if len(n.addrs) == 0 {
+		n.logf("tslink: no Tailscale address yet; tailscale0 gets it when the netmap arrives")
 	}
 	if n.nsPath != "" {
 		if err := n.configureLocked(); err != nil {
@@ -241,12 +266,14 @@ func (n *Node) waitRunning(ctx context.Context) error {
 				return fmt.Errorf("watching node state: %w", err)
 			}
 			waited := time.Since(start).Round(time.Second)
-			if loggedIn && n.state == ipn.Starting {
-				// Starting: logged in, netmap pending or no DERP/peer
-				// connection yet (ipnlocal waits for a live DERP before
-				// Running). Start checks that addresses were assigned;
-				// peers reach the node once its DERP connection is up.
-				n.logf("tslink: node still Starting after %v (logged in, not yet connected to DERP); continuing", waited)
+			if loggedIn {
+				// Control accepted the node, but the backend is not
+				// Running yet: netmap pending, or no DERP connection
+				// (ipnlocal waits for a live DERP before Running), as
+				// when many nodes start at once on a busy host. The
+				// node carries on; its addresses reach tailscale0 when
+				// the netmap arrives, and peers reach it once connected.
+				n.logf("tslink: node logged in but %v after %v (control or this host is slow); continuing", n.state, waited)
 				return nil
 			}
 			if !loggedIn && (n.state == ipn.NoState || n.state == ipn.NeedsLogin) {
@@ -342,6 +369,7 @@ func (n *Node) watch(ctx context.Context) {
 				n.mu.Unlock()
 			}
 			if nt.SelfChange != nil {
+				n.setDNSSuffix(statusFromSelf(nt.SelfChange))
 				var addrs []netip.Prefix
 				for _, p := range nt.SelfChange.Addresses {
 					if p.IsSingleIP() {

@@ -337,8 +337,8 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, err
 	}
-	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v",
-		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags)
+	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v (container found in %v)",
+		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
 	if err := d.startNode(ep, nw, authKey, tags, "", joinDeadline(began, nw.Timeout)); err != nil {
 		ep.debugLog.Close()
 		// The backend's last words go to the plugin log: with a new dir
