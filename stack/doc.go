@@ -10,7 +10,8 @@
 //     takes the state-dir lock, creates the TUN in the host netns under a
 //     name derived from the endpoint ID ([HostTUNName]), starts tsnet with
 //     that TUN and waits, bounded by the context, until the node is Running
-//     (or, at the deadline, at least logged in with its addresses).
+//     (or, at the deadline, at least accepted by control; its addresses then
+//     follow from the netmap).
 //     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine.
 //   - [Node.Attach] (once the sandbox netns appears): moves the TUN into the
 //     netns, renames it tailscale0, assigns the node's IPv4 /32 and IPv6 /128,

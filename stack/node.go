@@ -122,10 +122,10 @@ const FinishReserve = 3 * time.Second
 
 // Start creates the node's TUN and brings the node up, waiting until it is
 // Running or ctx ends (callers pass Docker's remaining Join budget, 20 s by
-// default). A node that is logged in and has its addresses when ctx ends but
-// is still Starting (no DERP connection yet, e.g. on a starved CPU) is
-// returned rather than failed: the container gets its addresses and becomes
-// reachable once the connection is up. On error nothing is left behind: no TUN, lock or goroutine; the
+// default). A node that control has accepted but that is not Running when
+// the wait ends (netmap or DERP connection still pending, e.g. on a starved
+// CPU) is returned rather than failed: tailscale0 gets its addresses when the
+// netmap arrives and peers reach it once it is connected. On error nothing is left behind: no TUN, lock or goroutine; the
 // error is a [*NodeError] for failures of the node itself.
 func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := cfg.validate(); err != nil {
@@ -230,7 +230,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		}
 	}
 
-	if len(cfg.Tags) > 0 && (st.Self == nil || st.Self.Tags == nil || st.Self.Tags.Len() == 0) {
+	if len(cfg.Tags) > 0 && st.Self != nil && (st.Self.Tags == nil || st.Self.Tags.Len() == 0) {
 		n.lastErr = fmt.Sprintf("%v: asked for %s; the node is untagged (check the tailnet policy's tagOwners)", ErrTagsNotGranted, strings.Join(cfg.Tags, ","))
 		n.logf("tslink: %s", n.lastErr)
 	}
