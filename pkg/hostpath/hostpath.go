@@ -34,19 +34,8 @@ func Resolve(p string) (string, error) {
 	if _, err := os.Stat(p); err == nil {
 		return p, nil
 	}
-	mu.Lock()
-	pid := lastPID
-	mu.Unlock()
-	if pid != 0 && isDockerd(pid) {
+	if pid, ok := dockerdHaving(p); ok {
 		if rp, ok := under(pid, p); ok {
-			return rp, nil
-		}
-	}
-	for _, pid := range dockerdPIDs() {
-		if rp, ok := under(pid, p); ok {
-			mu.Lock()
-			lastPID = pid
-			mu.Unlock()
 			return rp, nil
 		}
 	}
@@ -55,37 +44,41 @@ func Resolve(p string) (string, error) {
 
 // Path returns where this process sees p as dockerd sees it, whether or not
 // it exists yet (for polling a path dockerd is about to create): p itself if
-// its parent directory exists here, else p under the root of the dockerd that
-// [Resolve] last found (or any running dockerd).
+// its parent directory exists here, else p under the root of the dockerd
+// whose root holds that directory.
 func Path(p string) (string, error) {
-	if _, err := os.Stat(filepath.Dir(p)); err == nil {
+	dir := filepath.Dir(p)
+	if _, err := os.Stat(dir); err == nil {
 		return p, nil
 	}
+	pid, ok := dockerdHaving(dir)
+	if !ok {
+		return "", fmt.Errorf("%s: its directory is not under any dockerd's root (the plugin needs pidhost): %w", p, os.ErrNotExist)
+	}
+	return securejoin.SecureJoin("/proc/"+strconv.Itoa(pid)+"/root", p)
+}
+
+// dockerdHaving returns a running dockerd whose root holds p: the one found
+// last time if it still does, else the first that does (several may run,
+// e.g. test engines with their own exec-roots).
+func dockerdHaving(p string) (int, bool) {
 	mu.Lock()
 	pid := lastPID
 	mu.Unlock()
-	if pid != 0 {
-		if _, ok := under(pid, filepath.Dir(p)); !ok || !isDockerd(pid) {
-			pid = 0
+	if pid != 0 && isDockerd(pid) {
+		if _, ok := under(pid, p); ok {
+			return pid, true
 		}
 	}
-	if pid == 0 {
-		// The dockerd whose root holds p's directory (several may run,
-		// e.g. test engines with their own exec-roots).
-		for _, cand := range dockerdPIDs() {
-			if _, ok := under(cand, filepath.Dir(p)); ok {
-				pid = cand
-				break
-			}
+	for _, pid := range dockerdPIDs() {
+		if _, ok := under(pid, p); ok {
+			mu.Lock()
+			lastPID = pid
+			mu.Unlock()
+			return pid, true
 		}
-		if pid == 0 {
-			return "", fmt.Errorf("%s: its directory is not under any dockerd's root (the plugin needs pidhost): %w", p, os.ErrNotExist)
-		}
-		mu.Lock()
-		lastPID = pid
-		mu.Unlock()
 	}
-	return securejoin.SecureJoin("/proc/"+strconv.Itoa(pid)+"/root", p)
+	return 0, false
 }
 
 func under(pid int, p string) (string, bool) {
