@@ -151,7 +151,7 @@ check "laptop -> beta over the tailnet" "hello from beta" get ip netns exec tsli
 check "laptop's tailscale status lists demo-alpha and demo-beta" "demo-beta" sh -c "$TS status | grep demo-alpha && $TS status | grep demo-beta"
 check "alpha resolves the laptop by MagicDNS name (no --dns flag)" "$LAPTOP_IP" docker exec tslink-demo-alpha nslookup laptop
 check "alpha resolves demo-beta.tailnet.test" "$BETA" docker exec tslink-demo-alpha nslookup demo-beta.tailnet.test
-check "laptop -> gamma's localhost-only app through Serve" "hello from gamma, served" sh -c "printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n' | ip netns exec tslink-demo-laptop busybox nc -w 5 $GAMMA 80 | tail -1"
+check "laptop -> gamma's localhost-only app through Serve" "hello from gamma, served" sh -c "(printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n'; sleep 2) | ip netns exec tslink-demo-laptop busybox nc -w 5 $GAMMA 80 | tail -1"
 check "alpha -> the internet through Docker's NAT" "hello from the internet" get docker exec -i tslink-demo-alpha nc -w 5 $INET.2 80
 check "alpha pings the laptop ($LAPTOP_IP)" "1 packets received" docker exec tslink-demo-alpha ping -c 1 -W 3 "$LAPTOP_IP"
 
@@ -168,7 +168,7 @@ KEEP=1: everything keeps running. Try:
   docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0; nslookup laptop
   $TS status
   ip netns exec tslink-demo-laptop busybox nslookup demo-gamma 100.100.100.100
-  printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n' | ip netns exec tslink-demo-laptop busybox nc $GAMMA 80
+  (printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n'; sleep 2) | ip netns exec tslink-demo-laptop busybox nc $GAMMA 80
   curl -s $CONTROL/tslink/nodes           # control's view of the tailnet
   $PWD/bin/tslink status                  # the plugin's view
   grep -a tslink: $STATE/by-hostname/demo-alpha/debug.log

@@ -230,25 +230,21 @@ func dialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// fromThisProcess reports whether the peer of the loopback connection c is a
-// socket this process holds: sock_diag gives the peer socket's inode, which
-// must appear among /proc/self/fd's "socket:[inode]" links.
-func fromThisProcess(c net.Conn) bool {
+// fromThisProcess checks that the peer of the loopback connection c belongs
+// to this process's user (root for the plugin): sock_diag gives the peer
+// socket's owner. Unprivileged host processes are refused; root can enter
+// the container's netns anyway. (Matching the peer socket's inode against
+// /proc/self/fd races with dials the proxy abandons, e.g. when the client's
+// request is canceled.) The error says why.
+func fromThisProcess(c net.Conn) error {
 	peer, err := netlink.SocketGet(c.RemoteAddr(), c.LocalAddr())
 	if err != nil {
-		return false
+		return fmt.Errorf("looking up the peer socket: %w", err)
 	}
-	want := fmt.Sprintf("socket:[%d]", peer.INode)
-	fds, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return false
+	if uid := uint32(os.Getuid()); peer.UID != uid {
+		return fmt.Errorf("peer socket belongs to uid %d, not the plugin's %d", peer.UID, uid)
 	}
-	for _, fd := range fds {
-		if l, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && l == want {
-			return true
-		}
-	}
-	return false
+	return nil
 }
 
 // routeDNS makes the netns at nsPath send UDP port 53 that would leave by its

@@ -29,9 +29,9 @@ var ErrUntaggedService = errors.New("a Tailscale Service backend must be a tagge
 // netns, where the container's localhost is out of reach, and tsnet's
 // LocalAPI refuses unix-socket backends (its actor is not a local admin). So
 // each target port gets a listener on 127.0.0.1 of the plugin's netns, used as
-// the serve backend; it accepts connections from this process only (the
-// peer socket's inode, from sock_diag, must be one of our fds) and relays
-// each to localhost:<port> dialled inside the container's netns.
+// the serve backend; it accepts connections from the plugin's user only (the
+// peer socket's owner, from sock_diag) and relays each to localhost:<port>
+// dialled inside the container's netns.
 type relays struct {
 	netns func() string // the container's netns path; "" until attached
 	logf  func(format string, args ...any)
@@ -68,8 +68,8 @@ func (r *relays) accept(ln net.Listener, port uint16) {
 		if err != nil {
 			return
 		}
-		if !fromThisProcess(c) {
-			r.logf("tslink: serve: relay for port %d refused a connection from %v: not from the plugin", port, c.RemoteAddr())
+		if err := fromThisProcess(c); err != nil {
+			r.logf("tslink: serve: relay for port %d refused a connection from %v: %v", port, c.RemoteAddr(), err)
 			c.Close()
 			continue
 		}
