@@ -116,6 +116,8 @@ type ProcessVars struct {
 	// memory the process holds. The rest of RSS is file-backed, mostly the
 	// executable's pages, shared and reclaimable.
 	RSSAnonKiB int64 `json:"rssAnonKiB"`
+	// RSSPeakKiB is the process's highest RSS so far (VmHWM).
+	RSSPeakKiB int64 `json:"rssPeakKiB"`
 	// Threads is the process's OS thread count; StackSysKiB and
 	// RuntimeMetaKiB are the Go runtime's non-heap memory (goroutine and
 	// thread stacks; span, GC and other metadata), for telling growth there
@@ -124,6 +126,12 @@ type ProcessVars struct {
 	StackSysKiB    uint64 `json:"stackSysKiB"`
 	RuntimeMetaKiB uint64 `json:"runtimeMetaKiB"`
 	HeapLiveKiB    uint64 `json:"heapLiveKiB"` // allocated heap (runtime.MemStats.HeapAlloc): live objects plus garbage not yet collected
+	// HeapSpansKiB is the heap in spans holding objects (HeapInuse): live
+	// objects, garbage and the gaps between them; the OS cannot get it back.
+	// HeapFreeKiB is free heap still mapped (HeapIdle - HeapReleased): what a
+	// memory release returns.
+	HeapSpansKiB uint64 `json:"heapSpansKiB"`
+	HeapFreeKiB  uint64 `json:"heapFreeKiB"`
 	// MemoryReleases counts the returns of freed heap to the OS that follow
 	// endpoints leaving (netdriver.Driver.MemoryReleases).
 	MemoryReleases uint64 `json:"memoryReleases"`
@@ -135,6 +143,8 @@ func processVars() ProcessVars {
 	v := ProcessVars{
 		Goroutines:     runtime.NumGoroutine(),
 		HeapLiveKiB:    ms.HeapAlloc >> 10,
+		HeapSpansKiB:   ms.HeapInuse >> 10,
+		HeapFreeKiB:    (ms.HeapIdle - ms.HeapReleased) >> 10,
 		StackSysKiB:    ms.StackSys >> 10,
 		RuntimeMetaKiB: (ms.MSpanSys + ms.MCacheSys + ms.BuckHashSys + ms.GCSys + ms.OtherSys) >> 10,
 	}
@@ -147,6 +157,8 @@ func processVars() ProcessVars {
 			switch f[0] {
 			case "VmRSS:":
 				fmt.Sscan(f[1], &v.RSSKiB)
+			case "VmHWM:":
+				fmt.Sscan(f[1], &v.RSSPeakKiB)
 			case "RssAnon:":
 				fmt.Sscan(f[1], &v.RSSAnonKiB)
 			case "Threads:":

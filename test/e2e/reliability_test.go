@@ -20,6 +20,15 @@ import (
 
 // pluginGet fetches path from the plugin's status socket.
 func (l *lab) pluginGet(path string) string {
+	b, err := l.pluginRequest(path)
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
+}
+
+// pluginRequest GETs path from the plugin's status socket.
+func (l *lab) pluginRequest(path string) ([]byte, error) {
 	sock := filepath.Join(l.engine.StateDir(), "tslink-status.sock")
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
@@ -27,14 +36,12 @@ func (l *lab) pluginGet(path string) string {
 	}}}
 	res, err := c.Get("http://tslink" + path)
 	if err != nil {
-		return err.Error()
+		return nil, err
 	}
 	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return string(b)
+	return io.ReadAll(res.Body)
 }
 
-// pluginVars reads the plugin's resource counters from its status socket.
 // pluginVars are the plugin's resource counters (GET /debug/vars).
 type pluginVars struct {
 	Goroutines, FDs     int
@@ -44,21 +51,20 @@ type pluginVars struct {
 	Threads             int
 	StackSysKiB         uint64
 	RuntimeMetaKiB      uint64
+	RSSPeakKiB          int64
+	HeapSpansKiB        uint64
+	HeapFreeKiB         uint64
 }
 
 func (l *lab) pluginVars() (v pluginVars) {
 	l.t.Helper()
-	sock := filepath.Join(l.engine.StateDir(), "tslink-status.sock")
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	res, err := c.Get("http://tslink/debug/vars")
+	b, err := l.pluginRequest("/debug/vars")
 	if err != nil {
 		l.t.Fatalf("plugin vars: %v", err)
 	}
-	defer res.Body.Close()
-	json.NewDecoder(res.Body).Decode(&v)
+	if err := json.Unmarshal(b, &v); err != nil {
+		l.t.Fatalf("plugin vars %q: %v", b, err)
+	}
 	return v
 }
 
@@ -268,11 +274,22 @@ func TestSoak(t *testing.T) {
 		os.WriteFile(p+".before", []byte(l.pluginGet("/debug/pprof/heap?gc=1")), 0o644)
 	}
 	before := settled(releasesBefore)
+	// Settled readings every soakCheckpoint cycles show whether RSS keeps
+	// growing or levels off.
+	const soakCheckpoint = 60
+	var paused time.Duration
 	began := time.Now()
 	for i := warm; i < cycles; i++ {
 		cycle(i)
+		if done := i + 1 - warm; done%soakCheckpoint == 0 && i+1 < cycles {
+			pause := time.Now()
+			v := settled(l.pluginVars().MemoryReleases)
+			paused += time.Since(pause)
+			t.Logf("soak: after %d cycles: RSS %d KiB (%+.1f%%), anonymous %d KiB, runtime metadata %d KiB, heap spans %d KiB",
+				i+1, v.RSSKiB, 100*float64(v.RSSKiB-before.RSSKiB)/float64(before.RSSKiB), v.RSSAnonKiB, v.RuntimeMetaKiB, v.HeapSpansKiB)
+		}
 	}
-	took := time.Since(began)
+	took := time.Since(began) - paused
 	// Releases also happen mid-run when a cycle takes longer than the
 	// release delay; wait for the one after the last container left.
 	after := settled(l.pluginVars().MemoryReleases)
@@ -297,8 +314,9 @@ func TestSoak(t *testing.T) {
 	t.Logf("soak: anonymous RSS %d -> %d KiB (%+.1f%%), file-backed RSS %d -> %d KiB",
 		before.RSSAnonKiB, after.RSSAnonKiB, 100*float64(after.RSSAnonKiB-before.RSSAnonKiB)/float64(before.RSSAnonKiB),
 		before.RSSKiB-before.RSSAnonKiB, after.RSSKiB-after.RSSAnonKiB)
-	t.Logf("soak: threads %d -> %d, Go stacks %d -> %d KiB, runtime metadata %d -> %d KiB",
-		before.Threads, after.Threads, before.StackSysKiB, after.StackSysKiB, before.RuntimeMetaKiB, after.RuntimeMetaKiB)
+	t.Logf("soak: threads %d -> %d, Go stacks %d -> %d KiB, runtime metadata %d -> %d KiB, heap spans %d -> %d KiB, free heap still mapped %d -> %d KiB; peak RSS %d KiB",
+		before.Threads, after.Threads, before.StackSysKiB, after.StackSysKiB, before.RuntimeMetaKiB, after.RuntimeMetaKiB,
+		before.HeapSpansKiB, after.HeapSpansKiB, before.HeapFreeKiB, after.HeapFreeKiB, after.RSSPeakKiB)
 	if cycles >= 100 && float64(after.RSSKiB) > 1.1*float64(before.RSSKiB) {
 		t.Errorf("plugin RSS grew more than 10%%: %d -> %d KiB\n%s", before.RSSKiB, after.RSSKiB, grepLines(l.engine.Log(), "memory released"))
 	}
