@@ -62,7 +62,11 @@ func newLab(t *testing.T) *lab {
 	l.engine = enginetest.StartEngine(t)
 	l.engine.ImportBusybox(t)
 	l.importAnchorImage()
-	l.engine.InstallPlugin(t)
+	var env []string
+	if os.Getenv("TSLINK_BENCH_PROFILES") != "" {
+		env = append(env, "TSLINK_HEAP_PROFILE=1") // for saveProfiles' heap profiles
+	}
+	l.engine.InstallPlugin(t, env...)
 	l.docker("network", "create", "-d", "bridge", "--subnet", bridgeSubnet, "--gateway", bridgeGW, bridgeNet)
 	l.freshTailnet()
 	return l

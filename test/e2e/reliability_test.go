@@ -235,7 +235,14 @@ func soakCycles() int {
 }
 
 func TestSoak(t *testing.T) {
-	l := newLab(t)
+	// TSLINK_SOAK_HEAP=<file> saves heap profiles before and after; the
+	// plugin samples allocations only when asked (cmd/tslink), and its
+	// profiler's records then add to the RSS the soak measures.
+	var env []string
+	if os.Getenv("TSLINK_SOAK_HEAP") != "" {
+		env = append(env, "TSLINK_HEAP_PROFILE=1")
+	}
+	l := newLab(t, env...)
 	l.createNetwork("soak")
 	cycles := soakCycles()
 	// The plugin's RSS climbs to a plateau over the first few dozen cycles
