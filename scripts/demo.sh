@@ -115,10 +115,12 @@ LAPTOP_IP=$($TS ip -4)
 echo "laptop: laptop $LAPTOP_IP"
 
 step "a test image (busybox, made locally with docker import)"
-rm -rf $WORK/img && mkdir -p $WORK/img/bin $WORK/img/www $WORK/img/etc
-cp "$(command -v busybox)" $WORK/img/bin/busybox
-for a in $(busybox --list); do [ "$a" = busybox ] || ln -s busybox $WORK/img/bin/$a; done
-tar -C $WORK/img -c . | docker import -c 'ENV PATH=/bin' - $IMAGE >/dev/null
+if ! docker image inspect $IMAGE >/dev/null 2>&1; then
+  rm -rf $WORK/img && mkdir -p $WORK/img/bin $WORK/img/www $WORK/img/etc
+  cp "$(command -v busybox)" $WORK/img/bin/busybox
+  for a in $(busybox --list); do [ "$a" = busybox ] || ln -s busybox $WORK/img/bin/$a; done
+  tar -C $WORK/img -c . | docker import -c 'ENV PATH=/bin' - $IMAGE >/dev/null
+fi
 
 step "docker network create -d $PLUGIN --opt ts.authkey-file=demo --opt ts.controlurl=$CONTROL $NET"
 docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlurl="$CONTROL" $NET >/dev/null
@@ -166,12 +168,14 @@ if [ "${KEEP:-0}" = 1 ]; then
 
 KEEP=1: everything keeps running. Try:
   docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0; nslookup laptop
-  $TS status
+  $TS status                              # (the local control server marks peers offline and keeps
+                                          #  every node it registered, ephemeral ones too)
   ip netns exec tslink-demo-laptop busybox nslookup demo-gamma 100.100.100.100
   (printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n'; sleep 2) | ip netns exec tslink-demo-laptop busybox nc $GAMMA 80
   curl -s $CONTROL/tslink/nodes           # control's view of the tailnet
   $PWD/bin/tslink status                  # the plugin's view
   grep -a tslink: $STATE/by-hostname/demo-alpha/debug.log
+  grep plugin= $WORK/dockerd.log          # the plugin's own log, if the demo started dockerd
 Clean up with: make demo-clean
 MSG
 fi

@@ -265,7 +265,7 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			if ctx.Err() == nil {
 				return fmt.Errorf("watching node state: %w", err)
 			}
-			waited := time.Since(start).Round(time.Second)
+			waited := time.Since(start).Round(100 * time.Millisecond)
 			if loggedIn {
 				// Control accepted the node, but the backend is not
 				// Running yet: netmap pending, or no DERP connection

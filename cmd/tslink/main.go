@@ -76,6 +76,9 @@ func run(args []string) error {
 		case "serve":
 		case "status":
 			return runStatus(args[1:])
+		case "help", "-h", "-help", "--help":
+			fmt.Println(errUsage)
+			return nil
 		default:
 			return fmt.Errorf("unknown command %q; %w", args[0], errUsage)
 		}

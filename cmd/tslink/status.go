@@ -57,7 +57,13 @@ func runStatus(args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	stateDir := fs.String("state-dir", "/var/lib/docker-plugins/tailscale", "the plugin's state dir as this process sees it")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
+	}
+	if _, err := os.Stat(*stateDir); err != nil {
+		return statusError(*asJSON, fmt.Errorf("no plugin state dir %s (--state-dir: the plugin's state.source as this process sees it): %w", *stateDir, err))
 	}
 	sock := filepath.Join(*stateDir, statusSocket)
 	client := &http.Client{
@@ -69,7 +75,7 @@ func runStatus(args []string) error {
 	}
 	res, err := client.Get("http://tslink/status")
 	if err != nil {
-		return fmt.Errorf("the tslink plugin is not running (no answer on %s): check `docker plugin ls`", sock)
+		return statusError(*asJSON, fmt.Errorf("the tslink plugin is not running (no answer on %s): check `docker plugin ls`", sock))
 	}
 	defer res.Body.Close()
 	var eps []netdriver.EndpointStatus
@@ -95,6 +101,18 @@ func runStatus(args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, strings.Join(ep.IPs, ","), state, dash(ep.Serve), dash(ep.LastError), ep.DebugLog)
 	}
 	return tw.Flush()
+}
+
+// statusError returns err; with --json it first prints it on stdout as
+// {"running": false, "error": "…"}, so scripts always get JSON.
+func statusError(asJSON bool, err error) error {
+	if asJSON {
+		json.NewEncoder(os.Stdout).Encode(struct {
+			Running bool   `json:"running"`
+			Error   string `json:"error"`
+		}{false, err.Error()})
+	}
+	return err
 }
 
 func dash(s string) string {
