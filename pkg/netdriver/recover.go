@@ -1,9 +1,11 @@
 package netdriver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/tslink/tslink/pkg/boundedlog"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
+	"golang.org/x/sys/unix"
 )
 
 // record is what tslink keeps of a joined endpoint in
@@ -52,9 +55,15 @@ func (d *Driver) loadRecords() []record {
 	var out []record
 	for _, f := range files {
 		var rec record
-		if b, err := os.ReadFile(f); err == nil && json.Unmarshal(b, &rec) == nil && rec.EndpointID != "" {
-			out = append(out, rec)
+		b, err := os.ReadFile(f)
+		if err == nil {
+			err = json.Unmarshal(b, &rec)
 		}
+		if err != nil || rec.EndpointID == "" {
+			d.log.Error("unreadable endpoint record; its container's node is not recovered", "file", f, "err", err)
+			continue
+		}
+		out = append(out, rec)
 	}
 	return out
 }
@@ -69,9 +78,13 @@ func (d *Driver) loadRecords() []record {
 // are retried every [recoverRetry] until ctx ends.
 func (d *Driver) Recover(ctx context.Context) {
 	recs := d.loadRecords()
+	d.sweepOrphanStateDirs(recs)
 	if len(recs) == 0 {
 		return
 	}
+	// Adopting nodes allocates each one's buffers afresh; return what the
+	// start-up churn freed instead of holding it until a container leaves.
+	defer d.scheduleMemoryRelease()
 	began := time.Now()
 	d.log.Info("recovering endpoints", "count", len(recs))
 	for {
@@ -100,6 +113,37 @@ func (d *Driver) Recover(ctx context.Context) {
 		case <-time.After(recoverRetry):
 		}
 		recs = again
+	}
+}
+
+// sweepOrphanStateDirs removes the state dirs of ephemeral nodes whose Join
+// a previous plugin process did not finish (it died mid-Join, so no record
+// was written and dockerd failed the container). Such a dir's lock file
+// still names its holder, which only a clean release truncates, while its
+// flock is free (the kernel dropped it with the process). Persistent
+// identities, dirs that records name and locked dirs are left alone.
+func (d *Driver) sweepOrphanStateDirs(recs []record) {
+	recorded := map[string]bool{}
+	for _, rec := range recs {
+		recorded[rec.Hostname] = true
+	}
+	dirs, _ := filepath.Glob(filepath.Join(d.cfg.StateRoot, "by-hostname", "*"))
+	for _, dir := range dirs {
+		host := filepath.Base(dir)
+		b, err := os.ReadFile(filepath.Join(dir, tailnetFile))
+		if recorded[host] || err != nil || !strings.Contains(string(b), " ephemeral") {
+			continue
+		}
+		f, err := os.OpenFile(filepath.Join(dir, stack.LockFileName), os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		holder, _ := io.ReadAll(f)
+		if len(bytes.TrimSpace(holder)) > 0 && unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
+			d.log.Info("sweeping state of an unfinished ephemeral join", "hostname", host, "was", strings.TrimSpace(string(holder)))
+			os.RemoveAll(dir)
+		}
+		f.Close()
 	}
 }
 

@@ -1,0 +1,47 @@
+package netdriver
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/tslink/tslink/stack"
+	"golang.org/x/sys/unix"
+)
+
+func TestSweepOrphanStateDirs(t *testing.T) {
+	root := t.TempDir()
+	d := New(Config{StateRoot: root, HostStateRoot: "/host/state"})
+	mk := func(host, tailnet, lock string) string {
+		dir := filepath.Join(root, "by-hostname", host)
+		os.MkdirAll(dir, 0o700)
+		os.WriteFile(filepath.Join(dir, tailnetFile), []byte(tailnet), 0o600)
+		os.WriteFile(filepath.Join(dir, stack.LockFileName), []byte(lock), 0o600)
+		os.WriteFile(filepath.Join(dir, "tailscaled.state"), []byte("{}"), 0o600)
+		return dir
+	}
+	orphan := mk("orphan", "http://c ephemeral\n", "container p1 (f5521ea704c4)\n")
+	persistent := mk("persistent", "http://c persistent\n", "container p2 (aaaa)\n")
+	released := mk("released", "http://c ephemeral\n", "")
+	recorded := mk("recorded", "http://c ephemeral\n", "container p3 (bbbb)\n")
+	held := mk("held", "http://c ephemeral\n", "container p4 (cccc)\n")
+	f, err := os.Open(filepath.Join(held, stack.LockFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+
+	d.sweepOrphanStateDirs([]record{{EndpointID: "e3", Hostname: "recorded"}})
+
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Errorf("ephemeral dir of an unfinished join was kept (%v)", err)
+	}
+	for _, dir := range []string{persistent, released, recorded, held} {
+		if _, err := os.Stat(filepath.Join(dir, "tailscaled.state")); err != nil {
+			t.Errorf("%s was swept: %v", filepath.Base(dir), err)
+		}
+	}
+}
