@@ -66,6 +66,7 @@ type Driver struct {
 	releaseTimer *time.Timer                // pending scheduleMemoryRelease
 	releases     atomic.Uint64              // releaseMemory runs
 	collecting   atomic.Bool                // a collectStoppedNodes is pending
+	unrecovered  map[string]unrecovered     // by endpoint ID: recovery failing (recoveryFailed)
 }
 
 type endpoint struct {
@@ -608,6 +609,9 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 	d.mu.Unlock()
 	if ep == nil {
 		d.removeRecord(req.EndpointID) // served by an earlier plugin process
+		d.mu.Lock()
+		delete(d.unrecovered, req.EndpointID)
+		d.mu.Unlock()
 		return nil
 	}
 	d.closeEndpoint(ep)

@@ -82,9 +82,6 @@ func (d *Driver) Recover(ctx context.Context) {
 	if len(recs) == 0 {
 		return
 	}
-	// Adopting nodes allocates each one's buffers afresh; return what the
-	// start-up churn freed instead of holding it until a container leaves.
-	defer d.scheduleMemoryRelease()
 	began := time.Now()
 	d.log.Info("recovering endpoints", "count", len(recs))
 	for {
@@ -97,10 +94,17 @@ func (d *Driver) Recover(ctx context.Context) {
 					mu.Lock()
 					again = append(again, rec)
 					mu.Unlock()
+					return
 				}
+				d.mu.Lock()
+				delete(d.unrecovered, rec.EndpointID)
+				d.mu.Unlock()
 			})
 		}
 		wg.Wait()
+		// Starting nodes leaves garbage (a few MB per node, more for
+		// failed starts); return it now, not when a container next leaves.
+		d.scheduleMemoryRelease()
 		if len(again) == 0 {
 			d.log.Info("recovery done", "took", time.Since(began).Round(time.Millisecond))
 			return
@@ -145,6 +149,27 @@ func (d *Driver) sweepOrphanStateDirs(recs []record) {
 		}
 		f.Close()
 	}
+}
+
+// recoveryFailed logs why rec's endpoint could not be recovered and keeps it
+// for `tslink status` until a later attempt succeeds. It returns false: try
+// again.
+func (d *Driver) recoveryFailed(rec record, err error) bool {
+	d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.unrecovered == nil {
+		d.unrecovered = map[string]unrecovered{}
+	}
+	d.unrecovered[rec.EndpointID] = unrecovered{rec: rec, err: err.Error()}
+	return false
+}
+
+// unrecovered is an endpoint of a running container that recovery has not
+// brought back yet, with the last attempt's error.
+type unrecovered struct {
+	rec record
+	err string
 }
 
 // recoverRetry is the pause between recovery attempts of an endpoint.
@@ -195,20 +220,17 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	}
 	nw, err := d.networkFor(rec.NetworkID)
 	if err != nil {
-		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return false
+		return d.recoveryFailed(rec, err)
 	}
 	authKey := nw.AuthKey
 	if nw.AuthKeyFile != "" {
 		if authKey, err = d.readKeyFile(nw.AuthKeyFile); err != nil {
-			d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-			return false
+			return d.recoveryFailed(rec, err)
 		}
 	}
 	nsPath, err := d.cfg.ResolvePath(sandbox)
 	if err != nil {
-		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return false
+		return d.recoveryFailed(rec, err)
 	}
 	ep := &endpoint{
 		id:            rec.EndpointID,
@@ -225,11 +247,11 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
 		return true // another endpoint holds the hostname now
 	}
+	os.MkdirAll(ep.stateDir, 0o700) // deleted by hand: an ephemeral node logs in afresh
 	ep.debugLog, err = boundedlog.Open(filepath.Join(ep.stateDir, "debug.log"), 0)
 	if err != nil {
 		d.unreserve(ep)
-		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return false
+		return d.recoveryFailed(rec, err)
 	}
 	began := time.Now()
 	ep.debugLog.Logf("tslink: recover: container %s endpoint %s: adopting tailscale0", rec.ContainerName, short(rec.EndpointID))
@@ -247,10 +269,10 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		return true // Leave came during recovery and removed it
 	}
 	if err != nil {
+		ep.debugLog.Logf("tslink: recover: %v (retrying every %v)", err, recoverRetry)
 		ep.debugLog.Close()
 		d.unreserve(ep)
-		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-		return false
+		return d.recoveryFailed(rec, err)
 	}
 	v4, _ := ep.node.Addrs()
 	ep.debugLog.Logf("tslink: recovered in %v", time.Since(began).Round(time.Millisecond))

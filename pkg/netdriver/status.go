@@ -15,7 +15,7 @@ type EndpointStatus struct {
 	Hostname  string   `json:"hostname"`
 	Network   string   `json:"network"` // network ID, 12 hex digits
 	IPs       []string `json:"ips"`
-	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), or Starting while Join runs
+	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), Starting while Join runs, NotRecovered while a restarted plugin fails to bring it back (retrying)
 	Attached  bool     `json:"attached"`
 	LastError string   `json:"lastError,omitempty"`
 	DebugLog  string   `json:"debugLog"`        // as the host sees it
@@ -52,6 +52,22 @@ func (d *Driver) Status() []EndpointStatus {
 		}
 		out = append(out, st)
 	}
+	d.mu.Lock()
+	for id, u := range d.unrecovered {
+		if _, ok := d.endpoints[id]; ok {
+			continue
+		}
+		out = append(out, EndpointStatus{
+			Container: u.rec.ContainerName,
+			Hostname:  u.rec.Hostname,
+			Network:   short(u.rec.NetworkID),
+			State:     "NotRecovered",
+			LastError: u.err,
+			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", u.rec.Hostname, "debug.log"),
+			Serve:     serveSummary(u.rec.Serve),
+		})
+	}
+	d.mu.Unlock()
 	slices.SortFunc(out, func(a, b EndpointStatus) int { return strings.Compare(a.Hostname, b.Hostname) })
 	return out
 }

@@ -206,3 +206,72 @@ func TestPluginUpgradeThroughRegistry(t *testing.T) {
 		t.Errorf("the plugin running after the upgrade is not v2")
 	}
 }
+
+// TestDamagedStateAfterPluginRestart damages what a restarted plugin recovers
+// from: a node whose state dir was deleted logs in afresh and its container
+// is back on the tailnet; a node whose state file is truncated cannot start,
+// and `tslink status` shows it with the error instead of leaving it out.
+func TestDamagedStateAfterPluginRestart(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn")
+	l.echoContainer("gone", "tn", "before")
+	l.docker("run", "-d", "--name", "broken", "--network", "tn", image, "sleep", "3600")
+	l.tsIP("broken", "-4")
+
+	l.docker("plugin", "disable", "-f", plugin)
+	byHost := filepath.Join(l.engine.StateDir(), "by-hostname")
+	if err := os.RemoveAll(filepath.Join(byHost, "gone")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(byHost, "broken", "tailscaled.state"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.docker("plugin", "enable", plugin)
+
+	err := netnstest.WaitFor(30*time.Second, func() error {
+		// A fresh login may bring a new address: ask the container.
+		_, after, ok := strings.Cut(l.docker("exec", "gone", "ip", "-4", "-o", "addr", "show", "dev", "tailscale0"), "inet ")
+		if !ok {
+			return fmt.Errorf("no IPv4 on tailscale0")
+		}
+		ip, _, _ := strings.Cut(after, "/")
+		return l.laptopDial(net.JoinHostPort(ip, "7000"))
+	})
+	if err != nil {
+		t.Errorf("container whose state dir was deleted is not back on the tailnet: %v\n%s", err, l.tslinkStatus())
+	}
+	err = netnstest.WaitFor(30*time.Second, func() error {
+		for _, line := range strings.Split(l.tslinkStatus(), "\n") {
+			if strings.HasPrefix(line, "broken ") && strings.Contains(line, "NotRecovered") && strings.Contains(line, "tailscaled.state") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no NotRecovered line for broken")
+	})
+	if err != nil {
+		t.Errorf("tslink status: %v\n%s", err, l.tslinkStatus())
+	}
+	// The restarted plugin returns its start-up garbage after each recovery
+	// round, not only when a container leaves.
+	err = netnstest.WaitFor(15*time.Second, func() error {
+		if v := l.pluginVars(); v.MemoryReleases == 0 {
+			return fmt.Errorf("no memory release since the restart (RSS %d KiB)", v.RSSKiB)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	l.docker("rm", "-f", "gone", "broken")
+	err = netnstest.WaitFor(20*time.Second, func() error {
+		if out := l.tslinkStatus(); strings.Contains(out, "broken") {
+			return fmt.Errorf("still listed:\n%s", out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
+}
