@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,4 +57,23 @@ func (l *stateLock) release() {
 	l.f.Truncate(0)
 	l.f.Close() // closing the last fd drops the flock
 	l.f = nil
+}
+
+// RemoveAbandonedStateDir removes dir if its lock was abandoned: the lock
+// file still names a holder (a clean release empties it) but nobody holds
+// the flock (the kernel dropped it with the holder's process). It takes the
+// flock while removing, so a live holder is never raced. It reports the
+// abandoned holder and whether dir was removed.
+func RemoveAbandonedStateDir(dir string) (holder string, removed bool) {
+	f, err := os.OpenFile(filepath.Join(dir, LockFileName), os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(f)
+	holder = strings.TrimSpace(string(b))
+	if holder == "" || unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return holder, false
+	}
+	return holder, os.RemoveAll(dir) == nil
 }

@@ -469,6 +469,13 @@ func (d *Driver) unreserve(ep *endpoint) {
 // network.
 const tailnetFile = "tailnet"
 
+// ephemeralStateDir reports whether dir's tailnet file says its node is
+// ephemeral (false if it cannot be read).
+func ephemeralStateDir(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, tailnetFile))
+	return err == nil && strings.Contains(string(b), " ephemeral")
+}
+
 func tailnetLine(controlURL string, ephemeral bool) string {
 	kind := "persistent"
 	if ephemeral {

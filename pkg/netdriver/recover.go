@@ -1,21 +1,17 @@
 package netdriver
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/tslink/tslink/pkg/boundedlog"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
-	"golang.org/x/sys/unix"
 )
 
 // record is what tslink keeps of a joined endpoint in
@@ -122,10 +118,9 @@ func (d *Driver) Recover(ctx context.Context) {
 
 // sweepOrphanStateDirs removes the state dirs of ephemeral nodes whose Join
 // a previous plugin process did not finish (it died mid-Join, so no record
-// was written and dockerd failed the container). Such a dir's lock file
-// still names its holder, which only a clean release truncates, while its
-// flock is free (the kernel dropped it with the process). Persistent
-// identities, dirs that records name and locked dirs are left alone.
+// was written and dockerd failed the container): its lock is abandoned
+// ([stack.RemoveAbandonedStateDir]). Persistent identities, dirs that
+// records name and locked dirs are left alone.
 func (d *Driver) sweepOrphanStateDirs(recs []record) {
 	recorded := map[string]bool{}
 	for _, rec := range recs {
@@ -134,20 +129,12 @@ func (d *Driver) sweepOrphanStateDirs(recs []record) {
 	dirs, _ := filepath.Glob(filepath.Join(d.cfg.StateRoot, "by-hostname", "*"))
 	for _, dir := range dirs {
 		host := filepath.Base(dir)
-		b, err := os.ReadFile(filepath.Join(dir, tailnetFile))
-		if recorded[host] || err != nil || !strings.Contains(string(b), " ephemeral") {
+		if recorded[host] || !ephemeralStateDir(dir) {
 			continue
 		}
-		f, err := os.OpenFile(filepath.Join(dir, stack.LockFileName), os.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			continue
+		if holder, removed := stack.RemoveAbandonedStateDir(dir); removed {
+			d.log.Info("swept state of an unfinished ephemeral join", "hostname", host, "was", holder)
 		}
-		holder, _ := io.ReadAll(f)
-		if len(bytes.TrimSpace(holder)) > 0 && unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) == nil {
-			d.log.Info("sweeping state of an unfinished ephemeral join", "hostname", host, "was", strings.TrimSpace(string(holder)))
-			os.RemoveAll(dir)
-		}
-		f.Close()
 	}
 }
 
@@ -205,7 +192,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		stack.DeleteHostTUN(rec.EndpointID)
 		d.removeRecord(rec.EndpointID)
 		stateDir := filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname)
-		if b, err := os.ReadFile(filepath.Join(stateDir, tailnetFile)); err == nil && strings.Contains(string(b), " ephemeral") {
+		if ephemeralStateDir(stateDir) {
 			d.mu.Lock()
 			inUse := false
 			for _, ep := range d.endpoints {

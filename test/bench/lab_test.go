@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -198,21 +197,6 @@ func (l *lab) containerNetNS(name string) string {
 	return "/proc/" + pid + "/ns/net"
 }
 
-// pluginGet fetches path from the plugin's status socket.
-func (l *lab) pluginGet(path string) ([]byte, error) {
-	sock := filepath.Join(l.engine.StateDir(), "tslink-status.sock")
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	res, err := c.Get("http://tslink" + path)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	return io.ReadAll(res.Body)
-}
-
 // saveProfiles writes the plugin's heap profile (after a GC) and counters
 // to TSLINK_BENCH_PROFILES/<label>.*, when that is set.
 func (l *lab) saveProfiles(label string) {
@@ -222,7 +206,7 @@ func (l *lab) saveProfiles(label string) {
 	}
 	os.MkdirAll(dir, 0o755)
 	for suffix, path := range map[string]string{"heap.pb.gz": "/debug/pprof/heap?gc=1", "vars.json": "/debug/vars", "goroutines.txt": "/debug/pprof/goroutine?debug=1"} {
-		if b, err := l.pluginGet(path); err == nil {
+		if b, err := l.engine.PluginGet(path); err == nil {
 			os.WriteFile(filepath.Join(dir, label+"."+suffix), b, 0o644)
 		} else {
 			l.t.Logf("plugin %s: %v", path, err)

@@ -4,11 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,26 +16,11 @@ import (
 
 // pluginGet fetches path from the plugin's status socket.
 func (l *lab) pluginGet(path string) string {
-	b, err := l.pluginRequest(path)
+	b, err := l.engine.PluginGet(path)
 	if err != nil {
 		return err.Error()
 	}
 	return string(b)
-}
-
-// pluginRequest GETs path from the plugin's status socket.
-func (l *lab) pluginRequest(path string) ([]byte, error) {
-	sock := filepath.Join(l.engine.StateDir(), "tslink-status.sock")
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
-	res, err := c.Get("http://tslink" + path)
-	if err != nil {
-		return nil, err
-	}
-	defer res.Body.Close()
-	return io.ReadAll(res.Body)
 }
 
 // pluginVars are the plugin's resource counters (GET /debug/vars).
@@ -58,7 +39,7 @@ type pluginVars struct {
 
 func (l *lab) pluginVars() (v pluginVars) {
 	l.t.Helper()
-	b, err := l.pluginRequest("/debug/vars")
+	b, err := l.engine.PluginGet("/debug/vars")
 	if err != nil {
 		l.t.Fatalf("plugin vars: %v", err)
 	}

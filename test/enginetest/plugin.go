@@ -1,12 +1,17 @@
 package enginetest
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tslink/tslink/test/netnstest"
 )
@@ -80,6 +85,22 @@ func buildBundle(version string) (bundleDir string, buildErr error) {
 // StateDir is where this engine's plugin keeps its state (the host side of
 // the plugin's /data mount).
 func (e *Engine) StateDir() string { return filepath.Join(e.Dir, "state") }
+
+// PluginGet fetches path (e.g. /debug/vars) from the plugin's status socket
+// in [Engine.StateDir] (cmd/tslink's tslink-status.sock).
+func (e *Engine) PluginGet(path string) ([]byte, error) {
+	sock := filepath.Join(e.StateDir(), "tslink-status.sock")
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	res, err := c.Get("http://tslink" + path)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	return io.ReadAll(res.Body)
+}
 
 // Settings are the `docker plugin set` values every test plugin needs:
 // its state mount, DOCKER_HOST of this engine, debug logs.
