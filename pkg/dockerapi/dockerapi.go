@@ -62,6 +62,14 @@ func New(host string) (*Client, error) {
 // Close releases the client's connections.
 func (c *Client) Close() error { return c.c.Close() }
 
+// Ping asks dockerd whether it serves its API: during its start-up dockerd
+// accepts connections before it restores its containers but answers them
+// only afterwards, so a ping then ends with ctx.
+func (c *Client) Ping(ctx context.Context) error {
+	_, err := c.c.Ping(ctx)
+	return err
+}
+
 // Endpoint is what Docker knows of an endpoint's container.
 type Endpoint struct {
 	ContainerID   string
