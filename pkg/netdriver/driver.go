@@ -25,17 +25,25 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/boundedlog"
-	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/enginestate"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 	"golang.org/x/sys/unix"
 )
 
-// Docker is what the driver needs from the Docker API.
-type Docker interface {
-	NetworkOptions(ctx context.Context, networkID string) (map[string]string, error)
-	FindEndpoint(ctx context.Context, networkID, endpointID string) (*dockerapi.Endpoint, error)
-	ContainerSandbox(ctx context.Context, containerID string) (sandboxKey string, running bool, err error)
+// Engine is what the driver knows of the dockerd that calls it, none of it
+// from the Docker API (see package engine): dockerd serves no API while it
+// restores its containers, yet calls Join for each of them.
+type Engine interface {
+	// ForJoin returns the container of a Join from the engine's on-disk
+	// state.
+	ForJoin(networkID, endpointID, sandboxKey string) (*enginestate.Container, error)
+	// NetworkOptions returns a network's `--opt` values from the engine's
+	// on-disk state.
+	NetworkOptions(networkID string) (map[string]string, error)
+	// Restoring reports whether the engine is starting up: it has not
+	// served its API yet.
+	Restoring() bool
 }
 
 // Config configures a [Driver].
@@ -47,7 +55,7 @@ type Config struct {
 	// HostStateRoot is StateRoot as the host sees it, for messages.
 	HostStateRoot string
 	Env           tsopts.Env
-	Docker        Docker
+	Engine        Engine
 	// ResolvePath maps a path as dockerd sees it (the sandbox key) to where
 	// this process sees it, whether or not it exists yet; nil means identity.
 	ResolvePath func(string) (string, error)
@@ -73,6 +81,7 @@ type endpoint struct {
 	id, networkID string
 	containerID   string
 	containerName string
+	sandboxKey    string
 	hostname      string
 	stateDir      string
 	ephemeral     bool     // the node logs out at stop; its state dir goes with it
@@ -82,6 +91,7 @@ type endpoint struct {
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
 	attached      chan struct{}      // closed when the attach goroutine ends
+	startErr      string             // why a node started in the background is not up yet; guarded by d.mu
 }
 
 var _ network.Driver = (*Driver)(nil)
@@ -126,11 +136,16 @@ func genericOptions(opts map[string]any) map[string]string {
 // CreateNetwork validates the options and creates the network's parent
 // device.
 func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
-	nw, err := d.parseNetwork(genericOptions(req.Options))
+	opts := genericOptions(req.Options)
+	nw, err := d.parseNetwork(opts)
 	if err != nil {
 		return err
 	}
+	if err := d.saveNetwork(req.NetworkID, opts); err != nil {
+		return fmt.Errorf("recording the network's options in %s: %w", d.cfg.HostStateRoot, err)
+	}
 	if err := ensureParent(parentName(req.NetworkID)); err != nil {
+		d.removeNetworkRecord(req.NetworkID)
 		return err
 	}
 	d.mu.Lock()
@@ -206,6 +221,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	if err := deleteLink(parentName(req.NetworkID)); err != nil {
 		return err
 	}
+	d.removeNetworkRecord(req.NetworkID)
 	d.log.Info("network deleted", "network", short(req.NetworkID))
 	return nil
 }
@@ -243,17 +259,20 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 	ep := d.endpoints[req.EndpointID]
 	d.mu.Unlock()
 	val := map[string]string{}
+	d.mu.Lock()
+	node := (*stack.Node)(nil)
 	if ep != nil {
-		v4, v6 := ep.node.Addrs()
+		node = ep.node
+	}
+	d.mu.Unlock()
+	if node != nil {
+		v4, v6 := node.Addrs()
 		val["tailscale.hostname"] = ep.hostname
 		val["tailscale.ipv4"] = v4.String()
 		val["tailscale.ipv6"] = v6.String()
 	}
 	return &network.InfoResponse{Value: val}, nil
 }
-
-// lookupTimeout bounds finding the container through the Docker API.
-const lookupTimeout = 5 * time.Second
 
 // joinBudget is how long Join may take in all: dockerd abandons a plugin
 // call after 30 s (and rolls the endpoint back), and the answer must reach it
@@ -284,21 +303,18 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-	info, err := d.cfg.Docker.FindEndpoint(lctx, req.NetworkID, req.EndpointID)
-	cancel()
+	restoring := d.cfg.Engine.Restoring()
+	info, err := d.cfg.Engine.ForJoin(req.NetworkID, req.EndpointID, req.SandboxKey)
 	if err != nil {
-		return nil, fmt.Errorf("finding the container of endpoint %s: %w", short(req.EndpointID), err)
+		return nil, fmt.Errorf("finding the container of endpoint %s in the engine's state: %w", short(req.EndpointID), err)
 	}
-	ct, err := tsopts.ParseContainer(info.Labels, info.ContainerName)
+	ct, err := tsopts.ParseContainer(info.Labels, info.Name)
 	if err != nil {
 		return nil, err
 	}
-	authKey := nw.AuthKey
-	if nw.AuthKeyFile != "" {
-		if authKey, err = d.readKeyFile(nw.AuthKeyFile); err != nil {
-			return nil, err
-		}
+	authKey, err := d.authKey(nw)
+	if err != nil {
+		return nil, err
 	}
 	tags := ct.Tags
 	if tags == nil {
@@ -311,12 +327,16 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	ep := &endpoint{
 		id:            req.EndpointID,
 		networkID:     req.NetworkID,
-		containerID:   info.ContainerID,
-		containerName: info.ContainerName,
+		containerID:   info.ID,
+		containerName: info.Name,
+		sandboxKey:    req.SandboxKey,
 		hostname:      ct.Hostname,
 		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", ct.Hostname),
 		serve:         ct.Serve,
 		attached:      make(chan struct{}),
+	}
+	if err := d.supersede(ep); err != nil {
+		return nil, err
 	}
 	if err := d.reserve(ep); err != nil {
 		return nil, err
@@ -340,12 +360,26 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, err
 	}
 	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v (container found in %v)",
-		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
-	if err := d.startNode(ep, nw, authKey, tags, "", joinDeadline(began, nw.Timeout)); err != nil {
+		info.Name, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
+	wait := nw.Timeout
+	if restoring {
+		wait = min(wait, restoreJoinWait)
+	}
+	err = d.startNode(context.Background(), ep, nw, authKey, tags, "", joinDeadline(began, wait))
+	if err != nil && restoring && !errors.Is(err, errEndpointGone) {
+		// The engine is restoring its containers and will not retry a
+		// start that fails: the container starts now and its node
+		// follows as soon as it can come up.
+		d.startInBackground(ep, nw, tags, err)
+		return &network.JoinResponse{
+			InterfaceName: network.InterfaceName{SrcName: ctrLinkName(req.EndpointID), DstPrefix: "eth"},
+		}, nil
+	}
+	if err != nil {
 		ep.debugLog.Close()
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
-		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err,
+		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
 			"debug_log_tail", tailLines(filepath.Join(ep.stateDir, "debug.log"), 60))
 		if newDir {
 			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
@@ -353,8 +387,8 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
 	v4, v6 := ep.node.Addrs()
-	d.log.Info("node up", "container", info.ContainerName, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
-	d.saveRecord(ep, req.SandboxKey)
+	d.log.Info("node up", "container", info.Name, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
+	d.saveRecord(ep)
 
 	actx, acancel := context.WithCancel(context.Background())
 	ep.cancel = acancel
@@ -368,8 +402,8 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 // startNode brings ep's node up (adopting the tailscale0 in adoptNS if set)
 // within the network's timeout and records it as ep's. ep.debugLog must be
 // open.
-func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string, deadline time.Time) error {
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	node, err := stack.Start(ctx, stack.Config{
 		EndpointID: ep.id,
@@ -409,29 +443,109 @@ func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tag
 
 var errEndpointGone = errors.New("the endpoint left while its node was starting")
 
-// networkFor returns the network's options: from CreateNetwork, or (after a
-// plugin restart) re-read from dockerd, which keeps them.
-func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
+// restoreJoinWait bounds the wait for a node in a Join while the engine
+// restores its containers: the engine serves its API only after every
+// restored container has started, and it does not retry a start that
+// fails.
+const restoreJoinWait = 5 * time.Second
+
+// backgroundAttempt bounds one attempt of a node started in the background;
+// backgroundRetry is the pause after a failed one.
+const (
+	backgroundAttempt = 2 * time.Minute
+	backgroundRetry   = 10 * time.Second
+)
+
+// startInBackground keeps trying to bring ep's node up after a Join that
+// returned without it (the engine was restoring; firstErr is why the node
+// was not up in time), then attaches tailscale0 as Join would have. Leave
+// stops it.
+func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []string, firstErr error) {
+	ctx, cancel := context.WithCancel(context.Background())
 	d.mu.Lock()
-	nw := d.networks[networkID]
+	ep.cancel = cancel
+	ep.tags = tags
 	d.mu.Unlock()
-	if nw != nil {
-		return nw, nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-	defer cancel()
-	opts, err := d.cfg.Docker.NetworkOptions(ctx, networkID)
+	d.setStartErr(ep, firstErr)
+	d.saveRecord(ep)
+	ep.debugLog.Logf("tslink: the engine is restoring its containers: the container starts now and its node follows (%v)", firstErr)
+	d.log.Warn("engine restoring: container started without its node; retrying in the background", "container", ep.containerName, "hostname", ep.hostname, "err", firstErr)
+	go func() {
+		for {
+			err := d.startWithKey(ctx, ep, nw, tags, time.Now().Add(backgroundAttempt))
+			if err == nil {
+				d.setStartErr(ep, nil)
+				v4, _ := ep.node.Addrs()
+				d.log.Info("node up", "container", ep.containerName, "hostname", ep.hostname, "ipv4", v4, "in_background", true)
+				d.attach(ctx, ep, ep.sandboxKey)
+				return
+			}
+			if errors.Is(err, errEndpointGone) || ctx.Err() != nil {
+				close(ep.attached)
+				return
+			}
+			d.setStartErr(ep, err)
+			select {
+			case <-ctx.Done():
+				close(ep.attached)
+				return
+			case <-time.After(backgroundRetry):
+			}
+		}
+	}()
+}
+
+// startWithKey reads the network's auth key (a key file may have been
+// rewritten since) and starts ep's node.
+func (d *Driver) startWithKey(ctx context.Context, ep *endpoint, nw *tsopts.Network, tags []string, deadline time.Time) error {
+	authKey, err := d.authKey(nw)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	nw, err = d.parseNetwork(opts)
+	return d.startNode(ctx, ep, nw, authKey, tags, "", deadline)
+}
+
+// authKey returns the network's auth key: the inline one, or the key file's
+// content read now.
+func (d *Driver) authKey(nw *tsopts.Network) (string, error) {
+	if nw.AuthKeyFile != "" {
+		return d.readKeyFile(nw.AuthKeyFile)
+	}
+	return nw.AuthKey, nil
+}
+
+// setStartErr records why ep's node is not up yet, for `tslink status`
+// (nil: it is).
+func (d *Driver) setStartErr(ep *endpoint, err error) {
+	msg := ""
 	if err != nil {
-		return nil, err
+		msg = err.Error() + " (retrying in the background)"
 	}
 	d.mu.Lock()
-	d.networks[networkID] = nw
+	ep.startErr = msg
 	d.mu.Unlock()
-	return nw, nil
+}
+
+// supersede closes the endpoint that ep's container had before an engine
+// restart: dockerd gives a restarted container a new endpoint and sandbox
+// and, without live-restore, may not tell the plugin that the old ones are
+// gone. (One container on two tslink networks shares one sandbox; reserve
+// refuses that.)
+func (d *Driver) supersede(ep *endpoint) error {
+	d.mu.Lock()
+	var old *endpoint
+	for _, o := range d.endpoints {
+		if o.containerID == ep.containerID && o.id != ep.id && o.sandboxKey != "" && o.sandboxKey != ep.sandboxKey {
+			old = o
+		}
+	}
+	d.mu.Unlock()
+	if old == nil {
+		return nil
+	}
+	d.log.Info("container restarted: closing its endpoint from before", "container", ep.containerName, "old_endpoint", short(old.id))
+	d.closeEndpoint(old)
+	return nil
 }
 
 // reservations: endpoints whose Join is in flight, by endpoint ID, so that

@@ -42,6 +42,7 @@ func (d *Driver) Status() []EndpointStatus {
 		}
 		d.mu.Lock()
 		node := ep.node
+		st.LastError = ep.startErr
 		d.mu.Unlock()
 		if node != nil {
 			ns := node.Status()
