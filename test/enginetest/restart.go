@@ -44,7 +44,32 @@ func (e *Engine) RestartAfterCrash(t testing.TB) {
 		e.cmd.Wait()
 		e.cmd = nil
 	}
+	e.forgetDeadContainerd()
 	e.launch(t)
+}
+
+// forgetDeadContainerd waits for the containerd that dockerd started to die
+// with it and removes its pidfile if it is a zombie: the restarted dockerd
+// reuses a containerd whose pid answers kill(pid, 0), which a zombie does,
+// and then waits for a socket nobody serves. On a host, init reaps the
+// orphan and the pid is gone; this machine's PID 1 may not reap.
+func (e *Engine) forgetDeadContainerd() {
+	pidfile := filepath.Join(e.ExecRoot(), "containerd", "containerd.pid")
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return
+	}
+	for deadline := time.Now().Add(10 * time.Second); alive(pid) && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !alive(pid) && syscall.Kill(pid, 0) == nil {
+		fmt.Fprintf(e.log, "=== enginetest: containerd %d is a zombie: removing %s\n", pid, pidfile)
+		os.Remove(pidfile)
+	}
 }
 
 // Reboot simulates a host reboot and starts the engine as the boot would:
