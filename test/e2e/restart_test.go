@@ -176,7 +176,7 @@ func (l *lab) waitAllTailnet(cs []*restartCtr, deadline time.Time) ([]time.Time,
 		<-done
 	}
 	for i, c := range cs {
-		if errs[i] == nil && at[i].Sub(began) > 30*time.Second {
+		if errs[i] == nil && at[i].Sub(began) > 15*time.Second {
 			l.t.Logf("%s answered the laptop only %v after the wait began; the last failure before: %v\n%s",
 				c.name, at[i].Sub(began).Round(100*time.Millisecond), lastFailures[i], l.nodeLog(c.hostname))
 		}
