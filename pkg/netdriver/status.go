@@ -24,12 +24,7 @@ type EndpointStatus struct {
 
 // Status lists the endpoints this plugin process serves, by hostname.
 func (d *Driver) Status() []EndpointStatus {
-	d.mu.Lock()
-	eps := make([]*endpoint, 0, len(d.endpoints))
-	for _, ep := range d.endpoints {
-		eps = append(eps, ep)
-	}
-	d.mu.Unlock()
+	eps := d.list()
 	out := make([]EndpointStatus, 0, len(eps))
 	for _, ep := range eps {
 		st := EndpointStatus{
@@ -40,10 +35,7 @@ func (d *Driver) Status() []EndpointStatus {
 			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname, "debug.log"),
 			Serve:     serveSummary(ep.serve),
 		}
-		d.mu.Lock()
-		node := ep.node
-		d.mu.Unlock()
-		if node != nil {
+		if node := d.nodeOf(ep); node != nil {
 			ns := node.Status()
 			st.State, st.LastError, st.Attached = ns.State, ns.LastErr, ns.NetNS != ""
 			for _, p := range ns.Addrs {
@@ -52,11 +44,7 @@ func (d *Driver) Status() []EndpointStatus {
 		}
 		out = append(out, st)
 	}
-	d.mu.Lock()
-	for id, u := range d.unrecovered {
-		if _, ok := d.endpoints[id]; ok {
-			continue
-		}
+	for _, u := range d.unrecoveredEndpoints() {
 		out = append(out, EndpointStatus{
 			Container: u.rec.ContainerName,
 			Hostname:  u.rec.Hostname,
@@ -67,7 +55,6 @@ func (d *Driver) Status() []EndpointStatus {
 			Serve:     serveSummary(u.rec.Serve),
 		})
 	}
-	d.mu.Unlock()
 	slices.SortFunc(out, func(a, b EndpointStatus) int { return strings.Compare(a.Hostname, b.Hostname) })
 	return out
 }

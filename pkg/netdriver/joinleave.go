@@ -1,0 +1,295 @@
+package netdriver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/stack"
+	"golang.org/x/sys/unix"
+)
+
+// lookupTimeout bounds finding the container through the Docker API.
+const lookupTimeout = 5 * time.Second
+
+// joinBudget is how long Join may take in all: dockerd abandons a plugin
+// call after 30 s (and rolls the endpoint back), and the answer must reach it
+// before that.
+const joinBudget = 27 * time.Second
+
+// joinDeadline is the deadline for stack.Start: the node must be up within
+// ts.timeout from now, with stack.FinishReserve after that for the rest of
+// Start, but never past the Join budget counted from began.
+func joinDeadline(began time.Time, timeout time.Duration) time.Time {
+	return minTime(time.Now().Add(timeout+stack.FinishReserve), began.Add(joinBudget))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Join brings the container's node up and prepares tailscale0; a goroutine
+// moves it into the sandbox netns as soon as that exists. Failures (bad
+// labels, bad key, unreachable control, approval needed) are returned so
+// `docker run` fails with them; nothing is left behind.
+func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr error) {
+	began := time.Now()
+	nw, err := d.networkFor(req.NetworkID)
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
+	info, err := d.cfg.Docker.FindEndpoint(lctx, req.NetworkID, req.EndpointID)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("finding the container of endpoint %s: %w", short(req.EndpointID), err)
+	}
+	ct, err := tsopts.ParseContainer(info.Labels, info.ContainerName)
+	if err != nil {
+		return nil, err
+	}
+	authKey, err := d.authKey(nw)
+	if err != nil {
+		return nil, err
+	}
+	tags := ct.Tags
+	if tags == nil {
+		tags = nw.Tags
+	}
+	if ct.Serve.Service != "" && len(tags) == 0 {
+		return nil, fmt.Errorf("tslink: label %s=%s: a Tailscale Service backend must be a tagged node: set label %s (or network option %s), e.g. %s=tag:web", tsopts.LabelService, ct.Serve.Service, tsopts.LabelTags, tsopts.OptTags, tsopts.LabelTags)
+	}
+
+	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ContainerID, info.ContainerName, ct.Hostname, ct.Serve)
+	if err := d.reserve(ep); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			d.unreserve(ep)
+		}
+	}()
+
+	_, statErr := os.Stat(ep.stateDir)
+	newDir := errors.Is(statErr, os.ErrNotExist)
+	if err := d.checkTailnet(ep, nw, tags); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(ep.stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state dir: %w", err)
+	}
+	if err := d.openDebugLog(ep); err != nil {
+		return nil, err
+	}
+	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v (container found in %v)",
+		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
+	if err := d.startNode(ep, nw, authKey, tags, "", joinDeadline(began, nw.Timeout)); err != nil {
+		ep.debugLog.Close()
+		// The backend's last words go to the plugin log: with a new dir
+		// removed below, debug.log goes too.
+		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err,
+			"debug_log_tail", tailLines(filepath.Join(ep.stateDir, "debug.log"), 60))
+		if newDir {
+			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
+		}
+		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
+	}
+	v4, v6 := ep.node.Addrs()
+	d.log.Info("node up", "container", info.ContainerName, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
+	d.saveRecord(ep, req.SandboxKey)
+
+	actx, acancel := context.WithCancel(context.Background())
+	ep.cancel = acancel
+	go d.attach(actx, ep, req.SandboxKey)
+
+	return &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: ctrLinkName(req.EndpointID), DstPrefix: "eth"},
+	}, nil
+}
+
+// startNode brings ep's node up (adopting the tailscale0 in adoptNS if set)
+// within the network's timeout and records it as ep's. ep.debugLog must be
+// open.
+func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string, deadline time.Time) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	node, err := stack.Start(ctx, stack.Config{
+		EndpointID: ep.id,
+		Hostname:   ep.hostname,
+		StateDir:   ep.stateDir,
+		Owner:      "container " + ep.containerName + " (" + short(ep.containerID) + ")",
+		ControlURL: nw.ControlURL,
+		AuthKey:    authKey,
+		Ephemeral:  nw.Ephemeral,
+		Tags:       tags,
+		Logf:       ep.debugLog.Logf,
+		AdoptNetNS: adoptNS,
+		Serve:      ep.serve,
+	})
+	if err != nil {
+		ep.debugLog.Logf("tslink: node start failed: %v", err)
+		return err
+	}
+	if !d.setNode(ep, node, nw.Ephemeral, tags) {
+		// dockerd called Leave (or gave up on Join and rolled back) while
+		// the node was coming up: nobody tracks this node any more.
+		node.Close(context.Background())
+		ep.debugLog.Logf("tslink: endpoint left while its node was starting; node closed")
+		return errEndpointGone
+	}
+	writeTailnet(ep.stateDir, nw.ControlURL, nw.Ephemeral, tags)
+	return nil
+}
+
+var errEndpointGone = errors.New("the endpoint left while its node was starting")
+
+// attach waits for the sandbox key to become a netns (runc's prestart hook
+// mounts it shortly after Join returns; there is no driver callback), moves
+// tailscale0 in, and re-applies IPv6 after Docker disables it.
+func (d *Driver) attach(ctx context.Context, ep *endpoint, sandboxKey string) {
+	defer close(ep.attached)
+	began := time.Now()
+	deadline := began.Add(2 * time.Minute)
+	// The netns directory exists already: resolve it once, so each poll is
+	// one statfs (many concurrent starts poll side by side).
+	resolve := func() (string, error) { return d.cfg.ResolvePath(sandboxKey) }
+	if dir, err := d.cfg.ResolvePath(filepath.Dir(sandboxKey)); err == nil {
+		p := filepath.Join(dir, filepath.Base(sandboxKey))
+		resolve = func() (string, error) { return p, nil }
+	}
+	var nsPath string
+	for {
+		p, err := resolve()
+		if err == nil && isNetNS(p) {
+			nsPath = p
+			break
+		}
+		if time.Now().After(deadline) {
+			d.attachFailed(ep, fmt.Errorf("sandbox %s did not become a netns within 2m (last error: %v)", sandboxKey, err))
+			return
+		}
+		// Every 2 ms while the container is most likely about to start,
+		// then every 10 ms.
+		pause := 2 * time.Millisecond
+		if time.Since(began) > time.Second {
+			pause = 10 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pause):
+		}
+	}
+	appeared := time.Now()
+	if err := ep.node.Attach(nsPath); err != nil {
+		d.attachFailed(ep, err)
+		return
+	}
+	ep.debugLog.Logf("tslink: tailscale0 attached to %s in %v", sandboxKey, time.Since(appeared).Round(time.Microsecond))
+	d.log.Debug("attached", "hostname", ep.hostname, "took", time.Since(appeared))
+
+	// Docker disables IPv6 in the sandbox after Join on non-IPv6 networks,
+	// dropping tailscale0's IPv6 address; put it back when that happens.
+	_, v6 := ep.node.Addrs()
+	if !v6.IsValid() {
+		return
+	}
+	for range 150 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+		if !hasAddr(nsPath, v6.String()) {
+			if err := ep.node.ReapplyIPv6(); err != nil {
+				ep.debugLog.Logf("tslink: re-applying IPv6: %v", err)
+			} else {
+				ep.debugLog.Logf("tslink: IPv6 %v re-applied on tailscale0", v6)
+			}
+		}
+	}
+}
+
+func (d *Driver) attachFailed(ep *endpoint, err error) {
+	ep.debugLog.Logf("tslink: attach failed: %v", err)
+	d.log.Error("attach failed", "hostname", ep.hostname, "container", ep.containerName, "err", err)
+}
+
+func isNetNS(p string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(p, &st) == nil && st.Type == unix.NSFS_MAGIC
+}
+
+// Leave stops the endpoint's node (an ephemeral one logs out) and deletes
+// tailscale0. Idempotent.
+func (d *Driver) Leave(req *network.LeaveRequest) error {
+	ep := d.lookup(req.EndpointID)
+	if ep == nil {
+		d.removeRecord(req.EndpointID) // served by an earlier plugin process
+		d.recovered(req.EndpointID)
+		return nil
+	}
+	d.closeEndpoint(ep)
+	return nil
+}
+
+// closeEndpoint stops ep's node for good: Close (logout if ephemeral,
+// tailscale0 deleted), record removed, an ephemeral node's state dir
+// removed. A no-op if ep is no longer in the table.
+func (d *Driver) closeEndpoint(ep *endpoint) {
+	if !d.take(ep) {
+		return
+	}
+	stopAttach(ep)
+	if ep.node != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := ep.node.Close(ctx); err != nil {
+			d.log.Warn("closing node", "hostname", ep.hostname, "err", err)
+		}
+		cancel()
+	}
+	d.removeRecord(ep.id)
+	if ep.debugLog != nil {
+		ep.debugLog.Logf("tslink: left; node closed")
+		ep.debugLog.Close()
+	}
+	if ep.ephemeral && ep.node != nil {
+		// A logged-out ephemeral identity can never be used again; keeping
+		// its dir would only pile up one per container name.
+		os.RemoveAll(ep.stateDir)
+	}
+	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
+	d.scheduleMemoryRelease()
+}
+
+// detachEndpoint lets go of ep without stopping its node: nothing but the
+// debug log is closed. The process is about to exit, and exiting without
+// closing tsnet leaves the persistent tailscale0 in the container for the
+// next plugin process to adopt. (Closing tsnet would log an ephemeral node
+// out: LocalBackend's Shutdown does that for ephemeral logins.)
+func (d *Driver) detachEndpoint(ep *endpoint) {
+	if !d.take(ep) {
+		return
+	}
+	stopAttach(ep)
+	if ep.debugLog != nil {
+		ep.debugLog.Logf("tslink: plugin stopping; node detached, tailscale0 kept for the next plugin process")
+		ep.debugLog.Close()
+	}
+}
+
+// stopAttach ends ep's attach goroutine, if it has one, and waits for it.
+func stopAttach(ep *endpoint) {
+	if ep.cancel != nil {
+		ep.cancel()
+		<-ep.attached
+	}
+}
