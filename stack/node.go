@@ -145,8 +145,11 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	defer func() {
 		if retErr != nil {
-			// A failed adoption keeps tailscale0 for the next attempt.
-			n.teardown(cfg.AdoptNetNS != "")
+			if cfg.AdoptNetNS != "" {
+				n.teardownKeepingTUN() // a failed adoption keeps tailscale0 for the next attempt
+			} else {
+				n.teardown()
+			}
 		}
 	}()
 
@@ -538,14 +541,11 @@ func (n *Node) Close(ctx context.Context) error {
 	if n.cancel != nil {
 		n.cancel()
 	}
-	n.teardown(false)
+	n.teardown()
 	n.wg.Wait()
 	return logoutErr
 }
 
-// teardown releases everything Start acquired. keepTUN leaves a persistent
-// tailscale0 in place (a failed adoption); otherwise persistence is cleared
-// first so closing the last fd deletes the device.
 // holdNetNS opens the netns at nsPath and keeps it open until Close: later
 // work in the netns goes through /proc/self/fd, so it does not depend on the
 // path staying valid (a /proc/<dockerd pid>/root/... path dies with that
@@ -568,7 +568,18 @@ func sameFile(a, b string) bool {
 	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
 }
 
-func (n *Node) teardown(keepTUN bool) {
+// teardown releases everything Start acquired and deletes the TUN: its
+// persistence is cleared first, so closing the last fd deletes the device.
+func (n *Node) teardown() {
+	if n.dev != nil {
+		n.dev.setPersist(false)
+	}
+	n.teardownKeepingTUN()
+}
+
+// teardownKeepingTUN releases everything Start acquired but leaves a
+// persistent tailscale0 in place (a failed adoption).
+func (n *Node) teardownKeepingTUN() {
 	if n.relays != nil {
 		n.relays.close()
 	}
@@ -576,9 +587,6 @@ func (n *Node) teardown(keepTUN bool) {
 		if a := n.dev.dns.Swap(nil); a != nil {
 			a.stop()
 		}
-	}
-	if n.dev != nil && !keepTUN {
-		n.dev.setPersist(false)
 	}
 	if n.srv != nil {
 		n.srv.Close() // closes the TUN through wgengine
