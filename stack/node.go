@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -22,6 +21,7 @@ import (
 	"tailscale.com/types/logger"
 	"tailscale.com/types/views"
 
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
@@ -80,7 +80,7 @@ type Node struct {
 	srv    *tsnet.Server
 	lc     *local.Client
 	dev    *device
-	lock   *stateLock
+	lock   *statedir.Lock
 	logf   logger.Logf
 	cancel context.CancelFunc // stops the address watcher
 	relays *relays            // Serve backends; nil without ts.serve labels
@@ -139,7 +139,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
 
 	var err error
-	n.lock, err = lockStateDir(cfg.StateDir, cfg.Owner)
+	n.lock, err = statedir.TakeLock(cfg.StateDir, cfg.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		Logf:          n.logf,
 		UserLogf:      n.logf,
 	}
-	_, statErr := os.Stat(filepath.Join(cfg.StateDir, "tailscaled.state"))
+	_, statErr := os.Stat(statedir.StateFile(cfg.StateDir))
 	freshState := errors.Is(statErr, os.ErrNotExist)
 	startedAt := time.Now()
 	if err := n.srv.Start(); err != nil {
@@ -597,7 +597,7 @@ func (n *Node) teardownKeepingTUN() {
 	if n.nsFile != nil {
 		n.nsFile.Close()
 	}
-	n.lock.release()
+	n.lock.Release()
 }
 
 var tskeyPattern = regexp.MustCompile(`tskey-[A-Za-z0-9-]+`)

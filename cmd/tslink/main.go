@@ -42,6 +42,7 @@ import (
 	"github.com/tslink/tslink/pkg/dockerapi"
 	"github.com/tslink/tslink/pkg/hostpath"
 	"github.com/tslink/tslink/pkg/netdriver"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
@@ -93,7 +94,7 @@ func run(args []string) error {
 	}
 
 	stateDir := cmp.Or(os.Getenv("TSLINK_STATE_DIR"), "/data")
-	if err := os.MkdirAll(filepath.Join(stateDir, "by-hostname"), 0o700); err != nil {
+	if err := os.MkdirAll(statedir.New(stateDir, "").NodesDir(), 0o700); err != nil {
 		return err
 	}
 	os.Chmod(stateDir, 0o700)

@@ -10,23 +10,20 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/tslink/tslink/pkg/netdriver"
+	"github.com/tslink/tslink/pkg/statedir"
 )
 
-// statusSocket is the file, in the state dir, on which the plugin answers
-// `tslink status` (GET /status, JSON). Only root can reach it (0600).
-const statusSocket = "tslink-status.sock"
-
-// serveStatus answers status requests on stateDir/tslink-status.sock until
-// the returned listener is closed.
+// serveStatus answers `tslink status` (GET /status, JSON) on the state
+// dir's status socket ([statedir.Dir.StatusSocket]) until the returned
+// listener is closed. Only root can reach it (0600).
 func serveStatus(stateDir string, d *netdriver.Driver) (net.Listener, error) {
-	p := filepath.Join(stateDir, statusSocket)
+	p := statedir.New(stateDir, "").StatusSocket()
 	os.Remove(p)
 	ln, err := net.Listen("unix", p)
 	if err != nil {
@@ -65,7 +62,7 @@ func runStatus(args []string) error {
 	if _, err := os.Stat(*stateDir); err != nil {
 		return statusError(*asJSON, fmt.Errorf("no plugin state dir %s (--state-dir: the plugin's state.source as this process sees it): %w", *stateDir, err))
 	}
-	sock := filepath.Join(*stateDir, statusSocket)
+	sock := statedir.New(*stateDir, "").StatusSocket()
 	client := &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
@@ -25,8 +26,7 @@ type Docker interface {
 // Config configures a [Driver].
 type Config struct {
 	// StateRoot is the plugin's state dir (/data, the host's
-	// /var/lib/docker-plugins/tailscale). Nodes live in
-	// StateRoot/by-hostname/<hostname>/; key files in StateRoot/keys/.
+	// /var/lib/docker-plugins/tailscale); package statedir has its layout.
 	StateRoot string
 	// HostStateRoot is StateRoot as the host sees it, for messages.
 	HostStateRoot string
@@ -42,6 +42,7 @@ type Config struct {
 // use: dockerd calls them from concurrent HTTP requests.
 type Driver struct {
 	cfg Config
+	dir statedir.Dir
 	log *slog.Logger
 
 	mu           sync.Mutex                 // guards the fields below; taken only in table.go and memory.go
@@ -70,6 +71,7 @@ func New(cfg Config) *Driver {
 	}
 	return &Driver{
 		cfg:         cfg,
+		dir:         statedir.New(cfg.StateRoot, cfg.HostStateRoot),
 		log:         lg,
 		networks:    map[string]*tsopts.Network{},
 		endpoints:   map[string]*endpoint{},

@@ -1,23 +1,23 @@
 package netdriver
 
 import (
-	"github.com/tslink/tslink/stack"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/stack"
 )
 
 func TestCheckTailnet(t *testing.T) {
 	root := t.TempDir()
 	d := New(Config{StateRoot: root, HostStateRoot: "/host/state"})
-	ep := &endpoint{hostname: "db", stateDir: filepath.Join(root, "by-hostname", "db")}
+	ep := &endpoint{hostname: "db", stateDir: d.dir.Node("db")}
 	os.MkdirAll(ep.stateDir, 0o700)
 	persistent := &tsopts.Network{ControlURL: "http://c:1", Ephemeral: false}
-	writeTailnet(ep.stateDir, persistent.ControlURL, false, []string{"tag:a"})
+	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: persistent.ControlURL, Tags: []string{"tag:a"}})
 
 	if err := d.checkTailnet(ep, persistent, []string{"tag:a"}); err != nil {
 		t.Errorf("same tailnet and tags: %v", err)
@@ -38,7 +38,7 @@ func TestCheckTailnet(t *testing.T) {
 	}
 
 	// A stale ephemeral identity is swept, not refused.
-	writeTailnet(ep.stateDir, "http://old:1", true, nil)
+	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: "http://old:1", Ephemeral: true})
 	if err := d.checkTailnet(ep, persistent, nil); err != nil {
 		t.Errorf("stale ephemeral dir: %v", err)
 	}

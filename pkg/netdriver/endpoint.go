@@ -3,10 +3,10 @@ package netdriver
 import (
 	"context"
 	"errors"
-	"path/filepath"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/boundedlog"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 )
@@ -37,7 +37,7 @@ func (d *Driver) newEndpoint(endpointID, networkID, containerID, containerName, 
 		containerID:   containerID,
 		containerName: containerName,
 		hostname:      hostname,
-		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", hostname),
+		stateDir:      d.dir.Node(hostname),
 		serve:         serve,
 		attached:      make(chan struct{}),
 	}
@@ -45,7 +45,7 @@ func (d *Driver) newEndpoint(endpointID, networkID, containerID, containerName, 
 
 // openDebugLog opens ep's debug.log in its state dir, which must exist.
 func (d *Driver) openDebugLog(ep *endpoint) error {
-	f, err := boundedlog.Open(filepath.Join(ep.stateDir, "debug.log"), 0)
+	f, err := boundedlog.Open(statedir.DebugLog(ep.stateDir), 0)
 	if err != nil {
 		return err
 	}

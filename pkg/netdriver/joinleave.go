@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 	"golang.org/x/sys/unix"
@@ -96,7 +97,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
 		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err,
-			"debug_log_tail", tailLines(filepath.Join(ep.stateDir, "debug.log"), 60))
+			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
 		if newDir {
 			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
 		}
@@ -145,7 +146,7 @@ func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tag
 		ep.debugLog.Logf("tslink: endpoint left while its node was starting; node closed")
 		return errEndpointGone
 	}
-	writeTailnet(ep.stateDir, nw.ControlURL, nw.Ephemeral, tags)
+	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags})
 	return nil
 }
 

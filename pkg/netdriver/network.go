@@ -2,11 +2,7 @@ package netdriver
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/tsopts"
@@ -59,7 +55,7 @@ func (d *Driver) parseNetwork(opts map[string]string) (*tsopts.Network, error) {
 		return nil, err
 	}
 	if !nw.HasAuthKey() {
-		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, filepath.Join(d.cfg.HostStateRoot, "keys"))
+		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, d.dir.HostKeysDir())
 	}
 	if nw.AuthKeyFile != "" {
 		if _, err := d.readKeyFile(nw.AuthKeyFile); err != nil {
@@ -98,18 +94,4 @@ func (d *Driver) authKey(nw *tsopts.Network) (string, error) {
 	return nw.AuthKey, nil
 }
 
-func (d *Driver) readKeyFile(name string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(d.cfg.StateRoot, "keys", name))
-	hostPath := filepath.Join(d.cfg.HostStateRoot, "keys", name)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("option %s=%s: %s does not exist; write the auth key there (mode 0600)", tsopts.OptAuthKeyFile, name, hostPath)
-		}
-		return "", fmt.Errorf("option %s=%s: reading %s: %v", tsopts.OptAuthKeyFile, name, hostPath, errors.Unwrap(err))
-	}
-	key := strings.TrimSpace(string(b))
-	if key == "" {
-		return "", fmt.Errorf("option %s=%s: %s is empty", tsopts.OptAuthKeyFile, name, hostPath)
-	}
-	return key, nil
-}
+func (d *Driver) readKeyFile(name string) (string, error) { return d.dir.ReadKey(name) }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/stack"
 )
 
@@ -64,20 +65,20 @@ func (d *Driver) Recover(ctx context.Context) {
 // sweepOrphanStateDirs removes the state dirs of ephemeral nodes whose Join
 // a previous plugin process did not finish (it died mid-Join, so no record
 // was written and dockerd failed the container): its lock is abandoned
-// ([stack.RemoveAbandonedStateDir]). Persistent identities, dirs that
+// ([statedir.RemoveAbandoned]). Persistent identities, dirs that
 // records name and locked dirs are left alone.
 func (d *Driver) sweepOrphanStateDirs(recs []record) {
 	recorded := map[string]bool{}
 	for _, rec := range recs {
 		recorded[rec.Hostname] = true
 	}
-	dirs, _ := filepath.Glob(filepath.Join(d.cfg.StateRoot, "by-hostname", "*"))
+	dirs := d.dir.NodeDirs()
 	for _, dir := range dirs {
 		host := filepath.Base(dir)
-		if recorded[host] || !ephemeralStateDir(dir) {
+		if recorded[host] || !statedir.IsEphemeral(dir) {
 			continue
 		}
-		if holder, removed := stack.RemoveAbandonedStateDir(dir); removed {
+		if holder, removed := statedir.RemoveAbandoned(dir); removed {
 			d.log.Info("swept state of an unfinished ephemeral join", "hostname", host, "was", holder)
 		}
 	}
@@ -128,8 +129,8 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		deleteLink(ctrLinkName(rec.EndpointID))
 		stack.DeleteHostTUN(rec.EndpointID)
 		d.removeRecord(rec.EndpointID)
-		stateDir := filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname)
-		if ephemeralStateDir(stateDir) && !d.hostnameInUse(rec.Hostname) {
+		stateDir := d.dir.Node(rec.Hostname)
+		if statedir.IsEphemeral(stateDir) && !d.hostnameInUse(rec.Hostname) {
 			os.RemoveAll(stateDir)
 		}
 		return true

@@ -2,7 +2,6 @@ package netdriver
 
 import (
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 
@@ -32,7 +31,7 @@ func (d *Driver) Status() []EndpointStatus {
 			Hostname:  ep.hostname,
 			Network:   short(ep.networkID),
 			State:     "Starting",
-			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname, "debug.log"),
+			DebugLog:  d.dir.HostDebugLog(ep.hostname),
 			Serve:     serveSummary(ep.serve),
 		}
 		if node := d.nodeOf(ep); node != nil {
@@ -51,7 +50,7 @@ func (d *Driver) Status() []EndpointStatus {
 			Network:   short(u.rec.NetworkID),
 			State:     "NotRecovered",
 			LastError: u.err,
-			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", u.rec.Hostname, "debug.log"),
+			DebugLog:  d.dir.HostDebugLog(u.rec.Hostname),
 			Serve:     serveSummary(u.rec.Serve),
 		})
 	}
