@@ -21,8 +21,8 @@ import (
 	"tailscale.com/types/logger"
 	"tailscale.com/types/views"
 
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
-	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 // Config describes one container's node. AuthKey is secret: it goes to tsnet
@@ -57,8 +57,8 @@ type Config struct {
 	// [Start] re-opens it there instead of creating a TUN.
 	AdoptNetNS string
 	// Serve is what the node serves on the tailnet (ts.serve.*, ts.service,
-	// ts.direct). A Service needs Tags.
-	Serve tsopts.Serve
+	// ts.direct). A Service needs Tags ([nodespec.CheckService]).
+	Serve nodespec.Serve
 }
 
 func (c *Config) validate() error {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
@@ -61,12 +62,9 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, err
 	}
-	tags := ct.Tags
-	if tags == nil {
-		tags = nw.Tags
-	}
-	if ct.Serve.Service != "" && len(tags) == 0 {
-		return nil, fmt.Errorf("tslink: label %s=%s: a Tailscale Service backend must be a tagged node: set label %s (or network option %s), e.g. %s=tag:web", tsopts.LabelService, ct.Serve.Service, tsopts.LabelTags, tsopts.OptTags, tsopts.LabelTags)
+	tags := nodespec.Tags(ct.Tags, nw.Tags)
+	if err := nodespec.CheckService(ct.Serve, tags); err != nil {
+		return nil, fmt.Errorf("tslink: %w", err)
 	}
 
 	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ContainerID, info.ContainerName, ct.Hostname, ct.Serve)

@@ -23,8 +23,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-
-	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 // File names inside a node's dir.
@@ -97,13 +95,13 @@ func (d Dir) ReadKey(name string) (string, error) {
 	hostPath := filepath.Join(d.HostKeysDir(), name)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("option %s=%s: %s does not exist; write the auth key there (mode 0600)", tsopts.OptAuthKeyFile, name, hostPath)
+			return "", fmt.Errorf("option %s=%s: %s does not exist; write the auth key there (mode 0600)", optAuthKeyFile, name, hostPath)
 		}
-		return "", fmt.Errorf("option %s=%s: reading %s: %v", tsopts.OptAuthKeyFile, name, hostPath, errors.Unwrap(err))
+		return "", fmt.Errorf("option %s=%s: reading %s: %v", optAuthKeyFile, name, hostPath, errors.Unwrap(err))
 	}
 	key := strings.TrimSpace(string(b))
 	if key == "" {
-		return "", fmt.Errorf("option %s=%s: %s is empty", tsopts.OptAuthKeyFile, name, hostPath)
+		return "", fmt.Errorf("option %s=%s: %s is empty", optAuthKeyFile, name, hostPath)
 	}
 	return key, nil
 }
@@ -129,3 +127,10 @@ func (d Dir) NetworkRecord(networkID string) string {
 
 // StatusSocket is the status socket's path.
 func (d Dir) StatusSocket() string { return filepath.Join(d.Root, StatusSocketName) }
+
+// The option and label names in messages (package tsopts parses them; it is
+// not imported so that package stack, which uses the lock, stays below it).
+const (
+	optAuthKeyFile = "ts.authkey-file"
+	labelHostname  = "ts.hostname"
+)

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 func TestTailnetRoundTripAndCheck(t *testing.T) {
@@ -77,5 +79,11 @@ func TestLockAndRemoveAbandoned(t *testing.T) {
 	l.Release()
 	if _, removed := RemoveAbandoned(dir); removed {
 		t.Error("cleanly released dir removed")
+	}
+}
+
+func TestNamesMatchTsopts(t *testing.T) {
+	if optAuthKeyFile != tsopts.OptAuthKeyFile || labelHostname != tsopts.LabelHostname {
+		t.Error("option or label names differ from package tsopts")
 	}
 }

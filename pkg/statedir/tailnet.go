@@ -5,8 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-
-	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 // Tailnet is a node dir's tailnet record: which control server the identity
@@ -99,11 +97,11 @@ func WriteTailnet(nodeDir string, t Tailnet) error {
 func (t Tailnet) Check(want Tailnet, hostname, hostDir string) error {
 	if t.ControlURL != want.ControlURL || (t.kindKnown && t.Ephemeral != want.Ephemeral) {
 		return fmt.Errorf("hostname %s: %s holds the identity of a %s, and this network wants a %s: use another %s, or remove that dir to start a new identity",
-			hostname, hostDir, t.describe(), want.describe(), tsopts.LabelHostname)
+			hostname, hostDir, t.describe(), want.describe(), labelHostname)
 	}
 	if t.tagsKnown && t.tagsLine() != want.tagsLine() {
 		return fmt.Errorf("hostname %s: the node was registered with %s and this container asks for %s; Tailscale only changes a node's tags through a new login: use the same tags, another %s, or remove %s to start a new identity",
-			hostname, t.tagsLine(), want.tagsLine(), tsopts.LabelHostname, hostDir)
+			hostname, t.tagsLine(), want.tagsLine(), labelHostname, hostDir)
 	}
 	return nil
 }
