@@ -56,6 +56,10 @@ type Config struct {
 	// node's persistent tailscale0 (left by a previous plugin process):
 	// [Start] re-opens it there instead of creating a TUN.
 	AdoptNetNS string
+	// Wait is how long [Start] waits for the node to be Running (ts.timeout);
+	// Start then keeps a little more time (finishReserve) for its remaining
+	// work, all within ctx's deadline. Zero: until near ctx's deadline.
+	Wait time.Duration
 	// Serve is what the node serves on the tailnet (ts.serve.*, ts.service,
 	// ts.direct). A Service needs Tags ([nodespec.CheckService]).
 	Serve nodespec.Serve
@@ -115,14 +119,14 @@ func (n *Node) dnsSuffix() string {
 
 var disableLogUploadOnce sync.Once
 
-// FinishReserve is the part of Start's ctx kept for the work after the node
-// is up (status, serve config): the wait for Running ends this much (at most
-// a quarter of the time left) before ctx's deadline.
-const FinishReserve = 3 * time.Second
+// finishReserve is the part of Start's time kept for the work after the
+// node is up (status, serve config): the wait for Running ends this much (at
+// most a quarter of the time left) before Start's deadline.
+const finishReserve = 3 * time.Second
 
 // Start creates the node's TUN and brings the node up, waiting until it is
-// Running or ctx ends (callers pass Docker's remaining Join budget, 20 s by
-// default). A node that control has accepted but that is not Running when
+// Running, [Config.Wait] has passed or ctx ends (callers pass Docker's Join
+// budget as ctx's deadline). A node that control has accepted but that is not Running when
 // the wait ends (netmap or DERP connection still pending, e.g. on a starved
 // CPU) is returned rather than failed: tailscale0 gets its addresses when the
 // netmap arrives and peers reach it once it is connected. On error nothing is left behind: no TUN, lock or goroutine; the
@@ -134,6 +138,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	// tsnet uploads backend logs to log.tailscale.com unless told not to;
 	// tslink keeps them local (debug.log).
 	disableLogUploadOnce.Do(envknob.SetNoLogsNoSupport)
+
+	if cfg.Wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, time.Now().Add(cfg.Wait+finishReserve))
+		defer cancel()
+	}
 
 	n := &Node{cfg: cfg, state: ipn.NoState}
 	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
@@ -190,7 +200,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	waitCtx := ctx
 	if dl, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
-		waitCtx, cancel = context.WithDeadline(ctx, dl.Add(-min(FinishReserve, time.Until(dl)/4)))
+		waitCtx, cancel = context.WithDeadline(ctx, dl.Add(-min(finishReserve, time.Until(dl)/4)))
 		defer cancel()
 	}
 	if err := n.waitRunning(waitCtx); err != nil {
@@ -202,7 +212,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	needStatus := len(cfg.Serve.Endpoints) > 0 || !freshState || n.self == nil
 	st := &ipnstate.Status{}
 	if needStatus {
-		// Bounded by what is left of ctx (FinishReserve or more).
+		// Bounded by what is left of ctx (finishReserve or more).
 		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 		defer scancel()
 		if st, err = n.lc.StatusWithoutPeers(sctx); err != nil {

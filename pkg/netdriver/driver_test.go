@@ -4,11 +4,9 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
-	"github.com/tslink/tslink/stack"
 )
 
 func TestCheckTailnet(t *testing.T) {
@@ -44,15 +42,5 @@ func TestCheckTailnet(t *testing.T) {
 	}
 	if _, err := os.Stat(ep.stateDir); !os.IsNotExist(err) {
 		t.Errorf("stale ephemeral dir not removed: %v", err)
-	}
-}
-
-func TestJoinDeadline(t *testing.T) {
-	began := time.Now().Add(-10 * time.Second)
-	if got := joinDeadline(began, 25*time.Second); got.After(began.Add(joinBudget)) {
-		t.Errorf("deadline %v past the Join budget", got.Sub(began))
-	}
-	if got := time.Until(joinDeadline(time.Now(), 2*time.Second)); got > 2*time.Second+stack.FinishReserve {
-		t.Errorf("short ts.timeout not honoured: %v", got)
 	}
 }

@@ -24,20 +24,6 @@ const lookupTimeout = 5 * time.Second
 // before that.
 const joinBudget = 27 * time.Second
 
-// joinDeadline is the deadline for stack.Start: the node must be up within
-// ts.timeout from now, with stack.FinishReserve after that for the rest of
-// Start, but never past the Join budget counted from began.
-func joinDeadline(began time.Time, timeout time.Duration) time.Time {
-	return minTime(time.Now().Add(timeout+stack.FinishReserve), began.Add(joinBudget))
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
 // Join brings the container's node up and prepares tailscale0; a goroutine
 // moves it into the sandbox netns as soon as that exists. Failures (bad
 // labels, bad key, unreachable control, approval needed) are returned so
@@ -90,7 +76,9 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	}
 	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v (container found in %v)",
 		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
-	if err := d.startNode(ep, nw, authKey, tags, "", joinDeadline(began, nw.Timeout)); err != nil {
+	jctx, jcancel := context.WithDeadline(context.Background(), began.Add(joinBudget))
+	defer jcancel()
+	if err := d.startNode(jctx, ep, nw, authKey, tags, ""); err != nil {
 		ep.debugLog.Close()
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
@@ -115,11 +103,9 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 }
 
 // startNode brings ep's node up (adopting the tailscale0 in adoptNS if set)
-// within the network's timeout and records it as ep's. ep.debugLog must be
-// open.
-func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string, deadline time.Time) error {
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
+// within the network's timeout (and ctx) and records it as ep's.
+// ep.debugLog must be open.
+func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
 	node, err := stack.Start(ctx, stack.Config{
 		EndpointID: ep.id,
 		Hostname:   ep.hostname,
@@ -131,6 +117,7 @@ func (d *Driver) startNode(ep *endpoint, nw *tsopts.Network, authKey string, tag
 		Tags:       tags,
 		Logf:       ep.debugLog.Logf,
 		AdoptNetNS: adoptNS,
+		Wait:       nw.Timeout,
 		Serve:      ep.serve,
 	})
 	if err != nil {
@@ -194,27 +181,7 @@ func (d *Driver) attach(ctx context.Context, ep *endpoint, sandboxKey string) {
 	}
 	ep.debugLog.Logf("tslink: tailscale0 attached to %s in %v", sandboxKey, time.Since(appeared).Round(time.Microsecond))
 	d.log.Debug("attached", "hostname", ep.hostname, "took", time.Since(appeared))
-
-	// Docker disables IPv6 in the sandbox after Join on non-IPv6 networks,
-	// dropping tailscale0's IPv6 address; put it back when that happens.
-	_, v6 := ep.node.Addrs()
-	if !v6.IsValid() {
-		return
-	}
-	for range 150 {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(100 * time.Millisecond):
-		}
-		if !hasAddr(nsPath, v6.String()) {
-			if err := ep.node.ReapplyIPv6(); err != nil {
-				ep.debugLog.Logf("tslink: re-applying IPv6: %v", err)
-			} else {
-				ep.debugLog.Logf("tslink: IPv6 %v re-applied on tailscale0", v6)
-			}
-		}
-	}
+	ep.node.KeepIPv6(ctx)
 }
 
 func (d *Driver) attachFailed(ep *endpoint, err error) {

@@ -160,12 +160,12 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	}
 	began := time.Now()
 	ep.debugLog.Logf("tslink: recover: container %s endpoint %s: adopting tailscale0", rec.ContainerName, short(rec.EndpointID))
-	err = d.startNode(ep, nw, authKey, rec.Tags, nsPath, time.Now().Add(nw.Timeout+stack.FinishReserve))
+	err = d.startNode(context.Background(), ep, nw, authKey, rec.Tags, nsPath)
 	if errors.Is(err, stack.ErrNoTUN) {
 		// tailscale0 did not survive (e.g. the previous process closed
 		// it): give the running container a new one.
 		ep.debugLog.Logf("tslink: recover: no tailscale0 to adopt; creating one")
-		if err = d.startNode(ep, nw, authKey, rec.Tags, "", time.Now().Add(nw.Timeout+stack.FinishReserve)); err == nil {
+		if err = d.startNode(context.Background(), ep, nw, authKey, rec.Tags, ""); err == nil {
 			err = ep.node.Attach(nsPath)
 		}
 	}
