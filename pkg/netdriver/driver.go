@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/tslink/tslink/pkg/dockerapi"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/stack"
 )
 
 // Docker is what the driver needs from the Docker API.
@@ -21,6 +23,33 @@ type Docker interface {
 	NetworkOptions(ctx context.Context, networkID string) (map[string]string, error)
 	FindEndpoint(ctx context.Context, networkID, endpointID string) (*dockerapi.Endpoint, error)
 	ContainerSandbox(ctx context.Context, containerID string) (sandboxKey string, running bool, err error)
+}
+
+// Node is what the driver needs of a started node; [*stack.Node] is one.
+type Node interface {
+	Addrs() (v4, v6 netip.Addr)
+	Attach(nsPath string) error
+	KeepIPv6(ctx context.Context)
+	Status() stack.Status
+	Close(ctx context.Context) error
+}
+
+// NodeStarter starts containers' nodes: [StackNodes] in the plugin, a fake
+// in unit tests.
+type NodeStarter interface {
+	Start(ctx context.Context, cfg stack.Config) (Node, error)
+}
+
+// StackNodes starts nodes with [stack.Start].
+type StackNodes struct{}
+
+// Start is [stack.Start].
+func (StackNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
+	n, err := stack.Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 // Config configures a [Driver].
@@ -36,6 +65,8 @@ type Config struct {
 	// this process sees it, whether or not it exists yet; nil means identity.
 	ResolvePath func(string) (string, error)
 	Log         *slog.Logger
+	// Nodes starts the nodes; nil means [StackNodes].
+	Nodes NodeStarter
 }
 
 // Driver is tslink's network driver. Its methods are safe for concurrent
@@ -61,6 +92,9 @@ var _ network.Driver = (*Driver)(nil)
 func New(cfg Config) *Driver {
 	if cfg.ResolvePath == nil {
 		cfg.ResolvePath = func(p string) (string, error) { return p, nil }
+	}
+	if cfg.Nodes == nil {
+		cfg.Nodes = StackNodes{}
 	}
 	if cfg.HostStateRoot == "" {
 		cfg.HostStateRoot = cfg.StateRoot

@@ -22,7 +22,7 @@ type endpoint struct {
 	ephemeral     bool     // the node logs out at stop; its state dir goes with it
 	tags          []string // the ACL tags the node asked for
 	serve         tsopts.Serve
-	node          *stack.Node
+	node          Node // nil while Join starts it; read through d.nodeOf from other goroutines
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
 	attached      chan struct{}      // closed when the attach goroutine ends

@@ -106,7 +106,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 // within the network's timeout (and ctx) and records it as ep's.
 // ep.debugLog must be open.
 func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
-	node, err := stack.Start(ctx, stack.Config{
+	node, err := d.cfg.Nodes.Start(ctx, stack.Config{
 		EndpointID: ep.id,
 		Hostname:   ep.hostname,
 		StateDir:   ep.stateDir,

@@ -4,7 +4,6 @@ import (
 	"fmt"
 
 	"github.com/tslink/tslink/pkg/tsopts"
-	"github.com/tslink/tslink/stack"
 )
 
 // The driver's tables under d.mu: the endpoint table (joined endpoints, and
@@ -56,7 +55,7 @@ func (d *Driver) take(ep *endpoint) bool {
 
 // setNode records node as ep's started node, unless ep left the table
 // meanwhile (then it reports false and the caller owns node).
-func (d *Driver) setNode(ep *endpoint, node *stack.Node, ephemeral bool, tags []string) bool {
+func (d *Driver) setNode(ep *endpoint, node Node, ephemeral bool, tags []string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.endpoints[ep.id] != ep {
@@ -69,7 +68,7 @@ func (d *Driver) setNode(ep *endpoint, node *stack.Node, ephemeral bool, tags []
 }
 
 // nodeOf returns ep's node; nil while its Join runs.
-func (d *Driver) nodeOf(ep *endpoint) *stack.Node {
+func (d *Driver) nodeOf(ep *endpoint) Node {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return ep.node
