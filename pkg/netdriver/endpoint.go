@@ -78,15 +78,17 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	return errors.Join(deleteLink(ctrLinkName(req.EndpointID)), stack.DeleteHostTUN(req.EndpointID))
 }
 
-// EndpointInfo reports the endpoint's tailnet identity.
+// EndpointInfo reports the endpoint's tailnet identity: its hostname, and
+// its addresses once its node is up (not while its Join runs).
 func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
-	ep := d.lookup(req.EndpointID)
 	val := map[string]string{}
-	if ep != nil {
-		v4, v6 := ep.node.Addrs()
+	if ep := d.lookup(req.EndpointID); ep != nil {
 		val["tailscale.hostname"] = ep.hostname
-		val["tailscale.ipv4"] = v4.String()
-		val["tailscale.ipv6"] = v6.String()
+		if node := d.nodeOf(ep); node != nil {
+			v4, v6 := node.Addrs()
+			val["tailscale.ipv4"] = v4.String()
+			val["tailscale.ipv6"] = v6.String()
+		}
 	}
 	return &network.InfoResponse{Value: val}, nil
 }

@@ -273,3 +273,22 @@ func TestServiceNeedsTags(t *testing.T) {
 		t.Errorf("Join: %v", err)
 	}
 }
+
+func TestEndpointInfoDuringJoin(t *testing.T) {
+	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	h.waitStart(t)
+	info, err := h.d.EndpointInfo(&network.InfoRequest{EndpointID: "ep1"})
+	if err != nil || info.Value["tailscale.hostname"] != "web" || info.Value["tailscale.ipv4"] != "" {
+		t.Errorf("EndpointInfo during Join: %+v, %v; want the hostname only", info, err)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	info, _ = h.d.EndpointInfo(&network.InfoRequest{EndpointID: "ep1"})
+	if info.Value["tailscale.ipv4"] != "100.64.0.1" {
+		t.Errorf("EndpointInfo after Join: %+v", info)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+}
