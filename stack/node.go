@@ -483,12 +483,10 @@ func (n *Node) Attach(nsPath string) error {
 }
 
 func (n *Node) configureLocked() error {
-	err6, err := configureTUN(n.nsPath, n.addrs)
-	if err != nil {
+	if err := configureTUN(n.nsPath, n.addrs); errors.Is(err, errIPv6NotConfigured) {
+		n.logf("tslink: %v", err)
+	} else if err != nil {
 		return err
-	}
-	if err6 != nil {
-		n.logf("tslink: IPv6 on %s not configured yet: %v", TUNName, err6)
 	}
 	for _, p := range n.addrs {
 		if p.Addr().Is4() {
@@ -515,8 +513,7 @@ func (n *Node) ReapplyIPv6() error {
 	if err := enableIPv6(n.nsPath); err != nil {
 		return err
 	}
-	err6, err := configureTUN(n.nsPath, n.addrs)
-	return errors.Join(err, err6)
+	return configureTUN(n.nsPath, n.addrs)
 }
 
 // Close stops the node: an ephemeral node is logged out first (so control
