@@ -56,8 +56,8 @@ const pluginSocket = "/run/docker/plugins/tslink.sock"
 // The Go runtime's heap profiler keeps a record for every allocation stack
 // and size it has sampled, for the life of the process. A plugin that brings
 // nodes up and down all day keeps meeting new ones (node sizes, netmap
-// lengths): the soak's plugin gained about 4 records and 5 KiB of RSS per
-// container start, without end. So it is off unless asked for.
+// lengths), so its RSS grows without end (docs/reliability.md has the
+// soak's numbers). So it is off unless asked for.
 func init() {
 	if os.Getenv("TSLINK_HEAP_PROFILE") != "1" {
 		runtime.MemProfileRate = 0
