@@ -439,7 +439,7 @@ func (s *Server) modifyFirstMapResponse(res *tailcfg.MapResponse, _ *tailcfg.Map
 // holdMapRequest tracks streaming polls (a node is online while one is open)
 // and re-pushes custom filters after endpoint updates.
 func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
-	if req.Stream && !req.ReadOnly {
+	if req.Stream { // MapRequest.ReadOnly is always false since capability version 68
 		s.mu.Lock()
 		s.online[req.NodeKey]++
 		s.mu.Unlock()
