@@ -40,6 +40,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/engine"
 	"github.com/tslink/tslink/pkg/hostpath"
 	"github.com/tslink/tslink/pkg/netdriver"
 	"github.com/tslink/tslink/pkg/statedir"
@@ -104,11 +105,12 @@ func run(args []string) error {
 	}
 	defer docker.Close()
 
+	tracker := engine.NewTracker(docker, log)
 	d := netdriver.New(netdriver.Config{
 		StateRoot:     stateDir,
 		HostStateRoot: cmp.Or(os.Getenv("TSLINK_HOST_STATE_DIR"), "/var/lib/docker-plugins/tailscale"),
 		Env:           env,
-		Docker:        docker,
+		Engine:        tracker,
 		ResolvePath:   hostpath.Path,
 		Log:           log,
 	})
@@ -121,7 +123,8 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	statusLn, err := serveStatus(stateDir, d)
+	ln = tracker.Listen(ln)
+	statusLn, err := serveStatus(stateDir, d, tracker)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tslink/tslink/pkg/engine"
 	"github.com/tslink/tslink/pkg/netdriver"
 	"github.com/tslink/tslink/pkg/statedir"
 )
@@ -22,7 +23,7 @@ import (
 // serveStatus answers `tslink status` (GET /status, JSON) on the state
 // dir's status socket ([statedir.Dir.StatusSocket]) until the returned
 // listener is closed. Only root can reach it (0600).
-func serveStatus(stateDir string, d *netdriver.Driver) (net.Listener, error) {
+func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker) (net.Listener, error) {
 	p := statedir.New(stateDir, "").StatusSocket()
 	os.Remove(p)
 	ln, err := net.Listen("unix", p)
@@ -39,6 +40,8 @@ func serveStatus(stateDir string, d *netdriver.Driver) (net.Listener, error) {
 		w.Header().Set("Content-Type", "application/json")
 		v := processVars()
 		v.MemoryReleases = d.MemoryReleases()
+		v.DockerAPIRequests = tracker.APIRequests()
+		v.EngineRestoring = tracker.Restoring()
 		json.NewEncoder(w).Encode(v)
 	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -150,6 +153,12 @@ type ProcessVars struct {
 	// MemoryReleases counts the returns of freed heap to the OS that follow
 	// endpoints leaving (netdriver.Driver.MemoryReleases).
 	MemoryReleases uint64 `json:"memoryReleases"`
+	// DockerAPIRequests counts the plugin's requests to the Docker API: only
+	// pings until the engine serves its API (package engine); plugin calls
+	// such as Join make none.
+	DockerAPIRequests uint64 `json:"dockerAPIRequests"`
+	// EngineRestoring: the calling engine has not served its API yet.
+	EngineRestoring bool `json:"engineRestoring"`
 }
 
 func processVars() ProcessVars {

@@ -23,9 +23,19 @@ import (
 )
 
 var (
-	mu      sync.Mutex
-	lastPID int
+	mu        sync.Mutex
+	lastPID   int
+	preferred int // the dockerd that calls the plugin; 0 until known
 )
+
+// Prefer names the dockerd whose view is meant: the peer of the plugin
+// socket's connections (package engine). Once set, no other process is
+// asked, whatever its name.
+func Prefer(pid int) {
+	mu.Lock()
+	preferred = pid
+	mu.Unlock()
+}
 
 // Resolve returns a path at which this process can open p as dockerd sees
 // it: p itself if it exists here, otherwise p under /proc/<pid>/root of a
@@ -58,13 +68,18 @@ func Path(p string) (string, error) {
 	return securejoin.SecureJoin("/proc/"+strconv.Itoa(pid)+"/root", p)
 }
 
-// dockerdHaving returns a running dockerd whose root holds p: the one found
-// last time if it still does, else the first that does (several may run,
-// e.g. test engines with their own exec-roots).
+// dockerdHaving returns the dockerd whose root holds p: the preferred one
+// ([Prefer]) if known, else the one found last time if it still does, else
+// the first that does (several may run, e.g. test engines with their own
+// exec-roots).
 func dockerdHaving(p string) (int, bool) {
 	mu.Lock()
-	pid := lastPID
+	pid, pref := lastPID, preferred
 	mu.Unlock()
+	if pref != 0 {
+		_, ok := under(pref, p)
+		return pref, ok
+	}
 	if pid != 0 && isDockerd(pid) {
 		if _, ok := under(pid, p); ok {
 			return pid, true

@@ -15,17 +15,20 @@
 //
 //   - GetCapabilities (at plugin activation): local scope.
 //   - [Driver.CreateNetwork] (`docker network create`): validates the
-//     options (network.go) and creates the parent device (links_linux.go).
-//     After a plugin restart dockerd does not call it again; Join re-reads
-//     the options from the Docker API instead ([Driver.networkFor]).
+//     options and records them (network.go, store.go) and creates the parent
+//     device (links_linux.go). After a restart dockerd does not call it
+//     again; Join reads the record instead ([Driver.networkFor]).
 //   - [Driver.CreateEndpoint] (container start, before its sandbox exists):
 //     creates eth0 as a macvlan of the parent (endpoint.go).
 //   - [Driver.Join] (same start, still before the sandbox netns exists):
-//     reserves the hostname in the endpoint table (table.go), starts the
-//     node, writes the endpoint record (store.go) and starts the attach
-//     goroutine, which moves tailscale0 into the sandbox netns once runc
-//     has made it (joinleave.go). An error fails `docker run`, and dockerd
-//     then calls DeleteEndpoint to roll back.
+//     finds the container in the engine's on-disk state (no Docker API
+//     call: package engine), reserves the hostname in the endpoint table
+//     (table.go), starts the node, writes the endpoint record (store.go) and
+//     starts the attach goroutine, which moves tailscale0 into the sandbox
+//     netns once runc has made it (joinleave.go). An error fails `docker
+//     run`, and dockerd then calls DeleteEndpoint to roll back; while the
+//     engine restores its containers, a node that is not up in time follows
+//     in the background instead.
 //   - [Driver.EndpointInfo] (any time after Join; `docker inspect`).
 //   - [Driver.Leave] (container stop): stops the node (joinleave.go).
 //   - [Driver.DeleteEndpoint] (after Leave, or to roll back a failed Join):

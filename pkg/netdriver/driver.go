@@ -12,17 +12,25 @@ import (
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
-	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/enginestate"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 )
 
-// Docker is what the driver needs from the Docker API.
-type Docker interface {
-	NetworkOptions(ctx context.Context, networkID string) (map[string]string, error)
-	FindEndpoint(ctx context.Context, networkID, endpointID string) (*dockerapi.Endpoint, error)
-	ContainerSandbox(ctx context.Context, containerID string) (sandboxKey string, running bool, err error)
+// Engine is what the driver knows of the dockerd that calls it, none of it
+// from the Docker API (see package engine): dockerd serves no API while it
+// restores its containers, yet calls Join for each of them.
+type Engine interface {
+	// ForJoin returns the container of a Join from the engine's on-disk
+	// state.
+	ForJoin(networkID, endpointID, sandboxKey string) (*enginestate.Container, error)
+	// NetworkOptions returns a network's `--opt` values from the engine's
+	// on-disk state.
+	NetworkOptions(networkID string) (map[string]string, error)
+	// Restoring reports whether the engine is starting up: it has not
+	// served its API yet.
+	Restoring() bool
 }
 
 // Node is what the driver needs of a started node; [*stack.Node] is one.
@@ -60,7 +68,7 @@ type Config struct {
 	// HostStateRoot is StateRoot as the host sees it, for messages.
 	HostStateRoot string
 	Env           tsopts.Env
-	Docker        Docker
+	Engine        Engine
 	// ResolvePath maps a path as dockerd sees it (the sandbox key) to where
 	// this process sees it, whether or not it exists yet; nil means identity.
 	ResolvePath func(string) (string, error)

@@ -17,6 +17,7 @@ type endpoint struct {
 	id, networkID string
 	containerID   string
 	containerName string
+	sandboxKey    string
 	hostname      string
 	stateDir      string
 	ephemeral     bool     // the node logs out at stop; its state dir goes with it
@@ -26,16 +27,18 @@ type endpoint struct {
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
 	attached      chan struct{}      // closed when the attach goroutine ends
+	startErr      string             // why a node started in the background is not up yet; guarded by d.mu
 }
 
 // newEndpoint is the endpoint for a Join or a recovered record; its debug
 // log is not open yet ([Driver.openDebugLog]).
-func (d *Driver) newEndpoint(endpointID, networkID, containerID, containerName, hostname string, serve tsopts.Serve) *endpoint {
+func (d *Driver) newEndpoint(endpointID, networkID, containerID, containerName, sandboxKey, hostname string, serve tsopts.Serve) *endpoint {
 	return &endpoint{
 		id:            endpointID,
 		networkID:     networkID,
 		containerID:   containerID,
 		containerName: containerName,
+		sandboxKey:    sandboxKey,
 		hostname:      hostname,
 		stateDir:      d.dir.Node(hostname),
 		serve:         serve,
@@ -78,14 +81,14 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	return errors.Join(deleteLink(ctrLinkName(req.EndpointID)), stack.DeleteHostTUN(req.EndpointID))
 }
 
-// EndpointInfo reports the endpoint's tailnet identity: its hostname, and
-// its addresses once its node is up (not while its Join runs).
+// EndpointInfo reports the endpoint's tailnet identity once its node is up
+// (nothing while its Join runs).
 func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
 	val := map[string]string{}
 	if ep := d.lookup(req.EndpointID); ep != nil {
-		val["tailscale.hostname"] = ep.hostname
-		if node := d.nodeOf(ep); node != nil {
+		if node, _ := d.nodeOf(ep); node != nil {
 			v4, v6 := node.Addrs()
+			val["tailscale.hostname"] = ep.hostname
 			val["tailscale.ipv4"] = v4.String()
 			val["tailscale.ipv6"] = v6.String()
 		}

@@ -16,9 +16,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// lookupTimeout bounds finding the container through the Docker API.
-const lookupTimeout = 5 * time.Second
-
 // joinBudget is how long Join may take in all: dockerd abandons a plugin
 // call after 30 s (and rolls the endpoint back), and the answer must reach it
 // before that.
@@ -34,13 +31,12 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, err
 	}
-	lctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-	info, err := d.cfg.Docker.FindEndpoint(lctx, req.NetworkID, req.EndpointID)
-	cancel()
+	restoring := d.cfg.Engine.Restoring()
+	info, err := d.cfg.Engine.ForJoin(req.NetworkID, req.EndpointID, req.SandboxKey)
 	if err != nil {
-		return nil, fmt.Errorf("finding the container of endpoint %s: %w", short(req.EndpointID), err)
+		return nil, fmt.Errorf("finding the container of endpoint %s in the engine's state: %w", short(req.EndpointID), err)
 	}
-	ct, err := tsopts.ParseContainer(info.Labels, info.ContainerName)
+	ct, err := tsopts.ParseContainer(info.Labels, info.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +49,8 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, fmt.Errorf("tslink: %w", err)
 	}
 
-	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ContainerID, info.ContainerName, ct.Hostname, ct.Serve)
+	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ID, info.Name, req.SandboxKey, ct.Hostname, ct.Serve)
+	d.supersede(ep)
 	if err := d.reserve(ep); err != nil {
 		return nil, err
 	}
@@ -75,14 +72,28 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, err
 	}
 	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v (container found in %v)",
-		info.ContainerName, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
+		info.Name, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
+	wait := nw.Timeout
+	if restoring {
+		wait = min(wait, restoreJoinWait)
+	}
 	jctx, jcancel := context.WithDeadline(context.Background(), began.Add(joinBudget))
 	defer jcancel()
-	if err := d.startNode(jctx, ep, nw, authKey, tags, ""); err != nil {
+	err = d.startNode(jctx, ep, nw, authKey, tags, "", wait)
+	if err != nil && restoring && !errors.Is(err, errEndpointGone) {
+		// The engine is restoring its containers and will not retry a
+		// start that fails: the container starts now and its node
+		// follows as soon as it can come up.
+		d.startInBackground(ep, nw, tags, err)
+		return &network.JoinResponse{
+			InterfaceName: network.InterfaceName{SrcName: ctrLinkName(req.EndpointID), DstPrefix: "eth"},
+		}, nil
+	}
+	if err != nil {
 		ep.debugLog.Close()
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
-		d.log.Warn("join failed", "container", info.ContainerName, "hostname", ct.Hostname, "err", err,
+		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
 			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
 		if newDir {
 			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
@@ -90,8 +101,8 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
 	v4, v6 := ep.node.Addrs()
-	d.log.Info("node up", "container", info.ContainerName, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
-	d.saveRecord(ep, req.SandboxKey)
+	d.log.Info("node up", "container", info.Name, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
+	d.saveRecord(ep)
 
 	actx, acancel := context.WithCancel(context.Background())
 	ep.cancel = acancel
@@ -102,10 +113,10 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	}, nil
 }
 
-// startNode brings ep's node up (adopting the tailscale0 in adoptNS if set)
-// within the network's timeout (and ctx) and records it as ep's.
-// ep.debugLog must be open.
-func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string) error {
+// startNode brings ep's node up (adopting the tailscale0 in adoptNS if set),
+// waiting up to wait (0: until near ctx's deadline) within ctx, and records
+// it as ep's. ep.debugLog must be open.
+func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network, authKey string, tags []string, adoptNS string, wait time.Duration) error {
 	node, err := d.cfg.Nodes.Start(ctx, stack.Config{
 		EndpointID: ep.id,
 		Hostname:   ep.hostname,
@@ -117,7 +128,7 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		Tags:       tags,
 		Logf:       ep.debugLog.Logf,
 		AdoptNetNS: adoptNS,
-		Wait:       nw.Timeout,
+		Wait:       wait,
 		Serve:      ep.serve,
 	})
 	if err != nil {
@@ -136,6 +147,81 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 }
 
 var errEndpointGone = errors.New("the endpoint left while its node was starting")
+
+// restoreJoinWait bounds the wait for a node in a Join while the engine
+// restores its containers: the engine serves its API only after every
+// restored container has started, and it does not retry a start that
+// fails.
+const restoreJoinWait = 5 * time.Second
+
+// backgroundAttempt bounds one attempt of a node started in the background;
+// backgroundRetry is the pause after a failed one.
+const (
+	backgroundAttempt = 2 * time.Minute
+	backgroundRetry   = 10 * time.Second
+)
+
+// startInBackground keeps trying to bring ep's node up after a Join that
+// returned without it (the engine was restoring; firstErr is why the node
+// was not up in time), then attaches tailscale0 as Join would have. Leave
+// stops it.
+func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []string, firstErr error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	d.setBackgroundStart(ep, cancel, tags)
+	d.setStartErr(ep, firstErr)
+	d.saveRecord(ep)
+	ep.debugLog.Logf("tslink: the engine is restoring its containers: the container starts now and its node follows (%v)", firstErr)
+	d.log.Warn("engine restoring: container started without its node; retrying in the background", "container", ep.containerName, "hostname", ep.hostname, "err", firstErr)
+	go func() {
+		for {
+			actx, acancel := context.WithTimeout(ctx, backgroundAttempt)
+			err := d.startWithKey(actx, ep, nw, tags)
+			acancel()
+			if err == nil {
+				d.setStartErr(ep, nil)
+				v4, _ := ep.node.Addrs()
+				d.log.Info("node up", "container", ep.containerName, "hostname", ep.hostname, "ipv4", v4, "in_background", true)
+				d.attach(ctx, ep, ep.sandboxKey)
+				return
+			}
+			if errors.Is(err, errEndpointGone) || ctx.Err() != nil {
+				close(ep.attached)
+				return
+			}
+			d.setStartErr(ep, err)
+			select {
+			case <-ctx.Done():
+				close(ep.attached)
+				return
+			case <-time.After(backgroundRetry):
+			}
+		}
+	}()
+}
+
+// startWithKey reads the network's auth key (a key file may have been
+// rewritten since) and starts ep's node, waiting until near ctx's deadline.
+func (d *Driver) startWithKey(ctx context.Context, ep *endpoint, nw *tsopts.Network, tags []string) error {
+	authKey, err := d.authKey(nw)
+	if err != nil {
+		return err
+	}
+	return d.startNode(ctx, ep, nw, authKey, tags, "", 0)
+}
+
+// supersede closes the endpoint that ep's container had before an engine
+// restart: dockerd gives a restarted container a new endpoint and sandbox
+// and, without live-restore, may not tell the plugin that the old ones are
+// gone. (One container on two tslink networks shares one sandbox; reserve
+// refuses that.)
+func (d *Driver) supersede(ep *endpoint) {
+	old := d.previousEndpoint(ep)
+	if old == nil {
+		return
+	}
+	d.log.Info("container restarted: closing its endpoint from before", "container", ep.containerName, "old_endpoint", short(old.id))
+	d.closeEndpoint(old)
+}
 
 // attach waits for the sandbox key to become a netns (runc's prestart hook
 // mounts it shortly after Join returns; there is no driver callback), moves

@@ -11,30 +11,29 @@ import (
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
-	"github.com/tslink/tslink/pkg/dockerapi"
+	"github.com/tslink/tslink/pkg/enginestate"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/stack"
 )
 
-// fakeDocker knows one network and the containers in ctrs, by endpoint ID.
-type fakeDocker struct {
-	ctrs map[string]*dockerapi.Endpoint
+// fakeEngine knows one network and the containers in ctrs, by endpoint ID;
+// it is not restoring.
+type fakeEngine struct {
+	ctrs map[string]*enginestate.Container
 }
 
-func (f *fakeDocker) NetworkOptions(context.Context, string) (map[string]string, error) {
+func (f *fakeEngine) NetworkOptions(string) (map[string]string, error) {
 	return map[string]string{"ts.authkey": "tskey-auth-test", "ts.controlurl": "http://127.0.0.1:1"}, nil
 }
 
-func (f *fakeDocker) FindEndpoint(_ context.Context, _, endpointID string) (*dockerapi.Endpoint, error) {
-	if e := f.ctrs[endpointID]; e != nil {
-		return e, nil
+func (f *fakeEngine) ForJoin(_, endpointID, _ string) (*enginestate.Container, error) {
+	if c := f.ctrs[endpointID]; c != nil {
+		return c, nil
 	}
 	return nil, errors.New("no such endpoint")
 }
 
-func (f *fakeDocker) ContainerSandbox(context.Context, string) (string, bool, error) {
-	return "", false, nil
-}
+func (f *fakeEngine) Restoring() bool { return false }
 
 // fakeNodes starts fakeNodes. A Start blocks until the test sends its
 // outcome on release (nil: the node comes up).
@@ -82,13 +81,13 @@ type harness struct {
 	root  string
 }
 
-func newHarness(t *testing.T, ctrs map[string]*dockerapi.Endpoint) *harness {
+func newHarness(t *testing.T, ctrs map[string]*enginestate.Container) *harness {
 	t.Helper()
 	root := t.TempDir()
 	nodes := &fakeNodes{started: make(chan stack.Config, 4), release: make(chan error, 4)}
 	d := New(Config{
 		StateRoot: root,
-		Docker:    &fakeDocker{ctrs: ctrs},
+		Engine:    &fakeEngine{ctrs: ctrs},
 		Nodes:     nodes,
 		// The sandbox never becomes a netns: attach polls until Leave.
 		ResolvePath: func(p string) (string, error) { return p, nil },
@@ -96,12 +95,12 @@ func newHarness(t *testing.T, ctrs map[string]*dockerapi.Endpoint) *harness {
 	return &harness{d: d, nodes: nodes, root: root}
 }
 
-func ctr(id, name string, labels map[string]string) *dockerapi.Endpoint {
-	return &dockerapi.Endpoint{ContainerID: id, ContainerName: name, Labels: labels}
+func ctr(id, name string, labels map[string]string) *enginestate.Container {
+	return &enginestate.Container{ID: id, Name: name, Labels: labels}
 }
 
 func joinReq(ep string) *network.JoinRequest {
-	return &network.JoinRequest{NetworkID: "net1", EndpointID: ep, SandboxKey: "/nonexistent/sandbox-" + ep}
+	return &network.JoinRequest{NetworkID: "net1", EndpointID: ep, SandboxKey: "/nonexistent/sandbox"} // one container on two networks has one sandbox
 }
 
 // join runs Join in the background; its result arrives on the channel.
@@ -137,7 +136,7 @@ func wait(t *testing.T, ch <-chan error) error {
 }
 
 func TestJoinLeave(t *testing.T) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", nil)})
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
 	res := h.join("ep1")
 	cfg := h.waitStart(t)
 	if cfg.Hostname != "web" || cfg.AuthKey != "tskey-auth-test" || cfg.Wait <= 0 {
@@ -171,7 +170,7 @@ func TestJoinLeave(t *testing.T) {
 }
 
 func TestJoinRollback(t *testing.T) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", nil)})
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
 	res := h.join("ep1")
 	h.waitStart(t)
 	h.nodes.release <- errors.New("control says no")
@@ -201,7 +200,7 @@ func TestJoinRollback(t *testing.T) {
 // leaveDuringStart: dockerd calls Leave (or DeleteEndpoint, rolling back a
 // Join it gave up on) while the node is starting.
 func leaveDuringStart(t *testing.T, leave func(d *Driver)) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", nil)})
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
 	res := h.join("ep1")
 	h.waitStart(t)
 	leave(h.d)
@@ -230,7 +229,7 @@ func TestDeleteEndpointDuringStart(t *testing.T) {
 }
 
 func TestJoinsRaceForHostname(t *testing.T) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{
+	h := newHarness(t, map[string]*enginestate.Container{
 		"ep1": ctr("c1", "one", map[string]string{"ts.hostname": "db"}),
 		"ep2": ctr("c2", "two", map[string]string{"ts.hostname": "db"}),
 	})
@@ -253,7 +252,7 @@ func TestJoinsRaceForHostname(t *testing.T) {
 }
 
 func TestOneTslinkNetworkPerContainer(t *testing.T) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", nil), "ep2": ctr("c1", "web", nil)})
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil), "ep2": ctr("c1", "web", nil)})
 	first := h.join("ep1")
 	h.waitStart(t)
 	h.nodes.release <- nil
@@ -267,7 +266,7 @@ func TestOneTslinkNetworkPerContainer(t *testing.T) {
 }
 
 func TestServiceNeedsTags(t *testing.T) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", map[string]string{"ts.serve.443": "https:8080", "ts.service": "svc:web"})})
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", map[string]string{"ts.serve.443": "https:8080", "ts.service": "svc:web"})})
 	err := wait(t, h.join("ep1"))
 	if err == nil || !strings.Contains(err.Error(), "must be a tagged node") {
 		t.Errorf("Join: %v", err)
@@ -275,12 +274,12 @@ func TestServiceNeedsTags(t *testing.T) {
 }
 
 func TestEndpointInfoDuringJoin(t *testing.T) {
-	h := newHarness(t, map[string]*dockerapi.Endpoint{"ep1": ctr("c1", "web", nil)})
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
 	res := h.join("ep1")
 	h.waitStart(t)
 	info, err := h.d.EndpointInfo(&network.InfoRequest{EndpointID: "ep1"})
-	if err != nil || info.Value["tailscale.hostname"] != "web" || info.Value["tailscale.ipv4"] != "" {
-		t.Errorf("EndpointInfo during Join: %+v, %v; want the hostname only", info, err)
+	if err != nil || len(info.Value) != 0 {
+		t.Errorf("EndpointInfo during Join: %+v, %v; want nothing yet", info, err)
 	}
 	h.nodes.release <- nil
 	if err := wait(t, res); err != nil {

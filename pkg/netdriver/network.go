@@ -1,8 +1,9 @@
 package netdriver
 
 import (
-	"context"
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/tsopts"
@@ -23,11 +24,16 @@ func genericOptions(opts map[string]any) map[string]string {
 // CreateNetwork validates the options and creates the network's parent
 // device.
 func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
-	nw, err := d.parseNetwork(genericOptions(req.Options))
+	opts := genericOptions(req.Options)
+	nw, err := d.parseNetwork(opts)
 	if err != nil {
 		return err
 	}
+	if err := d.saveNetwork(req.NetworkID, opts); err != nil {
+		return fmt.Errorf("recording the network's options in %s: %w", d.cfg.HostStateRoot, err)
+	}
 	if err := ensureParent(parentName(req.NetworkID)); err != nil {
+		d.removeNetworkRecord(req.NetworkID)
 		return err
 	}
 	d.setNetwork(req.NetworkID, nw)
@@ -45,6 +51,7 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	if err := deleteLink(parentName(req.NetworkID)); err != nil {
 		return err
 	}
+	d.removeNetworkRecord(req.NetworkID)
 	d.log.Info("network deleted", "network", short(req.NetworkID))
 	return nil
 }
@@ -65,17 +72,26 @@ func (d *Driver) parseNetwork(opts map[string]string) (*tsopts.Network, error) {
 	return nw, nil
 }
 
-// networkFor returns the network's options: from CreateNetwork, or (after a
-// plugin restart) re-read from dockerd, which keeps them.
+// networkFor returns the network's options: from memory, else from the
+// plugin's own record (CreateNetwork wrote it), else, for networks created
+// before tslink kept records, from the engine's on-disk store, which is then
+// recorded. None of these asks the Docker API.
 func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
 	if nw := d.network(networkID); nw != nil {
 		return nw, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
-	defer cancel()
-	opts, err := d.cfg.Docker.NetworkOptions(ctx, networkID)
+	opts, err := d.loadNetwork(networkID)
+	if errors.Is(err, os.ErrNotExist) {
+		if opts, err = d.cfg.Engine.NetworkOptions(networkID); err == nil {
+			if serr := d.saveNetwork(networkID, opts); serr != nil {
+				d.log.Warn("recording network options", "network", short(networkID), "err", serr)
+			} else {
+				d.log.Info("network options recorded from the engine's store", "network", short(networkID))
+			}
+		}
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("network %s: reading its options: %w", short(networkID), err)
 	}
 	nw, err := d.parseNetwork(opts)
 	if err != nil {

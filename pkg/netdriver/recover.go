@@ -14,13 +14,25 @@ import (
 
 // Recover runs once at plugin start, in the background (plugin activation
 // must never wait on the Docker API: dockerd may be waiting for us). For
-// every recorded endpoint whose container still runs, it brings the same
-// node up from its state dir and adopts the persistent tailscale0 left in
-// the container's netns (same identity, same IPs, established connections
-// survive). Records of containers that are gone are swept with their
-// devices. Endpoints that cannot be recovered yet (control unreachable, say)
-// are retried every [recoverRetry] until ctx ends.
+// every recorded endpoint whose sandbox is still a network namespace (its
+// container runs), it brings the same node up from its state dir and adopts
+// the persistent tailscale0 left there (same identity, same IPs,
+// established connections survive). Records whose sandbox is gone are
+// swept with their devices. Endpoints that cannot be recovered yet (control
+// unreachable, say) are retried every [recoverRetry] until ctx ends.
+//
+// While the engine restores its containers (it started with this plugin),
+// recovery waits, up to [restoreSettle]: without live-restore the engine
+// kills the containers it finds running and starts them afresh, with new
+// Joins, and removes their old sandboxes.
 func (d *Driver) Recover(ctx context.Context) {
+	for settle := time.Now().Add(restoreSettle); d.cfg.Engine.Restoring() && time.Now().Before(settle); {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	recs := d.loadRecords()
 	d.sweepOrphanStateDirs(recs)
 	if len(recs) == 0 {
@@ -103,28 +115,18 @@ type unrecovered struct {
 // recoverRetry is the pause between recovery attempts of an endpoint.
 const recoverRetry = 10 * time.Second
 
+// restoreSettle bounds recovery's wait for the engine to finish restoring.
+const restoreSettle = 2 * time.Minute
+
 // recoverOne recovers or sweeps one endpoint. It reports false if it should
 // be tried again later.
 func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	if d.lookup(rec.EndpointID) != nil {
 		return true
 	}
-	var sandbox string
-	var running bool
-	for {
-		var err error
-		sandbox, running, err = d.cfg.Docker.ContainerSandbox(ctx, rec.ContainerID)
-		if err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			d.log.Warn("recovery gave up waiting for the Docker API", "err", err)
-			return true
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	if !running || sandbox == "" {
+	sandbox := rec.SandboxKey
+	nsPath, err := d.cfg.ResolvePath(sandbox)
+	if sandbox == "" || err != nil || !isNetNS(nsPath) {
 		d.log.Info("sweeping endpoint of a gone container", "container", rec.ContainerName, "hostname", rec.Hostname)
 		deleteLink(ctrLinkName(rec.EndpointID))
 		stack.DeleteHostTUN(rec.EndpointID)
@@ -143,11 +145,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	if err != nil {
 		return d.recoveryFailed(rec, err)
 	}
-	nsPath, err := d.cfg.ResolvePath(sandbox)
-	if err != nil {
-		return d.recoveryFailed(rec, err)
-	}
-	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.Hostname, rec.Serve)
+	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.SandboxKey, rec.Hostname, rec.Serve)
 	close(ep.attached) // no attach goroutine: adopted or attached below
 	if err := d.reserve(ep); err != nil {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
@@ -160,12 +158,12 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	}
 	began := time.Now()
 	ep.debugLog.Logf("tslink: recover: container %s endpoint %s: adopting tailscale0", rec.ContainerName, short(rec.EndpointID))
-	err = d.startNode(context.Background(), ep, nw, authKey, rec.Tags, nsPath)
+	err = d.startNode(ctx, ep, nw, authKey, rec.Tags, nsPath, nw.Timeout)
 	if errors.Is(err, stack.ErrNoTUN) {
 		// tailscale0 did not survive (e.g. the previous process closed
 		// it): give the running container a new one.
 		ep.debugLog.Logf("tslink: recover: no tailscale0 to adopt; creating one")
-		if err = d.startNode(context.Background(), ep, nw, authKey, rec.Tags, ""); err == nil {
+		if err = d.startNode(ctx, ep, nw, authKey, rec.Tags, "", nw.Timeout); err == nil {
 			err = ep.node.Attach(nsPath)
 		}
 	}

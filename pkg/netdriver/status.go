@@ -34,7 +34,9 @@ func (d *Driver) Status() []EndpointStatus {
 			DebugLog:  d.dir.HostDebugLog(ep.hostname),
 			Serve:     serveSummary(ep.serve),
 		}
-		if node := d.nodeOf(ep); node != nil {
+		node, startErr := d.nodeOf(ep)
+		st.LastError = startErr
+		if node != nil {
 			ns := node.Status()
 			st.State, st.LastError, st.Attached = ns.State, ns.LastErr, ns.NetNS != ""
 			for _, p := range ns.Addrs {

@@ -2,6 +2,7 @@ package netdriver
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -24,8 +25,8 @@ type record struct {
 	Serve         tsopts.Serve // the ts.serve.*/ts.service/ts.direct labels, parsed
 }
 
-func (d *Driver) saveRecord(ep *endpoint, sandboxKey string) {
-	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, sandboxKey, ep.serve}
+func (d *Driver) saveRecord(ep *endpoint) {
+	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, ep.sandboxKey, ep.serve}
 	b, _ := json.Marshal(rec)
 	p := d.dir.EndpointRecord(ep.id)
 	os.MkdirAll(filepath.Dir(p), 0o700)
@@ -54,6 +55,50 @@ func (d *Driver) loadRecords() []record {
 	}
 	return out
 }
+
+// networkRecord is what tslink keeps of a network in the state dir
+// ([statedir.Dir.NetworkRecord], 0600 in the 0700 state dir): its `--opt`
+// values as CreateNetwork got them, so that a Join after a plugin or engine
+// restart has them without asking dockerd. They include an inline
+// ts.authkey, which dockerd itself keeps in its own store (`docker network
+// inspect` shows it); the record is never logged.
+type networkRecord struct {
+	NetworkID string
+	Options   map[string]string
+}
+
+func (d *Driver) saveNetwork(networkID string, opts map[string]string) error {
+	b, err := json.Marshal(networkRecord{NetworkID: networkID, Options: opts})
+	if err != nil {
+		return err
+	}
+	p := d.dir.NetworkRecord(networkID)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
+
+func (d *Driver) loadNetwork(networkID string) (map[string]string, error) {
+	b, err := os.ReadFile(d.dir.NetworkRecord(networkID))
+	if err != nil {
+		return nil, err
+	}
+	var rec networkRecord
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return nil, fmt.Errorf("network record %s: %w", d.dir.NetworkRecord(networkID), err)
+	}
+	if rec.Options == nil {
+		rec.Options = map[string]string{}
+	}
+	return rec.Options, nil
+}
+
+func (d *Driver) removeNetworkRecord(networkID string) { os.Remove(d.dir.NetworkRecord(networkID)) }
 
 // checkTailnet refuses ep's node dir to a node asking for nw and tags if
 // the dir holds another tailnet's identity ([statedir.Tailnet.Check]). An

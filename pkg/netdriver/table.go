@@ -1,6 +1,7 @@
 package netdriver
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/tslink/tslink/pkg/tsopts"
@@ -67,11 +68,47 @@ func (d *Driver) setNode(ep *endpoint, node Node, ephemeral bool, tags []string)
 	return true
 }
 
-// nodeOf returns ep's node; nil while its Join runs.
-func (d *Driver) nodeOf(ep *endpoint) Node {
+// nodeOf returns ep's node (nil while its Join runs) and why a node started
+// in the background is not up yet.
+func (d *Driver) nodeOf(ep *endpoint) (_ Node, startErr string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return ep.node
+	return ep.node, ep.startErr
+}
+
+// setStartErr records why ep's node is not up yet, for `tslink status`
+// (nil: it is).
+func (d *Driver) setStartErr(ep *endpoint, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error() + " (retrying in the background)"
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep.startErr = msg
+}
+
+// setBackgroundStart gives ep the cancel of its background start and the
+// tags its node will ask for.
+func (d *Driver) setBackgroundStart(ep *endpoint, cancel context.CancelFunc, tags []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ep.cancel = cancel
+	ep.tags = tags
+}
+
+// previousEndpoint returns the endpoint ep's container had in another
+// sandbox (before an engine restart), or nil.
+func (d *Driver) previousEndpoint(ep *endpoint) *endpoint {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var old *endpoint
+	for _, o := range d.endpoints {
+		if o.containerID == ep.containerID && o.id != ep.id && o.sandboxKey != "" && o.sandboxKey != ep.sandboxKey {
+			old = o
+		}
+	}
+	return old
 }
 
 // list returns the endpoints in the table, in no order.

@@ -9,7 +9,7 @@
 //	    lock                       flock of the node running from the dir: [Lock]
 //	keys/<name>                    auth key files (ts.authkey-file): [Dir.ReadKey]
 //	endpoints/<endpoint ID>.json   joined endpoints, for recovery
-//	networks/<network ID>.json     (reserved) persisted network options
+//	networks/<network ID>.json     network options, kept for Joins after a restart
 //	tslink-status.sock             the status socket (`tslink status`)
 //
 // Every path has an in-plugin form (for I/O) and a host form (for messages
@@ -120,7 +120,7 @@ func (d Dir) EndpointRecords() []string {
 	return files
 }
 
-// NetworkRecord is where a network's options are kept (not written yet).
+// NetworkRecord is where a network's options are kept.
 func (d Dir) NetworkRecord(networkID string) string {
 	return filepath.Join(d.Root, "networks", networkID+".json")
 }

@@ -12,6 +12,19 @@ import (
 func TestContainerIsATailnetNode(t *testing.T) {
 	l := newLab(t)
 	l.createNetwork("tn")
+	// Join asks the Docker API nothing: the plugin's only requests are the
+	// pings that end once the engine serves its API.
+	var apiBefore uint64
+	if err := netnstest.WaitFor(10*time.Second, func() error {
+		v := l.pluginVars()
+		apiBefore = v.DockerAPIRequests
+		if v.EngineRestoring {
+			return context.DeadlineExceeded
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the plugin still counts the engine as restoring: %+v", l.pluginVars())
+	}
 	// The first instruction prints tailscale0's address, then httpd serves.
 	l.docker("run", "-d", "--name", "web", "--network", "tn", image, "sh", "-c",
 		"ip -4 -o addr show dev tailscale0; ip -4 route show dev tailscale0; exec httpd -f -p 8080 -h /www")
@@ -69,6 +82,9 @@ func TestContainerIsATailnetNode(t *testing.T) {
 		t.Errorf("node still online after docker stop: %+v", n)
 	}
 	l.docker("rm", "web")
+	if v := l.pluginVars(); v.DockerAPIRequests != apiBefore {
+		t.Errorf("the plugin made %d Docker API requests while a container joined and left", v.DockerAPIRequests-apiBefore)
+	}
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
 	if strings.Contains(l.engine.Log(), testAuthKey) {

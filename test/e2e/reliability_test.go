@@ -35,6 +35,8 @@ type pluginVars struct {
 	RSSPeakKiB          int64
 	HeapSpansKiB        uint64
 	HeapFreeKiB         uint64
+	DockerAPIRequests   uint64
+	EngineRestoring     bool
 }
 
 func (l *lab) pluginVars() (v pluginVars) {

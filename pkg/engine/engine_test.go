@@ -1,0 +1,92 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeAPI fails its pings until serve is set, as dockerd's API does while
+// the engine restores its containers.
+type fakeAPI struct{ serve atomic.Bool }
+
+func (f *fakeAPI) Ping(ctx context.Context) error {
+	if f.serve.Load() {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRestoringUntilTheAPIAnswers(t *testing.T) {
+	api := &fakeAPI{}
+	tr := NewTracker(api, nil)
+	if !tr.Restoring() {
+		t.Fatal("before any dockerd called, the engine must count as restoring")
+	}
+	tr.Caller(os.Getpid())
+	time.Sleep(3 * pingTimeout / 2)
+	if !tr.Restoring() {
+		t.Fatal("restoring must hold while the API does not answer")
+	}
+	api.serve.Store(true)
+	waitFor(t, "the engine is no longer restoring", func() bool { return !tr.Restoring() })
+	n := tr.APIRequests()
+	time.Sleep(3 * pingInterval)
+	if tr.APIRequests() != n {
+		t.Fatal("pings went on after the API answered")
+	}
+	// A new dockerd (an engine restart with live-restore) restores again.
+	api.serve.Store(false)
+	tr.Caller(os.Getppid())
+	if !tr.Restoring() {
+		t.Fatal("a new dockerd must count as restoring until its API answers")
+	}
+	api.serve.Store(true)
+	waitFor(t, "the new engine serves", func() bool { return !tr.Restoring() })
+}
+
+func TestListenerNamesThePeer(t *testing.T) {
+	api := &fakeAPI{}
+	api.serve.Store(true)
+	tr := NewTracker(api, nil)
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	wl := tr.Listen(ln)
+	go func() {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+	}()
+	c, err := wl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if tr.PID() != os.Getpid() {
+		t.Fatalf("PID = %d, want this process %d", tr.PID(), os.Getpid())
+	}
+	if _, err := tr.ForJoin("n", "e", "/x"); err == nil || errors.Is(err, context.Canceled) {
+		t.Fatalf("ForJoin on a process that is no dockerd: err = %v", err)
+	}
+}
