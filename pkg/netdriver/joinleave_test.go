@@ -291,3 +291,31 @@ func TestEndpointInfoDuringJoin(t *testing.T) {
 	}
 	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
 }
+
+func TestRestartedContainerSupersedesItsOldEndpoint(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil), "ep2": ctr("c1", "web", nil)})
+	first := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, first); err != nil {
+		t.Fatal(err)
+	}
+	// After an engine restart the same container joins with a new endpoint
+	// and a new sandbox.
+	res := make(chan error, 1)
+	go func() {
+		req := joinReq("ep2")
+		req.SandboxKey = "/nonexistent/sandbox-after-restart"
+		_, err := h.d.Join(req)
+		res <- err
+	}()
+	h.waitStart(t)
+	if h.d.lookup("ep1") != nil || h.nodes.nodes[0].closes() != 1 {
+		t.Error("the old endpoint was not closed")
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Errorf("Join after restart: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+}
