@@ -105,8 +105,11 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	d.saveRecord(ep)
 
 	actx, acancel := context.WithCancel(context.Background())
-	ep.cancel = acancel
-	go d.attach(actx, ep, req.SandboxKey)
+	if d.setCancel(ep, acancel, tags) {
+		go d.attach(actx, ep, req.SandboxKey)
+	} else {
+		acancel() // Leave came first and closed the node
+	}
 
 	return &network.JoinResponse{
 		InterfaceName: network.InterfaceName{SrcName: ctrLinkName(req.EndpointID), DstPrefix: "eth"},
@@ -155,11 +158,10 @@ var errEndpointGone = errors.New("the endpoint left while its node was starting"
 const restoreJoinWait = 5 * time.Second
 
 // backgroundAttempt bounds one attempt of a node started in the background;
-// backgroundRetry is the pause after a failed one.
-const (
-	backgroundAttempt = 2 * time.Minute
-	backgroundRetry   = 10 * time.Second
-)
+// backgroundRetry is the pause after a failed one (a variable for tests).
+const backgroundAttempt = 2 * time.Minute
+
+var backgroundRetry = 10 * time.Second
 
 // startInBackground keeps trying to bring ep's node up after a Join that
 // returned without it (the engine was restoring; firstErr is why the node
@@ -167,7 +169,10 @@ const (
 // stops it.
 func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []string, firstErr error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	d.setBackgroundStart(ep, cancel, tags)
+	if !d.setCancel(ep, cancel, tags) {
+		cancel()
+		return
+	}
 	d.setStartErr(ep, firstErr)
 	d.saveRecord(ep)
 	ep.debugLog.Logf("tslink: the engine is restoring its containers: the container starts now and its node follows (%v)", firstErr)
@@ -300,7 +305,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 	if !d.take(ep) {
 		return
 	}
-	stopAttach(ep)
+	d.stopAttach(ep)
 	if ep.node != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		if err := ep.node.Close(ctx); err != nil {
@@ -331,7 +336,7 @@ func (d *Driver) detachEndpoint(ep *endpoint) {
 	if !d.take(ep) {
 		return
 	}
-	stopAttach(ep)
+	d.stopAttach(ep)
 	if ep.debugLog != nil {
 		ep.debugLog.Logf("tslink: plugin stopping; node detached, tailscale0 kept for the next plugin process")
 		ep.debugLog.Close()
@@ -339,9 +344,10 @@ func (d *Driver) detachEndpoint(ep *endpoint) {
 }
 
 // stopAttach ends ep's attach goroutine, if it has one, and waits for it.
-func stopAttach(ep *endpoint) {
-	if ep.cancel != nil {
-		ep.cancel()
+// ep must have left the table (take), so no goroutine can start after.
+func (d *Driver) stopAttach(ep *endpoint) {
+	if cancel := d.cancelOf(ep); cancel != nil {
+		cancel()
 		<-ep.attached
 	}
 }

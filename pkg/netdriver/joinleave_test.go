@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,9 +18,10 @@ import (
 )
 
 // fakeEngine knows one network and the containers in ctrs, by endpoint ID;
-// it is not restoring.
+// it is restoring while restoring is set.
 type fakeEngine struct {
-	ctrs map[string]*enginestate.Container
+	ctrs      map[string]*enginestate.Container
+	restoring atomic.Bool
 }
 
 func (f *fakeEngine) NetworkOptions(string) (map[string]string, error) {
@@ -33,7 +35,7 @@ func (f *fakeEngine) ForJoin(_, endpointID, _ string) (*enginestate.Container, e
 	return nil, errors.New("no such endpoint")
 }
 
-func (f *fakeEngine) Restoring() bool { return false }
+func (f *fakeEngine) Restoring() bool { return f.restoring.Load() }
 
 // fakeNodes starts fakeNodes. A Start blocks until the test sends its
 // outcome on release (nil: the node comes up).
@@ -318,4 +320,85 @@ func TestRestartedContainerSupersedesItsOldEndpoint(t *testing.T) {
 		t.Errorf("Join after restart: %v", err)
 	}
 	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+}
+
+// While the engine restores its containers, a node that cannot come up in
+// time does not fail the Join (dockerd would not retry the container): it
+// follows in the background, shows why in status, and attaches when up.
+func TestJoinWhileRestoringStartsNodeInBackground(t *testing.T) {
+	defer func(r time.Duration) { backgroundRetry = r }(backgroundRetry)
+	backgroundRetry = 10 * time.Millisecond
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	h.d.cfg.Engine.(*fakeEngine).restoring.Store(true)
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	if err := wait(t, res); err != nil {
+		t.Fatalf("Join while restoring failed: %v", err)
+	}
+	st := h.d.Status()
+	if len(st) != 1 || st[0].State != "Starting" || !strings.Contains(st[0].LastError, "control server unreachable") || !strings.Contains(st[0].LastError, "retrying") {
+		t.Fatalf("status while the node is retrying: %+v", st)
+	}
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if st := h.d.Status(); len(st) == 1 && st[0].State == "Running" && st[0].LastError == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node did not come up in the background: %+v", h.d.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := h.d.Leave(&network.LeaveRequest{NetworkID: "net1", EndpointID: "ep1"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.nodes.nodes; len(n) != 1 || n[0].closes() != 1 {
+		t.Fatalf("the background node was not closed once at Leave")
+	}
+}
+
+// Leave during a background start's attempt ends it: no start follows.
+func TestLeaveStopsBackgroundStart(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	h.d.cfg.Engine.(*fakeEngine).restoring.Store(true)
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStart(t) // the first background attempt, blocked until Leave
+	done := make(chan struct{})
+	go func() {
+		h.d.Leave(&network.LeaveRequest{NetworkID: "net1", EndpointID: "ep1"})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Leave waited on the background start")
+	}
+	select {
+	case <-h.nodes.started:
+		t.Fatal("a node start began after Leave")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if st := h.d.Status(); len(st) != 0 {
+		t.Fatalf("status after Leave: %+v", st)
+	}
+}
+
+// Outside a restore the same failure fails the Join, as users expect.
+func TestJoinNotRestoringFails(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	if err := wait(t, res); err == nil || !strings.Contains(err.Error(), "control server unreachable") {
+		t.Fatalf("Join = %v, want the node's error", err)
+	}
 }

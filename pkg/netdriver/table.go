@@ -88,13 +88,26 @@ func (d *Driver) setStartErr(ep *endpoint, err error) {
 	ep.startErr = msg
 }
 
-// setBackgroundStart gives ep the cancel of its background start and the
-// tags its node will ask for.
-func (d *Driver) setBackgroundStart(ep *endpoint, cancel context.CancelFunc, tags []string) {
+// setCancel gives ep the cancel of the goroutine that will attach its
+// tailscale0 (and first start its node, for a background start) and the
+// tags its node asks for, unless ep left the table meanwhile: then it
+// reports false and no such goroutine may start.
+func (d *Driver) setCancel(ep *endpoint, cancel context.CancelFunc, tags []string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.endpoints[ep.id] != ep {
+		return false
+	}
 	ep.cancel = cancel
 	ep.tags = tags
+	return true
+}
+
+// cancelOf returns the cancel setCancel gave ep, or nil.
+func (d *Driver) cancelOf(ep *endpoint) context.CancelFunc {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return ep.cancel
 }
 
 // previousEndpoint returns the endpoint ep's container had in another
