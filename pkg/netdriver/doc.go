@@ -36,6 +36,34 @@
 //   - [Driver.DeleteNetwork] (`docker network rm`, refused by dockerd while
 //     containers are attached): removes the parent device.
 //
+// # Engine restarts: no plugin call waits on the Docker API
+//
+// dockerd starts its restart-policy containers (engine start, every reboot)
+// before it serves its API, and it calls Join for each of them meanwhile;
+// it neither serves events nor retries a container whose start failed. So
+// no call of this driver asks the API; what each needs is at hand:
+//
+//   - the network's options: the plugin's own record, written at
+//     CreateNetwork (networks created by older versions are recorded from
+//     the engine's store the first time they are used);
+//   - the container (name, labels): the engine's on-disk state, read
+//     through /proc/<dockerd pid>/root (package enginestate: libnetwork's
+//     store names the sandbox's container before Join is called);
+//   - whether the engine is restoring: package engine pings the API from
+//     its own goroutine, never from a call.
+//
+// The rule for a node that cannot come up within ts.timeout (control
+// unreachable, key refused) rests on whether the engine is restoring, not
+// on whether the identity is new: outside a restore, Join fails with the
+// node's error, so an interactive `docker run` reports it; during a restore
+// the wait is cut to [restoreJoinWait], the Join succeeds, and the node
+// follows in the background (retried until Leave; `tslink status` shows why
+// it is not up), because nobody would start the container again. Recovery
+// of a restarted plugin decides by the recorded sandbox (still a netns: the
+// container runs) and waits for a restore to settle, since without
+// live-restore the engine replaces the containers it finds running; a
+// restarted container's endpoint from before is superseded by its new Join.
+//
 // Outside Docker's calls: [Driver.Recover] runs once in the background at
 // plugin start (recover.go) and [Driver.Shutdown] at SIGTERM leaves the
 // nodes' tailscale0 in place for the next plugin process.
