@@ -95,6 +95,9 @@ func runStatus(args []string) error {
 	fmt.Fprintln(tw, "CONTAINER\tHOSTNAME\tTAILSCALE IPS\tSTATE\tSERVE\tLAST ERROR\tDEBUG LOG")
 	for _, ep := range eps {
 		state := ep.State
+		if ep.KeyExpired {
+			state += " (node key expired)"
+		}
 		if !ep.Attached {
 			state += " (tailscale0 not in container yet)"
 		}

@@ -83,11 +83,26 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 	}
 	if res.Error == "" && res.AuthURL == "" {
 		next.ServeHTTP(w, r)
+		if authKeyOf(&req) != "" && !req.OldNodeKey.IsZero() {
+			s.renewKeyExpiry(req.NodeKey)
+		}
 		return
 	}
 	b, _ := json.Marshal(res)
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
+}
+
+// renewKeyExpiry clears the expiry testcontrol copied from the old node key
+// when a node replaced an expired key by logging in with an auth key: a new
+// login gives the node key a new expiry (here: none).
+func (s *Server) renewKeyExpiry(k key.NodePublic) {
+	n := s.control.Node(k)
+	if n == nil || n.KeyExpiry.IsZero() || n.KeyExpiry.After(time.Now()) {
+		return
+	}
+	n.KeyExpiry = time.Time{}
+	s.control.UpdateNode(n)
 }
 
 func authKeyOf(req *tailcfg.RegisterRequest) string {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tslink/tslink/pkg/tsopts"
 )
@@ -17,8 +18,13 @@ type EndpointStatus struct {
 	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), Starting while Join runs, NotRecovered while a restarted plugin fails to bring it back (retrying)
 	Attached  bool     `json:"attached"`
 	LastError string   `json:"lastError,omitempty"`
-	DebugLog  string   `json:"debugLog"`        // as the host sees it
-	Serve     string   `json:"serve,omitempty"` // ts.serve.*/ts.service labels, short form
+	// KeyExpired: the node key expired (State is then NeedsLogin) and the
+	// node is off the tailnet until an admin extends the key; KeyExpiry is
+	// when it expires or expired (RFC 3339), absent if it never does.
+	KeyExpired bool   `json:"keyExpired,omitempty"`
+	KeyExpiry  string `json:"keyExpiry,omitempty"`
+	DebugLog   string `json:"debugLog"`        // as the host sees it
+	Serve      string `json:"serve,omitempty"` // ts.serve.*/ts.service labels, short form
 }
 
 // Status lists the endpoints this plugin process serves, by hostname.
@@ -39,6 +45,10 @@ func (d *Driver) Status() []EndpointStatus {
 		if node != nil {
 			ns := node.Status()
 			st.State, st.LastError, st.Attached = ns.State, ns.LastErr, ns.NetNS != ""
+			st.KeyExpired = ns.KeyExpired
+			if !ns.KeyExpiry.IsZero() {
+				st.KeyExpiry = ns.KeyExpiry.UTC().Format(time.RFC3339)
+			}
 			for _, p := range ns.Addrs {
 				st.IPs = append(st.IPs, p.Addr().String())
 			}
