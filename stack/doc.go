@@ -43,4 +43,13 @@
 //     turns those states into [NodeError]s.
 //   - tsnet.Server.Close must not run concurrently with Start; Node serialises
 //     them.
+//   - tsnet sends Server.AuthKey in the register request of every start, and
+//     Tailscale's control refuses a request carrying an expired or revoked
+//     key even from a node whose node key is valid: [Start] leaves the key
+//     out when the state dir holds a logged-in node, and logs in with it only
+//     if control asks for a login.
+//   - A node learns of its node key's expiry and extension from its map
+//     responses (the self node's KeyExpiry): expired, LocalBackend is
+//     NeedsLogin with its engine deconfigured while the map poll goes on;
+//     extended, it returns to Running by itself. [Node.Status] reports it.
 package stack
