@@ -120,6 +120,9 @@ func TestExpiredNodeKeyAtRestartLogsInWithKey(t *testing.T) {
 	if got, _ := n.Addrs(); got != v4 {
 		t.Errorf("node has %v; want %v", got, v4)
 	}
+	if nodes := l.control.NodesByHostname("lapsed"); len(nodes) != 1 || nodes[0].NodeKey == oldKey {
+		t.Errorf("control has %+v; want one node with a new node key", nodes)
+	}
 	if !strings.Contains(l.logs.String(), "logging in with the auth key") {
 		t.Error("debug log does not show the login with the auth key")
 	}

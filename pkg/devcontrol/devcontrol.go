@@ -80,12 +80,13 @@ type Server struct {
 	registers atomic.Int64
 
 	mu       sync.Mutex
-	authKeys map[string]bool        // keys control accepts; empty: any not revoked
-	revoked  map[string]bool        // keys control refuses from now on: RevokeAuthKey
-	hijacked map[net.Conn]bool      // Noise connections, which http.Server forgets once upgraded
-	stopped  bool                   // control (not DERP/STUN) is down: StopControl
-	online   map[key.NodePublic]int // streaming polls in flight per node
-	filter   []tailcfg.FilterRule   // nil: testcontrol's allow-all
+	authKeys map[string]bool         // keys control accepts; empty: any not revoked
+	revoked  map[string]bool         // keys control refuses from now on: RevokeAuthKey
+	replaced map[key.NodePublic]bool // node keys a node has replaced (testcontrol keeps their entries)
+	hijacked map[net.Conn]bool       // Noise connections, which http.Server forgets once upgraded
+	stopped  bool                    // control (not DERP/STUN) is down: StopControl
+	online   map[key.NodePublic]int  // streaming polls in flight per node
+	filter   []tailcfg.FilterRule    // nil: testcontrol's allow-all
 	closed   bool
 	closeWG  sync.WaitGroup
 }
@@ -102,6 +103,7 @@ func Start(opts Options) (_ *Server, retErr error) {
 		online:   map[key.NodePublic]int{},
 		authKeys: map[string]bool{},
 		revoked:  map[string]bool{},
+		replaced: map[key.NodePublic]bool{},
 		domain:   cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
 	}
 	defer func() {
@@ -325,6 +327,9 @@ func (s *Server) Nodes() []Node {
 	defer s.mu.Unlock()
 	out := make([]Node, 0, len(all))
 	for _, n := range all {
+		if s.replaced[n.Key] {
+			continue
+		}
 		nd := Node{
 			ID:        int64(n.ID),
 			Name:      trimDot(n.Name),

@@ -83,14 +83,27 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 	}
 	if res.Error == "" && res.AuthURL == "" {
 		next.ServeHTTP(w, r)
-		if authKeyOf(&req) != "" && !req.OldNodeKey.IsZero() {
-			s.renewKeyExpiry(req.NodeKey)
+		if !req.OldNodeKey.IsZero() && req.OldNodeKey != req.NodeKey && s.knownNodeKey(req.NodeKey) {
+			s.keyReplaced(req.OldNodeKey)
+			if authKeyOf(&req) != "" {
+				s.renewKeyExpiry(req.NodeKey)
+			}
 		}
 		return
 	}
 	b, _ := json.Marshal(res)
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
+}
+
+// keyReplaced records that a node now uses another node key: testcontrol
+// keeps the old key's entry (for an unfinished interactive login), which
+// [Server.Nodes] then leaves out, so a node is listed once, as by Tailscale's
+// control.
+func (s *Server) keyReplaced(old key.NodePublic) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.replaced[old] = true
 }
 
 // renewKeyExpiry clears the expiry testcontrol copied from the old node key
