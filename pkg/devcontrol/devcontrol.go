@@ -204,7 +204,9 @@ func (s *Server) trackHijacked(c net.Conn, st http.ConnState) {
 
 // StopControl takes the control server down (connections refused, Noise
 // sessions cut) while DERP and STUN keep running and control keeps its
-// state, as when a real control plane has an outage.
+// state, as when a real control plane has an outage. For a control server
+// whose packets are dropped instead (connects hang), tests use
+// test/netnstest.DropTCPPort with the port of [Server.URL].
 func (s *Server) StopControl() {
 	s.mu.Lock()
 	if s.stopped || s.closed {
