@@ -226,3 +226,38 @@ func TestNodeKeyExpiryAndExtension(t *testing.T) {
 		t.Errorf("control has %d nodes; want 2 (no re-registration)", n)
 	}
 }
+
+// TestExpiredKeyReplacedWithAuthKey: a node whose node key expired while it
+// was down logs in again with an auth key; control lists it once, with its
+// new node key, no expiry and its old address.
+func TestExpiredKeyReplacedWithAuthKey(t *testing.T) {
+	s, err := Start(Options{AuthKey: keyA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	dir := t.TempDir()
+	a, err := up(t, s, dir, "lapsed", keyA, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.NodesByHostname("lapsed")[0]
+	a.Close()
+	if err := s.SetNodeKeyExpiry(before.NodeKey, time.Now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	a, err = up(t, s, dir, "lapsed", keyA, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		nodes := s.NodesByHostname("lapsed")
+		if len(nodes) == 1 && nodes[0].Online && nodes[0].NodeKey != before.NodeKey && nodes[0].KeyExpiry.IsZero() && nodes[0].IPs[0] == before.IPs[0] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("control lists %+v; want one online node with a new key, no expiry, IP %v", nodes, before.IPs[0])
+		}
+	}
+}
