@@ -40,16 +40,16 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, err
 	}
-	authKey, err := d.authKey(nw)
-	if err != nil {
-		return nil, err
-	}
 	tags := nodespec.Tags(ct.Tags, nw.Tags)
 	if err := nodespec.CheckService(ct.Serve, tags); err != nil {
 		return nil, fmt.Errorf("tslink: %w", err)
 	}
 
 	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ID, info.Name, req.SandboxKey, ct.Hostname, ct.Serve)
+	authKey, err := d.authKeyFor(nw, ep.stateDir)
+	if err != nil {
+		return nil, err
+	}
 	d.supersede(ep)
 	if err := d.reserve(ep); err != nil {
 		return nil, err
@@ -207,7 +207,7 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 // startWithKey reads the network's auth key (a key file may have been
 // rewritten since) and starts ep's node, waiting until near ctx's deadline.
 func (d *Driver) startWithKey(ctx context.Context, ep *endpoint, nw *tsopts.Network, tags []string) error {
-	authKey, err := d.authKey(nw)
+	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return err
 	}

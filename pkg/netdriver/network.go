@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
@@ -27,6 +28,9 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	opts := genericOptions(req.Options)
 	nw, err := d.parseNetwork(opts)
 	if err != nil {
+		return err
+	}
+	if _, err := d.authKey(nw); err != nil {
 		return err
 	}
 	if err := d.saveNetwork(req.NetworkID, opts); err != nil {
@@ -63,11 +67,6 @@ func (d *Driver) parseNetwork(opts map[string]string) (*tsopts.Network, error) {
 	}
 	if !nw.HasAuthKey() {
 		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, d.dir.HostKeysDir())
-	}
-	if nw.AuthKeyFile != "" {
-		if _, err := d.readKeyFile(nw.AuthKeyFile); err != nil {
-			return nil, err
-		}
 	}
 	return nw, nil
 }
@@ -111,3 +110,18 @@ func (d *Driver) authKey(nw *tsopts.Network) (string, error) {
 }
 
 func (d *Driver) readKeyFile(name string) (string, error) { return d.dir.ReadKey(name) }
+
+// authKeyFor is the network's auth key for the node in nodeDir. A node
+// whose state holds a node key starts without one (stack.Start logs in
+// with a key only when control asks), so a key file that cannot be read
+// (removed after the key expired, say) stops only new identities.
+func (d *Driver) authKeyFor(nw *tsopts.Network, nodeDir string) (string, error) {
+	key, err := d.authKey(nw)
+	if err != nil {
+		if st, serr := os.Stat(statedir.StateFile(nodeDir)); serr == nil && st.Size() > 0 {
+			d.log.Warn("auth key unreadable; the node starts from its state", "dir", nodeDir, "err", err)
+			return "", nil
+		}
+	}
+	return key, err
+}

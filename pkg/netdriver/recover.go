@@ -141,11 +141,11 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	if err != nil {
 		return d.recoveryFailed(rec, err)
 	}
-	authKey, err := d.authKey(nw)
+	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.SandboxKey, rec.Hostname, rec.Serve)
+	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return d.recoveryFailed(rec, err)
 	}
-	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.SandboxKey, rec.Hostname, rec.Serve)
 	close(ep.attached) // no attach goroutine: adopted or attached below
 	if err := d.reserve(ep); err != nil {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
