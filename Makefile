@@ -5,8 +5,14 @@ STATE_DIR ?= /var/lib/docker-plugins/tailscale
 # Root tests (netns, TUN, dockerd) skip when they cannot run; .ci/run sets
 # TSLINK_REQUIRE_ROOT_TESTS=1 so that a skip becomes a failure.
 TEST_FLAGS ?= -count=1 -timeout 40m
+# Unit and netns packages run under the race detector; the engine packages
+# (their own dockerd, the plugin as a separate binary) run without it: -race
+# would only slow the test process, not the plugin under test.
+ENGINE_PKGS = ./test/e2e ./test/bench
+RACE_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/bench)
+STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet fmt demo clean
+.PHONY: demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
 
 all: build
 
@@ -46,10 +52,15 @@ demo-clean:
 vet:
 	$(GO) vet ./...
 
-# Every test layer: unit (no root), netns integration (root), engine
-# end-to-end (root, own dockerd), small fuzz run.
-test: vet
-	$(GO) test $(TEST_FLAGS) -p 1 ./...
+# The module proxy serves staticcheck; nothing to install beforehand.
+staticcheck:
+	$(GO) run $(STATICCHECK) ./...
+
+# Every test layer: unit (no root) and netns integration (root) under the
+# race detector, engine end-to-end (root, own dockerd), small fuzz run.
+test: vet staticcheck
+	$(GO) test $(TEST_FLAGS) -race -p 1 $(RACE_PKGS)
+	$(GO) test $(TEST_FLAGS) -p 1 $(ENGINE_PKGS)
 	$(GO) test -run '^$$' -fuzz FuzzParseContainer -fuzztime 10s ./pkg/tsopts
 
 # Full-size soak: 300 create/start/stop/remove cycles on one network, then

@@ -29,7 +29,7 @@ import (
 //   - everything else from the resolver the query was addressed to, asked
 //     from the plugin's netns, so internet names resolve whether or not the
 //     tailnet's DNS config has upstream resolvers (with a custom TUN tsnet has
-//     no OS resolver to fall back on; see DESIGN.md).
+//     no OS resolver to fall back on).
 // Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`) pass
 // to tsnet untouched.
 

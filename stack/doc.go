@@ -17,9 +17,10 @@
 //     netns, renames it tailscale0, assigns the node's IPv4 /32 and IPv6 /128,
 //     brings it up, routes 100.64.0.0/10 and fd7a:115c:a1e0::/48 through it
 //     and marks it persistent so it outlives a crash of the plugin.
-//   - [Node.ReapplyIPv6] (after the container started): Docker disables IPv6
-//     in containers of non-IPv6 networks, which removes tailscale0's IPv6
-//     address; this enables IPv6 on tailscale0 alone and re-adds it.
+//   - [Node.KeepIPv6] (right after Attach, while the container starts):
+//     Docker disables IPv6 in containers of non-IPv6 networks, which removes
+//     tailscale0's IPv6 address; whenever it is missing, [Node.ReapplyIPv6]
+//     enables IPv6 on tailscale0 alone and re-adds it.
 //   - [Node.Close] (Leave/DeleteEndpoint): logs an ephemeral node out, stops
 //     tsnet, deletes the TUN wherever it is, releases the lock. Idempotent.
 //
@@ -42,4 +43,13 @@
 //     turns those states into [NodeError]s.
 //   - tsnet.Server.Close must not run concurrently with Start; Node serialises
 //     them.
+//   - tsnet sends Server.AuthKey in the register request of every start, and
+//     Tailscale's control refuses a request carrying an expired or revoked
+//     key even from a node whose node key is valid: [Start] leaves the key
+//     out when the state dir holds a logged-in node, and logs in with it only
+//     if control asks for a login.
+//   - A node learns of its node key's expiry and extension from its map
+//     responses (the self node's KeyExpiry): expired, LocalBackend is
+//     NeedsLogin with its engine deconfigured while the map poll goes on;
+//     extended, it returns to Running by itself. [Node.Status] reports it.
 package stack

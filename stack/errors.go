@@ -3,6 +3,8 @@ package stack
 import (
 	"errors"
 	"fmt"
+
+	"github.com/tslink/tslink/pkg/statedir"
 )
 
 // Sentinel errors a caller can branch on with errors.Is. [NodeError] wraps
@@ -27,7 +29,7 @@ var (
 	ErrTagsNotGranted = errors.New("control did not grant the requested tags")
 
 	// ErrStateDirInUse: another node holds this state dir's lock.
-	ErrStateDirInUse = errors.New("state dir in use")
+	ErrStateDirInUse = statedir.ErrInUse
 	// ErrNoTUN: there is no tailscale0 to adopt in the given netns.
 	ErrNoTUN = errors.New("no TUN to adopt")
 	// ErrClosed: the node was closed.

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"tailscale.com/tailcfg"
+
+	"github.com/tslink/tslink/pkg/statedir"
 )
 
 // dialEcho dials dst from ns-bound dial and checks the echo server answers.
@@ -169,12 +171,12 @@ func noLeaks(t *testing.T, baseline int, stateDirs ...string) {
 		t.Errorf("goroutine leak: %v\n%s", err, buf[:runtime.Stack(buf, true)])
 	}
 	for _, d := range stateDirs {
-		lk, err := lockStateDir(d, "leak check")
+		lk, err := statedir.TakeLock(d, "leak check")
 		if err != nil {
 			t.Errorf("state dir still locked: %v", err)
 			continue
 		}
-		lk.release()
+		lk.Release()
 	}
 }
 

@@ -75,11 +75,12 @@ func moveTUN(hostName, nsPath string) error {
 }
 
 // configureTUN makes tailscale0 in the netns at nsPath carry exactly addrs
-// (host prefixes), be up, and route [tailnetRoutes]. IPv6 errors are returned
-// separately: Docker may have disabled IPv6 in the netns, and that must not
-// fail the IPv4 setup.
-func configureTUN(nsPath string, addrs []netip.Prefix) (err6 error, err error) {
-	err = withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+// (host prefixes), be up, and route [tailnetRoutes]. If only IPv6 failed,
+// the error wraps [errIPv6NotConfigured]: Docker may have disabled IPv6 in
+// the netns, and that must not fail the IPv4 setup.
+func configureTUN(nsPath string, addrs []netip.Prefix) error {
+	var err6 error
+	err := withNetNSHandle(nsPath, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(TUNName)
 		if err != nil {
 			return fmt.Errorf("finding %s: %w", TUNName, err)
@@ -105,10 +106,16 @@ func configureTUN(nsPath string, addrs []netip.Prefix) (err6 error, err error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return err6, nil
+	if err6 != nil {
+		return fmt.Errorf("%w: %w", errIPv6NotConfigured, err6)
+	}
+	return nil
 }
+
+// errIPv6NotConfigured: tailscale0's IPv4 setup is done, its IPv6 is not.
+var errIPv6NotConfigured = errors.New("IPv6 on " + TUNName + " not configured yet")
 
 // syncAddrs adds the missing addrs to l and removes the ones not in addrs.
 // IPv4 failures are fatal; the returned error covers IPv6 only.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -17,12 +16,14 @@ import (
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/ipn/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 	"tailscale.com/types/logger"
 	"tailscale.com/types/views"
 
-	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/pkg/nodespec"
+	"github.com/tslink/tslink/pkg/statedir"
 )
 
 // Config describes one container's node. AuthKey is secret: it goes to tsnet
@@ -41,8 +42,9 @@ type Config struct {
 	Owner string
 	// ControlURL is the coordination server; empty means Tailscale's.
 	ControlURL string
-	// AuthKey logs a new node in. Ignored when StateDir already holds a
-	// logged-in node.
+	// AuthKey logs a new node in. When StateDir already holds a logged-in
+	// node, the node starts without it (see [Start]) and uses it only if
+	// control asks that node to log in again.
 	AuthKey string
 	// Ephemeral registers the node as ephemeral; [Node.Close] then logs it
 	// out so control removes it at once.
@@ -56,9 +58,13 @@ type Config struct {
 	// node's persistent tailscale0 (left by a previous plugin process):
 	// [Start] re-opens it there instead of creating a TUN.
 	AdoptNetNS string
+	// Wait is how long [Start] waits for the node to be Running (ts.timeout);
+	// Start then keeps a little more time (finishReserve) for its remaining
+	// work, all within ctx's deadline. Zero: until near ctx's deadline.
+	Wait time.Duration
 	// Serve is what the node serves on the tailnet (ts.serve.*, ts.service,
-	// ts.direct). A Service needs Tags.
-	Serve tsopts.Serve
+	// ts.direct). A Service needs Tags ([nodespec.CheckService]).
+	Serve nodespec.Serve
 }
 
 func (c *Config) validate() error {
@@ -80,7 +86,7 @@ type Node struct {
 	srv    *tsnet.Server
 	lc     *local.Client
 	dev    *device
-	lock   *stateLock
+	lock   *statedir.Lock
 	logf   logger.Logf
 	cancel context.CancelFunc // stops the address watcher
 	relays *relays            // Serve backends; nil without ts.serve labels
@@ -96,6 +102,10 @@ type Node struct {
 	lastErr string
 	self    *tailcfg.Node // the self node as last seen on the IPN bus while starting
 	suffix  string        // the tailnet's MagicDNS suffix, "" until known
+
+	keyless   bool      // started from state without the auth key (see Start)
+	keyUsed   bool      // the auth key was sent after control asked for a login
+	keyExpiry time.Time // the node key's expiry from the last self node; zero: none
 }
 
 func (n *Node) setDNSSuffix(st *ipnstate.Status) {
@@ -115,18 +125,29 @@ func (n *Node) dnsSuffix() string {
 
 var disableLogUploadOnce sync.Once
 
-// FinishReserve is the part of Start's ctx kept for the work after the node
-// is up (status, serve config): the wait for Running ends this much (at most
-// a quarter of the time left) before ctx's deadline.
-const FinishReserve = 3 * time.Second
+// finishReserve is the part of Start's time kept for the work after the
+// node is up (status, serve config): the wait for Running ends this much (at
+// most a quarter of the time left) before Start's deadline.
+const finishReserve = 3 * time.Second
 
 // Start creates the node's TUN and brings the node up, waiting until it is
-// Running or ctx ends (callers pass Docker's remaining Join budget, 20 s by
-// default). A node that control has accepted but that is not Running when
+// Running, [Config.Wait] has passed or ctx ends (callers pass Docker's Join
+// budget as ctx's deadline). A node that control has accepted but that is not Running when
 // the wait ends (netmap or DERP connection still pending, e.g. on a starved
 // CPU) is returned rather than failed: tailscale0 gets its addresses when the
-// netmap arrives and peers reach it once it is connected. On error nothing is left behind: no TUN, lock or goroutine; the
-// error is a [*NodeError] for failures of the node itself.
+// netmap arrives and peers reach it once it is connected. On error nothing
+// is left behind: no TUN, lock or goroutine; the error is a [*NodeError] for
+// failures of the node itself.
+//
+// A node whose state dir holds a logged-in node (a node key, not logged
+// out) starts without cfg.AuthKey: tsnet would send the key in the register
+// request every start makes, and Tailscale's control refuses a request
+// carrying a revoked or expired key even from a node whose node key is valid
+// (tailscale/tailscale#16987, #19501), so a persistent node would stop
+// coming back once its network's key expired. If control then asks the node
+// to log in (it no longer knows the node, or the node key expired and must
+// be replaced), the node logs in with cfg.AuthKey once (LocalAPI start, as
+// `tailscale up --auth-key` does).
 func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -135,18 +156,28 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	// tslink keeps them local (debug.log).
 	disableLogUploadOnce.Do(envknob.SetNoLogsNoSupport)
 
+	if cfg.Wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, time.Now().Add(cfg.Wait+finishReserve))
+		defer cancel()
+	}
+
 	n := &Node{cfg: cfg, state: ipn.NoState}
 	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
 
 	var err error
-	n.lock, err = lockStateDir(cfg.StateDir, cfg.Owner)
+	n.lock, err = statedir.TakeLock(cfg.StateDir, cfg.Owner)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
-			// A failed adoption keeps tailscale0 for the next attempt.
-			n.teardown(cfg.AdoptNetNS != "")
+			if cfg.AdoptNetNS != "" {
+				n.teardownKeepingTUN() // a failed adoption keeps tailscale0 for the next attempt
+			} else {
+				n.teardown()
+			}
+			n.wg.Wait() // a login with the key (loginWithKey) ends with tsnet
 		}
 	}()
 
@@ -162,18 +193,23 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 
+	authKey := cfg.AuthKey
+	if stateHasNodeKey(cfg.StateDir) {
+		n.keyless = true
+		authKey = ""
+	}
 	n.srv = &tsnet.Server{
 		Dir:           cfg.StateDir,
 		Hostname:      cfg.Hostname,
 		ControlURL:    cfg.ControlURL,
-		AuthKey:       cfg.AuthKey,
+		AuthKey:       authKey,
 		Ephemeral:     cfg.Ephemeral,
 		AdvertiseTags: slices.Clone(cfg.Tags),
 		Tun:           n.dev,
 		Logf:          n.logf,
 		UserLogf:      n.logf,
 	}
-	_, statErr := os.Stat(filepath.Join(cfg.StateDir, "tailscaled.state"))
+	_, statErr := os.Stat(statedir.StateFile(cfg.StateDir))
 	freshState := errors.Is(statErr, os.ErrNotExist)
 	startedAt := time.Now()
 	if err := n.srv.Start(); err != nil {
@@ -183,11 +219,15 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
-	n.logf("tslink: tsnet started in %v", time.Since(startedAt).Round(time.Millisecond))
+	from := ""
+	if n.keyless {
+		from = " from its state (no auth key sent)"
+	}
+	n.logf("tslink: tsnet started in %v%s", time.Since(startedAt).Round(time.Millisecond), from)
 	waitCtx := ctx
 	if dl, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
-		waitCtx, cancel = context.WithDeadline(ctx, dl.Add(-min(FinishReserve, time.Until(dl)/4)))
+		waitCtx, cancel = context.WithDeadline(ctx, dl.Add(-min(finishReserve, time.Until(dl)/4)))
 		defer cancel()
 	}
 	if err := n.waitRunning(waitCtx); err != nil {
@@ -199,7 +239,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	needStatus := len(cfg.Serve.Endpoints) > 0 || !freshState || n.self == nil
 	st := &ipnstate.Status{}
 	if needStatus {
-		// Bounded by what is left of ctx (FinishReserve or more).
+		// Bounded by what is left of ctx (finishReserve or more).
 		sctx, scancel := context.WithTimeout(ctx, 2*time.Second)
 		defer scancel()
 		if st, err = n.lc.StatusWithoutPeers(sctx); err != nil {
@@ -295,6 +335,9 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			n.self = nt.SelfChange
 		}
 		if nt.BrowseToURL != nil && *nt.BrowseToURL != "" {
+			if n.loginWithKey() {
+				continue
+			}
 			if n.cfg.AuthKey == "" {
 				return n.nodeError(ErrNeedsLogin, "no auth key was given")
 			}
@@ -312,6 +355,56 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// loginWithKey answers control's request for a login of a node started
+// from its state without the auth key: it logs in once with the key, in the
+// background (LocalBackend.Start, which notifies the IPN bus the caller
+// reads). It reports whether it did.
+func (n *Node) loginWithKey() bool {
+	n.mu.Lock()
+	try := n.keyless && !n.keyUsed && n.cfg.AuthKey != "" && !n.closed
+	n.keyUsed = n.keyUsed || try
+	n.mu.Unlock()
+	if !try {
+		return false
+	}
+	n.logf("tslink: control asks this node to log in again (it no longer knows the node, or its node key expired); logging in with the auth key")
+	n.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := n.lc.Start(ctx, ipn.Options{AuthKey: n.cfg.AuthKey}); err != nil {
+			n.logf("tslink: logging in with the auth key: %s", Redact(err.Error(), n.cfg.AuthKey))
+		}
+	})
+	return true
+}
+
+// stateHasNodeKey reports whether dir's tsnet state holds a logged-in node:
+// the current profile's prefs have a node key and are not logged out. A
+// missing or unreadable state is not logged in.
+func stateHasNodeKey(dir string) bool {
+	path := statedir.StateFile(dir)
+	if _, err := os.Stat(path); err != nil {
+		return false // NewFileStore would create it
+	}
+	st, err := store.NewFileStore(logger.Discard, path)
+	if err != nil {
+		return false
+	}
+	profile, err := st.ReadState(ipn.CurrentProfileStateKey)
+	if err != nil || len(profile) == 0 {
+		return false
+	}
+	b, err := st.ReadState(ipn.StateKey(profile))
+	if err != nil {
+		return false
+	}
+	var prefs ipn.Prefs
+	if err := ipn.PrefsFromBytes(b, &prefs); err != nil {
+		return false
+	}
+	return !prefs.LoggedOut && prefs.Persist != nil && !prefs.Persist.PrivateNodeKey.IsZero()
 }
 
 func looksLikeKeyRejection(msg string) bool {
@@ -368,7 +461,13 @@ func (n *Node) watch(ctx context.Context) {
 				n.lastErr = Redact(*nt.ErrMessage, n.cfg.AuthKey)
 				n.mu.Unlock()
 			}
+			if nt.BrowseToURL != nil && *nt.BrowseToURL != "" && !n.loginWithKey() {
+				n.mu.Lock()
+				n.lastErr = ErrNeedsLogin.Error() + ": control asks this node to log in again; start the container with a valid auth key, or remove its state dir for a new identity"
+				n.mu.Unlock()
+			}
 			if nt.SelfChange != nil {
+				n.setKeyExpiry(nt.SelfChange.KeyExpiry)
 				n.setDNSSuffix(statusFromSelf(nt.SelfChange))
 				var addrs []netip.Prefix
 				for _, p := range nt.SelfChange.Addresses {
@@ -386,6 +485,36 @@ func (n *Node) watch(ctx context.Context) {
 		}
 	}
 }
+
+// keyExpiredError starts the last error of a node whose node key expired.
+const keyExpiredError = "node key expired"
+
+// setKeyExpiry records the node key's expiry from a self node. Tailscale's
+// client learns of an expired or extended key from its map responses
+// (netmap SelfKeyExpiry): on expiry LocalBackend goes to NeedsLogin and
+// deconfigures its engine while the map poll goes on; when the admin extends
+// the key, the next map response unblocks it and it returns to Running by
+// itself, with no new login.
+func (n *Node) setKeyExpiry(expiry time.Time) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if expiry.Equal(n.keyExpiry) {
+		return
+	}
+	n.keyExpiry = expiry
+	if expiredAt(expiry, time.Now()) {
+		n.lastErr = fmt.Sprintf("%s at %s: the node is off the tailnet until an admin extends its key expiry (or disables key expiry) in the admin console; it comes back by itself, no restart needed",
+			keyExpiredError, expiry.UTC().Format(time.RFC3339))
+		n.logf("tslink: %s", n.lastErr)
+		return
+	}
+	n.logf("tslink: node key expiry %v", expiry.UTC().Format(time.RFC3339))
+	if strings.HasPrefix(n.lastErr, keyExpiredError) {
+		n.lastErr = ""
+	}
+}
+
+func expiredAt(expiry, now time.Time) bool { return !expiry.IsZero() && expiry.Before(now) }
 
 func (n *Node) setAddrs(addrs []netip.Prefix) {
 	n.mu.Lock()
@@ -432,13 +561,25 @@ type Status struct {
 	Addrs    []netip.Prefix
 	NetNS    string // where tailscale0 lives; "" = host netns (not attached)
 	LastErr  string
+	// KeyExpiry is when the node key expires (from control); zero: never,
+	// or not known yet.
+	KeyExpiry time.Time
+	// KeyExpired: KeyExpiry has passed. The node is off the tailnet
+	// (State NeedsLogin) until the key is extended.
+	KeyExpired bool
 }
 
 // Status returns a snapshot of the node.
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr}
+	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry}
+	st.KeyExpired = expiredAt(n.keyExpiry, time.Now())
+	if st.KeyExpired && !strings.HasPrefix(st.LastErr, keyExpiredError) {
+		// Expired by time passing, with no map response since.
+		st.LastErr = keyExpiredError + " at " + n.keyExpiry.UTC().Format(time.RFC3339) + ": waiting for an admin to extend it"
+	}
+	return st
 }
 
 // Attach moves tailscale0 into the netns at nsPath (a path to an nsfs mount
@@ -470,12 +611,10 @@ func (n *Node) Attach(nsPath string) error {
 }
 
 func (n *Node) configureLocked() error {
-	err6, err := configureTUN(n.nsPath, n.addrs)
-	if err != nil {
+	if err := configureTUN(n.nsPath, n.addrs); errors.Is(err, errIPv6NotConfigured) {
+		n.logf("tslink: %v", err)
+	} else if err != nil {
 		return err
-	}
-	if err6 != nil {
-		n.logf("tslink: IPv6 on %s not configured yet: %v", TUNName, err6)
 	}
 	for _, p := range n.addrs {
 		if p.Addr().Is4() {
@@ -502,8 +641,7 @@ func (n *Node) ReapplyIPv6() error {
 	if err := enableIPv6(n.nsPath); err != nil {
 		return err
 	}
-	err6, err := configureTUN(n.nsPath, n.addrs)
-	return errors.Join(err, err6)
+	return configureTUN(n.nsPath, n.addrs)
 }
 
 // Close stops the node: an ephemeral node is logged out first (so control
@@ -538,14 +676,11 @@ func (n *Node) Close(ctx context.Context) error {
 	if n.cancel != nil {
 		n.cancel()
 	}
-	n.teardown(false)
+	n.teardown()
 	n.wg.Wait()
 	return logoutErr
 }
 
-// teardown releases everything Start acquired. keepTUN leaves a persistent
-// tailscale0 in place (a failed adoption); otherwise persistence is cleared
-// first so closing the last fd deletes the device.
 // holdNetNS opens the netns at nsPath and keeps it open until Close: later
 // work in the netns goes through /proc/self/fd, so it does not depend on the
 // path staying valid (a /proc/<dockerd pid>/root/... path dies with that
@@ -568,7 +703,18 @@ func sameFile(a, b string) bool {
 	return err1 == nil && err2 == nil && os.SameFile(fa, fb)
 }
 
-func (n *Node) teardown(keepTUN bool) {
+// teardown releases everything Start acquired and deletes the TUN: its
+// persistence is cleared first, so closing the last fd deletes the device.
+func (n *Node) teardown() {
+	if n.dev != nil {
+		n.dev.setPersist(false)
+	}
+	n.teardownKeepingTUN()
+}
+
+// teardownKeepingTUN releases everything Start acquired but leaves a
+// persistent tailscale0 in place (a failed adoption).
+func (n *Node) teardownKeepingTUN() {
 	if n.relays != nil {
 		n.relays.close()
 	}
@@ -576,9 +722,6 @@ func (n *Node) teardown(keepTUN bool) {
 		if a := n.dev.dns.Swap(nil); a != nil {
 			a.stop()
 		}
-	}
-	if n.dev != nil && !keepTUN {
-		n.dev.setPersist(false)
 	}
 	if n.srv != nil {
 		n.srv.Close() // closes the TUN through wgengine
@@ -589,7 +732,7 @@ func (n *Node) teardown(keepTUN bool) {
 	if n.nsFile != nil {
 		n.nsFile.Close()
 	}
-	n.lock.release()
+	n.lock.Release()
 }
 
 var tskeyPattern = regexp.MustCompile(`tskey-[A-Za-z0-9-]+`)

@@ -17,11 +17,12 @@ import (
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
+
+	"github.com/tslink/tslink/pkg/nodespec"
 )
 
-// ErrUntaggedService: a Tailscale Service backend must be a tagged node
-// (tailscale.com/kb/1552: "service hosts must be tagged nodes").
-var ErrUntaggedService = errors.New("a Tailscale Service backend must be a tagged node: set ts.tags, e.g. ts.tags=tag:web")
+// ErrUntaggedService is [nodespec.ErrUntaggedService].
+var ErrUntaggedService = nodespec.ErrUntaggedService
 
 // relays forwards the Serve backends' connections into the container.
 //
@@ -215,7 +216,7 @@ func (n *Node) applyServe(ctx context.Context, st *ipnstate.Status) error {
 	var advertise []string
 	if s := n.cfg.Serve.Service; s != "" {
 		if st.Self == nil || st.Self.Tags == nil || st.Self.Tags.Len() == 0 {
-			if len(n.cfg.Tags) == 0 {
+			if nodespec.CheckService(n.cfg.Serve, n.cfg.Tags) != nil {
 				return n.nodeError(ErrUntaggedService, "")
 			}
 			return n.nodeError(ErrTagsNotGranted, fmt.Sprintf("%s asked for %s, which a Tailscale Service backend needs; the tailnet policy's tagOwners must allow them for this auth key (or use an auth key created with these tags)", n.cfg.Hostname, strings.Join(n.cfg.Tags, ",")))

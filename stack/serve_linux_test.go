@@ -14,7 +14,7 @@ import (
 
 	"tailscale.com/ipn"
 
-	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/test/netnstest"
 )
 
@@ -48,12 +48,12 @@ func (l *lab) laptopGET(url, host string) (string, error) {
 func TestServeReachesContainerLoopback(t *testing.T) {
 	l := newLab(t)
 	cfg := l.config("served")
-	cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{
-		{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"},
-		{Port: 81, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/app"},
-		{Port: 7000, Proto: tsopts.ProtoTCP, Target: 9000},
-		{Port: 443, Proto: tsopts.ProtoHTTPS, Target: 8080, Path: "/"},
-		{Port: 993, Proto: tsopts.ProtoTLSTerminatedTCP, Target: 9000},
+	cfg.Serve = nodespec.Serve{Endpoints: []nodespec.ServeEndpoint{
+		{Port: 80, Proto: nodespec.ProtoHTTP, Target: 8080, Path: "/"},
+		{Port: 81, Proto: nodespec.ProtoHTTP, Target: 8080, Path: "/app"},
+		{Port: 7000, Proto: nodespec.ProtoTCP, Target: 9000},
+		{Port: 443, Proto: nodespec.ProtoHTTPS, Target: 8080, Path: "/"},
+		{Port: 993, Proto: nodespec.ProtoTLSTerminatedTCP, Target: 9000},
 	}}
 	n, ctr := l.startNode(t, cfg)
 	// TLS endpoints: testcontrol issues no certificates (no cert domains,
@@ -135,8 +135,8 @@ func TestServiceOnlyAndWithdrawal(t *testing.T) {
 			cfg := l.config(host)
 			cfg.Ephemeral = false
 			cfg.Tags = []string{"tag:web"}
-			cfg.Serve = tsopts.Serve{
-				Endpoints:   []tsopts.ServeEndpoint{{Port: 7000, Proto: tsopts.ProtoTCP, Target: 9000}},
+			cfg.Serve = nodespec.Serve{
+				Endpoints:   []nodespec.ServeEndpoint{{Port: 7000, Proto: nodespec.ProtoTCP, Target: 9000}},
 				Service:     "svc:web",
 				ServiceOnly: !direct,
 			}
@@ -191,7 +191,7 @@ func TestServiceNeedsGrantedTags(t *testing.T) {
 	} {
 		cfg := l.config(tc.host)
 		cfg.Tags = tc.tags
-		cfg.Serve = tsopts.Serve{Endpoints: []tsopts.ServeEndpoint{{Port: 80, Proto: tsopts.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
+		cfg.Serve = nodespec.Serve{Endpoints: []nodespec.ServeEndpoint{{Port: 80, Proto: nodespec.ProtoHTTP, Target: 8080, Path: "/"}}, Service: "svc:web"}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		n, err := Start(ctx, cfg)
 		cancel()

@@ -43,6 +43,7 @@ import (
 	"github.com/tslink/tslink/pkg/engine"
 	"github.com/tslink/tslink/pkg/hostpath"
 	"github.com/tslink/tslink/pkg/netdriver"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
@@ -56,8 +57,8 @@ const pluginSocket = "/run/docker/plugins/tslink.sock"
 // The Go runtime's heap profiler keeps a record for every allocation stack
 // and size it has sampled, for the life of the process. A plugin that brings
 // nodes up and down all day keeps meeting new ones (node sizes, netmap
-// lengths): the soak's plugin gained about 4 records and 5 KiB of RSS per
-// container start, without end. So it is off unless asked for.
+// lengths), so its RSS grows without end (docs/reliability.md has the
+// soak's numbers). So it is off unless asked for.
 func init() {
 	if os.Getenv("TSLINK_HEAP_PROFILE") != "1" {
 		runtime.MemProfileRate = 0
@@ -94,7 +95,7 @@ func run(args []string) error {
 	}
 
 	stateDir := cmp.Or(os.Getenv("TSLINK_STATE_DIR"), "/data")
-	if err := os.MkdirAll(filepath.Join(stateDir, "by-hostname"), 0o700); err != nil {
+	if err := os.MkdirAll(statedir.New(stateDir, "").NodesDir(), 0o700); err != nil {
 		return err
 	}
 	os.Chmod(stateDir, 0o700)

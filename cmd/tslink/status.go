@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"text/tabwriter"
@@ -18,16 +17,14 @@ import (
 
 	"github.com/tslink/tslink/pkg/engine"
 	"github.com/tslink/tslink/pkg/netdriver"
+	"github.com/tslink/tslink/pkg/statedir"
 )
 
-// statusSocket is the file, in the state dir, on which the plugin answers
-// `tslink status` (GET /status, JSON). Only root can reach it (0600).
-const statusSocket = "tslink-status.sock"
-
-// serveStatus answers status requests on stateDir/tslink-status.sock until
-// the returned listener is closed.
+// serveStatus answers `tslink status` (GET /status, JSON) on the state
+// dir's status socket ([statedir.Dir.StatusSocket]) until the returned
+// listener is closed. Only root can reach it (0600).
 func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker) (net.Listener, error) {
-	p := filepath.Join(stateDir, statusSocket)
+	p := statedir.New(stateDir, "").StatusSocket()
 	os.Remove(p)
 	ln, err := net.Listen("unix", p)
 	if err != nil {
@@ -68,7 +65,7 @@ func runStatus(args []string) error {
 	if _, err := os.Stat(*stateDir); err != nil {
 		return statusError(*asJSON, fmt.Errorf("no plugin state dir %s (--state-dir: the plugin's state.source as this process sees it): %w", *stateDir, err))
 	}
-	sock := filepath.Join(*stateDir, statusSocket)
+	sock := statedir.New(*stateDir, "").StatusSocket()
 	client := &http.Client{
 		Timeout: 5 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -98,6 +95,9 @@ func runStatus(args []string) error {
 	fmt.Fprintln(tw, "CONTAINER\tHOSTNAME\tTAILSCALE IPS\tSTATE\tSERVE\tLAST ERROR\tDEBUG LOG")
 	for _, ep := range eps {
 		state := ep.State
+		if ep.KeyExpired {
+			state += " (node key expired)"
+		}
 		if !ep.Attached {
 			state += " (tailscale0 not in container yet)"
 		}

@@ -7,8 +7,10 @@
 // de-duplicates names, and sends allow-all packet filters unless told
 // otherwise. What it adds on top is what tests need to observe and steer:
 // per-node online tracking (from streaming map polls), a register-request
-// counter (a logout is a register request), and setters for the packet
-// filter, DNS config, tag owners and machine approval.
+// counter (a logout is a register request), setters for the packet filter,
+// DNS config, tag owners and machine approval, and auth keys and node-key
+// expiry that behave as Tailscale's control does (see [Server.RevokeAuthKey]
+// and [Server.SetNodeKeyExpiry]).
 //
 // Test assertions built on it should be ones that would also hold against
 // real control: "a logout was sent", not "the node was deleted".
@@ -52,8 +54,9 @@ type Options struct {
 	ListenAddr string
 	// ControlPort is the TCP port of the control server; 0 picks one.
 	ControlPort int
-	// AuthKey, if non-empty, is the only auth key control accepts; nodes
-	// registering with another key get "invalid authkey".
+	// AuthKey, if non-empty, is the only auth key control accepts at
+	// first ([Server.AddAuthKey] adds more); nodes registering with another
+	// key get "invalid authkey". Empty accepts any key not revoked.
 	AuthKey string
 	// MagicDNSDomain is the tailnet's DNS suffix; empty means
 	// [DefaultMagicDNSDomain].
@@ -77,10 +80,13 @@ type Server struct {
 	registers atomic.Int64
 
 	mu       sync.Mutex
-	hijacked map[net.Conn]bool      // Noise connections, which http.Server forgets once upgraded
-	stopped  bool                   // control (not DERP/STUN) is down: StopControl
-	online   map[key.NodePublic]int // streaming polls in flight per node
-	filter   []tailcfg.FilterRule   // nil: testcontrol's allow-all
+	authKeys map[string]bool         // keys control accepts; empty: any not revoked
+	revoked  map[string]bool         // keys control refuses from now on: RevokeAuthKey
+	replaced map[key.NodePublic]bool // node keys a node has replaced (testcontrol keeps their entries)
+	hijacked map[net.Conn]bool       // Noise connections, which http.Server forgets once upgraded
+	stopped  bool                    // control (not DERP/STUN) is down: StopControl
+	online   map[key.NodePublic]int  // streaming polls in flight per node
+	filter   []tailcfg.FilterRule    // nil: testcontrol's allow-all
 	closed   bool
 	closeWG  sync.WaitGroup
 }
@@ -94,8 +100,11 @@ func Start(opts Options) (_ *Server, retErr error) {
 		logf = logger.Discard
 	}
 	s := &Server{
-		online: map[key.NodePublic]int{},
-		domain: cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
+		online:   map[key.NodePublic]int{},
+		authKeys: map[string]bool{},
+		revoked:  map[string]bool{},
+		replaced: map[key.NodePublic]bool{},
+		domain:   cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
 	}
 	defer func() {
 		if retErr != nil {
@@ -151,20 +160,20 @@ func Start(opts Options) (_ *Server, retErr error) {
 		return nil, fmt.Errorf("listening for control on %s: %w", addr, err)
 	}
 	s.url = "http://" + s.ln.Addr().String()
+	if opts.AuthKey != "" {
+		s.authKeys[opts.AuthKey] = true
+	}
 	s.control = &testcontrol.Server{
-		DERPMap:        derpMap,
-		RequireAuthKey: opts.AuthKey,
-		DNSConfig:      &tailcfg.DNSConfig{Proxied: true, Domains: []string{s.domain}},
-		MagicDNSDomain: s.domain,
-		Logf:           logf,
-		// Every register request (login, re-login, logout) passes here.
-		MaybeRateLimitRegister: func() (bool, string, string) {
-			s.registers.Add(1)
-			return false, "", ""
-		},
+		DERPMap:                derpMap,
+		DNSConfig:              &tailcfg.DNSConfig{Proxied: true, Domains: []string{s.domain}},
+		MagicDNSDomain:         s.domain,
+		Logf:                   logf,
 		HoldMapRequest:         s.holdMapRequest,
 		ModifyFirstMapResponse: s.modifyFirstMapResponse,
 		ExplicitBaseURL:        s.url,
+	}
+	if err := s.checkRegisterRequests(); err != nil {
+		return nil, err
 	}
 	s.serveControl()
 	return s, nil
@@ -195,7 +204,9 @@ func (s *Server) trackHijacked(c net.Conn, st http.ConnState) {
 
 // StopControl takes the control server down (connections refused, Noise
 // sessions cut) while DERP and STUN keep running and control keeps its
-// state, as when a real control plane has an outage.
+// state, as when a real control plane has an outage. For a control server
+// whose packets are dropped instead (connects hang), tests use
+// test/netnstest.DropTCPPort with the port of [Server.URL].
 func (s *Server) StopControl() {
 	s.mu.Lock()
 	if s.stopped || s.closed {
@@ -301,6 +312,9 @@ type Node struct {
 	Online   bool         `json:"online"` // a streaming map poll is open
 	Approved bool         `json:"approved"`
 	NodeKey  string       `json:"nodeKey"`
+	// KeyExpiry is when the node key expires; zero: never
+	// ([Server.SetNodeKeyExpiry]).
+	KeyExpiry time.Time `json:"keyExpiry,omitzero"`
 	// ServicesHash is the node's last Hostinfo.ServicesHash: non-empty while
 	// it advertises Tailscale Services or serves for them (testcontrol does
 	// not model Services; this is what the node tells control).
@@ -315,14 +329,18 @@ func (s *Server) Nodes() []Node {
 	defer s.mu.Unlock()
 	out := make([]Node, 0, len(all))
 	for _, n := range all {
+		if s.replaced[n.Key] {
+			continue
+		}
 		nd := Node{
-			ID:       int64(n.ID),
-			Name:     trimDot(n.Name),
-			Hostname: n.Hostinfo.Hostname(),
-			Tags:     slices.Clone(n.Tags),
-			Online:   s.online[n.Key] > 0,
-			Approved: n.MachineAuthorized,
-			NodeKey:  n.Key.String(),
+			ID:        int64(n.ID),
+			Name:      trimDot(n.Name),
+			Hostname:  n.Hostinfo.Hostname(),
+			Tags:      slices.Clone(n.Tags),
+			Online:    s.online[n.Key] > 0,
+			Approved:  n.MachineAuthorized,
+			NodeKey:   n.Key.String(),
+			KeyExpiry: n.KeyExpiry,
 		}
 		if n.Hostinfo.Valid() {
 			nd.ServicesHash = n.Hostinfo.ServicesHash()
@@ -439,7 +457,7 @@ func (s *Server) modifyFirstMapResponse(res *tailcfg.MapResponse, _ *tailcfg.Map
 // holdMapRequest tracks streaming polls (a node is online while one is open)
 // and re-pushes custom filters after endpoint updates.
 func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
-	if req.Stream && !req.ReadOnly {
+	if req.Stream { // MapRequest.ReadOnly is always false since capability version 68
 		s.mu.Lock()
 		s.online[req.NodeKey]++
 		s.mu.Unlock()

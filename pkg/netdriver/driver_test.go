@@ -1,23 +1,21 @@
 package netdriver
 
 import (
-	"github.com/tslink/tslink/stack"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
 
 func TestCheckTailnet(t *testing.T) {
 	root := t.TempDir()
 	d := New(Config{StateRoot: root, HostStateRoot: "/host/state"})
-	ep := &endpoint{hostname: "db", stateDir: filepath.Join(root, "by-hostname", "db")}
+	ep := &endpoint{hostname: "db", stateDir: d.dir.Node("db")}
 	os.MkdirAll(ep.stateDir, 0o700)
 	persistent := &tsopts.Network{ControlURL: "http://c:1", Ephemeral: false}
-	writeTailnet(ep.stateDir, persistent.ControlURL, false, []string{"tag:a"})
+	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: persistent.ControlURL, Tags: []string{"tag:a"}})
 
 	if err := d.checkTailnet(ep, persistent, []string{"tag:a"}); err != nil {
 		t.Errorf("same tailnet and tags: %v", err)
@@ -38,21 +36,11 @@ func TestCheckTailnet(t *testing.T) {
 	}
 
 	// A stale ephemeral identity is swept, not refused.
-	writeTailnet(ep.stateDir, "http://old:1", true, nil)
+	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: "http://old:1", Ephemeral: true})
 	if err := d.checkTailnet(ep, persistent, nil); err != nil {
 		t.Errorf("stale ephemeral dir: %v", err)
 	}
 	if _, err := os.Stat(ep.stateDir); !os.IsNotExist(err) {
 		t.Errorf("stale ephemeral dir not removed: %v", err)
-	}
-}
-
-func TestJoinDeadline(t *testing.T) {
-	began := time.Now().Add(-10 * time.Second)
-	if got := joinDeadline(began, 25*time.Second); got.After(began.Add(joinBudget)) {
-		t.Errorf("deadline %v past the Join budget", got.Sub(began))
-	}
-	if got := time.Until(joinDeadline(time.Now(), 2*time.Second)); got > 2*time.Second+stack.FinishReserve {
-		t.Errorf("short ts.timeout not honoured: %v", got)
 	}
 }

@@ -2,67 +2,15 @@ package netdriver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/tslink/tslink/pkg/boundedlog"
-	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/stack"
 )
-
-// record is what tslink keeps of a joined endpoint in
-// StateRoot/endpoints/<endpoint ID>.json, so that a new plugin process can
-// find running containers' nodes and sweep what belongs to gone ones. It
-// holds no secret: the auth key is re-read from the network's options.
-type record struct {
-	EndpointID    string
-	NetworkID     string
-	ContainerID   string
-	ContainerName string
-	Hostname      string
-	Tags          []string // what the node registered with; a node must keep asking for them
-	SandboxKey    string
-	Serve         tsopts.Serve // the ts.serve.*/ts.service/ts.direct labels, parsed
-}
-
-func (d *Driver) recordPath(endpointID string) string {
-	return filepath.Join(d.cfg.StateRoot, "endpoints", endpointID+".json")
-}
-
-func (d *Driver) saveRecord(ep *endpoint) {
-	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, ep.sandboxKey, ep.serve}
-	b, _ := json.Marshal(rec)
-	p := d.recordPath(ep.id)
-	os.MkdirAll(filepath.Dir(p), 0o700)
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err == nil {
-		os.Rename(tmp, p)
-	}
-}
-
-func (d *Driver) removeRecord(endpointID string) { os.Remove(d.recordPath(endpointID)) }
-
-func (d *Driver) loadRecords() []record {
-	files, _ := filepath.Glob(filepath.Join(d.cfg.StateRoot, "endpoints", "*.json"))
-	var out []record
-	for _, f := range files {
-		var rec record
-		b, err := os.ReadFile(f)
-		if err == nil {
-			err = json.Unmarshal(b, &rec)
-		}
-		if err != nil || rec.EndpointID == "" {
-			d.log.Error("unreadable endpoint record; its container's node is not recovered", "file", f, "err", err)
-			continue
-		}
-		out = append(out, rec)
-	}
-	return out
-}
 
 // Recover runs once at plugin start, in the background (plugin activation
 // must never wait on the Docker API: dockerd may be waiting for us). For
@@ -104,9 +52,7 @@ func (d *Driver) Recover(ctx context.Context) {
 					mu.Unlock()
 					return
 				}
-				d.mu.Lock()
-				delete(d.unrecovered, rec.EndpointID)
-				d.mu.Unlock()
+				d.recovered(rec.EndpointID)
 			})
 		}
 		wg.Wait()
@@ -131,20 +77,20 @@ func (d *Driver) Recover(ctx context.Context) {
 // sweepOrphanStateDirs removes the state dirs of ephemeral nodes whose Join
 // a previous plugin process did not finish (it died mid-Join, so no record
 // was written and dockerd failed the container): its lock is abandoned
-// ([stack.RemoveAbandonedStateDir]). Persistent identities, dirs that
+// ([statedir.RemoveAbandoned]). Persistent identities, dirs that
 // records name and locked dirs are left alone.
 func (d *Driver) sweepOrphanStateDirs(recs []record) {
 	recorded := map[string]bool{}
 	for _, rec := range recs {
 		recorded[rec.Hostname] = true
 	}
-	dirs, _ := filepath.Glob(filepath.Join(d.cfg.StateRoot, "by-hostname", "*"))
+	dirs := d.dir.NodeDirs()
 	for _, dir := range dirs {
 		host := filepath.Base(dir)
-		if recorded[host] || !ephemeralStateDir(dir) {
+		if recorded[host] || !statedir.IsEphemeral(dir) {
 			continue
 		}
-		if holder, removed := stack.RemoveAbandonedStateDir(dir); removed {
+		if holder, removed := statedir.RemoveAbandoned(dir); removed {
 			d.log.Info("swept state of an unfinished ephemeral join", "hostname", host, "was", holder)
 		}
 	}
@@ -155,12 +101,7 @@ func (d *Driver) sweepOrphanStateDirs(recs []record) {
 // again.
 func (d *Driver) recoveryFailed(rec record, err error) bool {
 	d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.unrecovered == nil {
-		d.unrecovered = map[string]unrecovered{}
-	}
-	d.unrecovered[rec.EndpointID] = unrecovered{rec: rec, err: err.Error()}
+	d.setUnrecovered(rec, err)
 	return false
 }
 
@@ -180,10 +121,7 @@ const restoreSettle = 2 * time.Minute
 // recoverOne recovers or sweeps one endpoint. It reports false if it should
 // be tried again later.
 func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
-	d.mu.Lock()
-	_, known := d.endpoints[rec.EndpointID]
-	d.mu.Unlock()
-	if known {
+	if d.lookup(rec.EndpointID) != nil {
 		return true
 	}
 	sandbox := rec.SandboxKey
@@ -193,17 +131,9 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		deleteLink(ctrLinkName(rec.EndpointID))
 		stack.DeleteHostTUN(rec.EndpointID)
 		d.removeRecord(rec.EndpointID)
-		stateDir := filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname)
-		if ephemeralStateDir(stateDir) {
-			d.mu.Lock()
-			inUse := false
-			for _, ep := range d.endpoints {
-				inUse = inUse || ep.hostname == rec.Hostname
-			}
-			d.mu.Unlock()
-			if !inUse {
-				os.RemoveAll(stateDir)
-			}
+		stateDir := d.dir.Node(rec.Hostname)
+		if statedir.IsEphemeral(stateDir) && !d.hostnameInUse(rec.Hostname) {
+			os.RemoveAll(stateDir)
 		}
 		return true
 	}
@@ -211,20 +141,10 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	if err != nil {
 		return d.recoveryFailed(rec, err)
 	}
-	authKey, err := d.authKey(nw)
+	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.SandboxKey, rec.Hostname, rec.Serve)
+	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return d.recoveryFailed(rec, err)
-	}
-	ep := &endpoint{
-		id:            rec.EndpointID,
-		networkID:     rec.NetworkID,
-		containerID:   rec.ContainerID,
-		containerName: rec.ContainerName,
-		sandboxKey:    rec.SandboxKey,
-		hostname:      rec.Hostname,
-		stateDir:      filepath.Join(d.cfg.StateRoot, "by-hostname", rec.Hostname),
-		serve:         rec.Serve,
-		attached:      make(chan struct{}),
 	}
 	close(ep.attached) // no attach goroutine: adopted or attached below
 	if err := d.reserve(ep); err != nil {
@@ -232,19 +152,18 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		return true // another endpoint holds the hostname now
 	}
 	os.MkdirAll(ep.stateDir, 0o700) // deleted by hand: an ephemeral node logs in afresh
-	ep.debugLog, err = boundedlog.Open(filepath.Join(ep.stateDir, "debug.log"), 0)
-	if err != nil {
+	if err := d.openDebugLog(ep); err != nil {
 		d.unreserve(ep)
 		return d.recoveryFailed(rec, err)
 	}
 	began := time.Now()
 	ep.debugLog.Logf("tslink: recover: container %s endpoint %s: adopting tailscale0", rec.ContainerName, short(rec.EndpointID))
-	err = d.startNode(ctx, ep, nw, authKey, rec.Tags, nsPath, time.Now().Add(nw.Timeout+stack.FinishReserve))
+	err = d.startNode(ctx, ep, nw, authKey, rec.Tags, nsPath, nw.Timeout)
 	if errors.Is(err, stack.ErrNoTUN) {
 		// tailscale0 did not survive (e.g. the previous process closed
 		// it): give the running container a new one.
 		ep.debugLog.Logf("tslink: recover: no tailscale0 to adopt; creating one")
-		if err = d.startNode(ctx, ep, nw, authKey, rec.Tags, "", time.Now().Add(nw.Timeout+stack.FinishReserve)); err == nil {
+		if err = d.startNode(ctx, ep, nw, authKey, rec.Tags, "", nw.Timeout); err == nil {
 			err = ep.node.Attach(nsPath)
 		}
 	}

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/tslink/tslink/stack"
+	"github.com/tslink/tslink/pkg/statedir"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,11 +13,11 @@ func TestSweepOrphanStateDirs(t *testing.T) {
 	root := t.TempDir()
 	d := New(Config{StateRoot: root, HostStateRoot: "/host/state"})
 	mk := func(host, tailnet, lock string) string {
-		dir := filepath.Join(root, "by-hostname", host)
+		dir := d.dir.Node(host)
 		os.MkdirAll(dir, 0o700)
-		os.WriteFile(filepath.Join(dir, tailnetFile), []byte(tailnet), 0o600)
-		os.WriteFile(filepath.Join(dir, stack.LockFileName), []byte(lock), 0o600)
-		os.WriteFile(filepath.Join(dir, "tailscaled.state"), []byte("{}"), 0o600)
+		os.WriteFile(filepath.Join(dir, statedir.TailnetFileName), []byte(tailnet), 0o600)
+		os.WriteFile(filepath.Join(dir, statedir.LockFileName), []byte(lock), 0o600)
+		os.WriteFile(statedir.StateFile(dir), []byte("{}"), 0o600)
 		return dir
 	}
 	orphan := mk("orphan", "http://c ephemeral\n", "container p1 (f5521ea704c4)\n")
@@ -25,7 +25,7 @@ func TestSweepOrphanStateDirs(t *testing.T) {
 	released := mk("released", "http://c ephemeral\n", "")
 	recorded := mk("recorded", "http://c ephemeral\n", "container p3 (bbbb)\n")
 	held := mk("held", "http://c ephemeral\n", "container p4 (cccc)\n")
-	f, err := os.Open(filepath.Join(held, stack.LockFileName))
+	f, err := os.Open(filepath.Join(held, statedir.LockFileName))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestSweepOrphanStateDirs(t *testing.T) {
 		t.Errorf("ephemeral dir of an unfinished join was kept (%v)", err)
 	}
 	for _, dir := range []string{persistent, released, recorded, held} {
-		if _, err := os.Stat(filepath.Join(dir, "tailscaled.state")); err != nil {
+		if _, err := os.Stat(statedir.StateFile(dir)); err != nil {
 			t.Errorf("%s was swept: %v", filepath.Base(dir), err)
 		}
 	}

@@ -2,9 +2,9 @@ package netdriver
 
 import (
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/tslink/tslink/pkg/tsopts"
 )
@@ -18,18 +18,18 @@ type EndpointStatus struct {
 	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), Starting while Join runs, NotRecovered while a restarted plugin fails to bring it back (retrying)
 	Attached  bool     `json:"attached"`
 	LastError string   `json:"lastError,omitempty"`
-	DebugLog  string   `json:"debugLog"`        // as the host sees it
-	Serve     string   `json:"serve,omitempty"` // ts.serve.*/ts.service labels, short form
+	// KeyExpired: the node key expired (State is then NeedsLogin) and the
+	// node is off the tailnet until an admin extends the key; KeyExpiry is
+	// when it expires or expired (RFC 3339), absent if it never does.
+	KeyExpired bool   `json:"keyExpired,omitempty"`
+	KeyExpiry  string `json:"keyExpiry,omitempty"`
+	DebugLog   string `json:"debugLog"`        // as the host sees it
+	Serve      string `json:"serve,omitempty"` // ts.serve.*/ts.service labels, short form
 }
 
 // Status lists the endpoints this plugin process serves, by hostname.
 func (d *Driver) Status() []EndpointStatus {
-	d.mu.Lock()
-	eps := make([]*endpoint, 0, len(d.endpoints))
-	for _, ep := range d.endpoints {
-		eps = append(eps, ep)
-	}
-	d.mu.Unlock()
+	eps := d.list()
 	out := make([]EndpointStatus, 0, len(eps))
 	for _, ep := range eps {
 		st := EndpointStatus{
@@ -37,38 +37,35 @@ func (d *Driver) Status() []EndpointStatus {
 			Hostname:  ep.hostname,
 			Network:   short(ep.networkID),
 			State:     "Starting",
-			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", ep.hostname, "debug.log"),
+			DebugLog:  d.dir.HostDebugLog(ep.hostname),
 			Serve:     serveSummary(ep.serve),
 		}
-		d.mu.Lock()
-		node := ep.node
-		st.LastError = ep.startErr
-		d.mu.Unlock()
+		node, startErr := d.nodeOf(ep)
+		st.LastError = startErr
 		if node != nil {
 			ns := node.Status()
 			st.State, st.LastError, st.Attached = ns.State, ns.LastErr, ns.NetNS != ""
+			st.KeyExpired = ns.KeyExpired
+			if !ns.KeyExpiry.IsZero() {
+				st.KeyExpiry = ns.KeyExpiry.UTC().Format(time.RFC3339)
+			}
 			for _, p := range ns.Addrs {
 				st.IPs = append(st.IPs, p.Addr().String())
 			}
 		}
 		out = append(out, st)
 	}
-	d.mu.Lock()
-	for id, u := range d.unrecovered {
-		if _, ok := d.endpoints[id]; ok {
-			continue
-		}
+	for _, u := range d.unrecoveredEndpoints() {
 		out = append(out, EndpointStatus{
 			Container: u.rec.ContainerName,
 			Hostname:  u.rec.Hostname,
 			Network:   short(u.rec.NetworkID),
 			State:     "NotRecovered",
 			LastError: u.err,
-			DebugLog:  filepath.Join(d.cfg.HostStateRoot, "by-hostname", u.rec.Hostname, "debug.log"),
+			DebugLog:  d.dir.HostDebugLog(u.rec.Hostname),
 			Serve:     serveSummary(u.rec.Serve),
 		})
 	}
-	d.mu.Unlock()
 	slices.SortFunc(out, func(a, b EndpointStatus) int { return strings.Compare(a.Hostname, b.Hostname) })
 	return out
 }

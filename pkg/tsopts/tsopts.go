@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tslink/tslink/pkg/nodespec"
 )
 
 // Network option keys (`docker network create --opt KEY=VALUE`).
@@ -175,40 +177,19 @@ type Container struct {
 	Serve    Serve
 }
 
-// Serve protocols of ts.serve.<port>=<proto>:<target>[/<path>], named as
-// `tailscale serve` names them.
+// Serve protocols and types: package nodespec has them (package stack uses
+// them too, and must not depend on label parsing).
 const (
-	ProtoHTTP             = "http"               // L7 reverse proxy, plain HTTP on the tailnet
-	ProtoHTTPS            = "https"              // L7 reverse proxy, TLS with the node's certificate
-	ProtoTCP              = "tcp"                // L4 forward
-	ProtoTLSTerminatedTCP = "tls-terminated-tcp" // TLS ends on the node, plain TCP to the target
+	ProtoHTTP             = nodespec.ProtoHTTP
+	ProtoHTTPS            = nodespec.ProtoHTTPS
+	ProtoTCP              = nodespec.ProtoTCP
+	ProtoTLSTerminatedTCP = nodespec.ProtoTLSTerminatedTCP
 )
 
-// ServeEndpoint is one ts.serve.<port> label.
-type ServeEndpoint struct {
-	Port   uint16 // tailnet port of the node (and of the service)
-	Proto  string // one of the Proto* constants
-	Target uint16 // container port, dialled at localhost in the container's netns
-	Path   string // HTTP mount point, "/" unless given; always "" for L4
-}
-
-// L7 reports whether the endpoint is an HTTP reverse proxy.
-func (e ServeEndpoint) L7() bool { return e.Proto == ProtoHTTP || e.Proto == ProtoHTTPS }
-
-// TLS reports whether TLS ends on the node (needs its certificate).
-func (e ServeEndpoint) TLS() bool { return e.Proto == ProtoHTTPS || e.Proto == ProtoTLSTerminatedTCP }
-
-// Serve is what a container serves on the tailnet: the ts.serve.*,
-// ts.service and ts.direct labels.
-type Serve struct {
-	Endpoints []ServeEndpoint // sorted by Port
-	// Service ("svc:name"): the node is a backend of this Tailscale Service
-	// for Endpoints.
-	Service string
-	// ServiceOnly (ts.direct=false): Endpoints answer only through Service,
-	// not on the node's own name and addresses.
-	ServiceOnly bool
-}
+type (
+	ServeEndpoint = nodespec.ServeEndpoint
+	Serve         = nodespec.Serve
+)
 
 // ParseContainer parses a container's labels. containerName (without the
 // leading "/") gives the default hostname. Unknown ts.* labels are errors.

@@ -108,11 +108,11 @@ func TestParseServe(t *testing.T) {
 		labels map[string]string
 		want   Serve
 	}{
-		{map[string]string{"ts.serve.443": "https:8080"}, Serve{Endpoints: []ServeEndpoint{{443, ProtoHTTPS, 8080, "/"}}}},
+		{map[string]string{"ts.serve.443": "https:8080"}, Serve{Endpoints: []ServeEndpoint{{Port: 443, Proto: ProtoHTTPS, Target: 8080, Path: "/"}}}},
 		{map[string]string{"ts.serve.80": "http:3000/api/", "ts.serve.5432": "tcp:5432"},
-			Serve{Endpoints: []ServeEndpoint{{80, ProtoHTTP, 3000, "/api"}, {5432, ProtoTCP, 5432, ""}}}},
+			Serve{Endpoints: []ServeEndpoint{{Port: 80, Proto: ProtoHTTP, Target: 3000, Path: "/api"}, {Port: 5432, Proto: ProtoTCP, Target: 5432, Path: ""}}}},
 		{map[string]string{"ts.serve.993": "tls-terminated-tcp:143", "ts.service": "svc:Mail", "ts.tags": "tag:mail", "ts.direct": "false"},
-			Serve{Endpoints: []ServeEndpoint{{993, ProtoTLSTerminatedTCP, 143, ""}}, Service: "svc:mail", ServiceOnly: true}},
+			Serve{Endpoints: []ServeEndpoint{{Port: 993, Proto: ProtoTLSTerminatedTCP, Target: 143, Path: ""}}, Service: "svc:mail", ServiceOnly: true}},
 	}
 	for _, tc := range good {
 		c, err := ParseContainer(tc.labels, "c")

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/test/netnstest"
 )
 
@@ -89,7 +90,7 @@ func (e *Engine) StateDir() string { return filepath.Join(e.Dir, "state") }
 // PluginGet fetches path (e.g. /debug/vars) from the plugin's status socket
 // in [Engine.StateDir] (cmd/tslink's tslink-status.sock).
 func (e *Engine) PluginGet(path string) ([]byte, error) {
-	sock := filepath.Join(e.StateDir(), "tslink-status.sock")
+	sock := statedir.New(e.StateDir(), "").StatusSocket()
 	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)

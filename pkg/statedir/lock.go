@@ -1,4 +1,4 @@
-package stack
+package statedir
 
 import (
 	"errors"
@@ -11,20 +11,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LockFileName is the file in a node's state dir whose flock marks the state
-// dir as in use. The kernel drops the lock when its holder dies, so a crashed
-// plugin never leaves a stale lock; the file's content names the holder.
-const LockFileName = "lock"
+// ErrInUse: another node holds a node dir's lock.
+var ErrInUse = errors.New("state dir in use")
 
-// stateLock is an exclusive flock on a state dir's lock file.
-type stateLock struct {
+// Lock is an exclusive flock on a node dir's lock file ([LockFileName]). The
+// kernel drops the lock when its holder dies, so a crashed plugin never
+// leaves a stale lock; the file's content names the holder.
+type Lock struct {
 	f *os.File
 }
 
-// lockStateDir creates dir (0700) if needed and takes its lock, recording
-// owner in it. If another holder has it, the error wraps [ErrStateDirInUse]
-// and names that holder.
-func lockStateDir(dir, owner string) (*stateLock, error) {
+// TakeLock creates dir (0700) if needed and takes its lock, recording owner
+// in it. If another holder has it, the error wraps [ErrInUse] and names that
+// holder.
+func TakeLock(dir, owner string) (*Lock, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating state dir %s: %w", dir, err)
 	}
@@ -40,17 +40,17 @@ func lockStateDir(dir, owner string) (*stateLock, error) {
 			if h == "" {
 				h = "another node"
 			}
-			return nil, fmt.Errorf("%w: %s is held by %s", ErrStateDirInUse, dir, h)
+			return nil, fmt.Errorf("%w: %s is held by %s", ErrInUse, dir, h)
 		}
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}
 	f.Truncate(0)
 	f.WriteAt([]byte(owner+"\n"), 0)
-	return &stateLock{f: f}, nil
+	return &Lock{f: f}, nil
 }
 
-// release drops the lock. It is idempotent.
-func (l *stateLock) release() {
+// Release drops the lock. It is idempotent and safe on a nil Lock.
+func (l *Lock) Release() {
 	if l == nil || l.f == nil {
 		return
 	}
@@ -59,12 +59,12 @@ func (l *stateLock) release() {
 	l.f = nil
 }
 
-// RemoveAbandonedStateDir removes dir if its lock was abandoned: the lock
+// RemoveAbandoned removes dir if its lock was abandoned: the lock
 // file still names a holder (a clean release empties it) but nobody holds
 // the flock (the kernel dropped it with the holder's process). It takes the
 // flock while removing, so a live holder is never raced. It reports the
 // abandoned holder and whether dir was removed.
-func RemoveAbandonedStateDir(dir string) (holder string, removed bool) {
+func RemoveAbandoned(dir string) (holder string, removed bool) {
 	f, err := os.OpenFile(filepath.Join(dir, LockFileName), os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return "", false

@@ -1,0 +1,404 @@
+package netdriver
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/enginestate"
+	"github.com/tslink/tslink/pkg/statedir"
+	"github.com/tslink/tslink/stack"
+)
+
+// fakeEngine knows one network and the containers in ctrs, by endpoint ID;
+// it is restoring while restoring is set.
+type fakeEngine struct {
+	ctrs      map[string]*enginestate.Container
+	restoring atomic.Bool
+}
+
+func (f *fakeEngine) NetworkOptions(string) (map[string]string, error) {
+	return map[string]string{"ts.authkey": "tskey-auth-test", "ts.controlurl": "http://127.0.0.1:1"}, nil
+}
+
+func (f *fakeEngine) ForJoin(_, endpointID, _ string) (*enginestate.Container, error) {
+	if c := f.ctrs[endpointID]; c != nil {
+		return c, nil
+	}
+	return nil, errors.New("no such endpoint")
+}
+
+func (f *fakeEngine) Restoring() bool { return f.restoring.Load() }
+
+// fakeNodes starts fakeNodes. A Start blocks until the test sends its
+// outcome on release (nil: the node comes up).
+type fakeNodes struct {
+	started chan stack.Config // a Start began
+	release chan error
+	mu      sync.Mutex
+	nodes   []*fakeNode
+}
+
+func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
+	f.started <- cfg
+	select {
+	case err := <-f.release:
+		if err != nil {
+			return nil, err
+		}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	n := &fakeNode{}
+	f.mu.Lock()
+	f.nodes = append(f.nodes, n)
+	f.mu.Unlock()
+	return n, nil
+}
+
+type fakeNode struct {
+	mu     sync.Mutex
+	closed int
+}
+
+func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
+	return netip.MustParseAddr("100.64.0.1"), netip.Addr{}
+}
+func (n *fakeNode) Attach(string) error         { return nil }
+func (n *fakeNode) KeepIPv6(context.Context)    {}
+func (n *fakeNode) Status() stack.Status        { return stack.Status{State: "Running"} }
+func (n *fakeNode) Close(context.Context) error { n.mu.Lock(); n.closed++; n.mu.Unlock(); return nil }
+func (n *fakeNode) closes() int                 { n.mu.Lock(); defer n.mu.Unlock(); return n.closed }
+
+type harness struct {
+	d     *Driver
+	nodes *fakeNodes
+	root  string
+}
+
+func newHarness(t *testing.T, ctrs map[string]*enginestate.Container) *harness {
+	t.Helper()
+	root := t.TempDir()
+	nodes := &fakeNodes{started: make(chan stack.Config, 4), release: make(chan error, 4)}
+	d := New(Config{
+		StateRoot: root,
+		Engine:    &fakeEngine{ctrs: ctrs},
+		Nodes:     nodes,
+		// The sandbox never becomes a netns: attach polls until Leave.
+		ResolvePath: func(p string) (string, error) { return p, nil },
+	})
+	return &harness{d: d, nodes: nodes, root: root}
+}
+
+func ctr(id, name string, labels map[string]string) *enginestate.Container {
+	return &enginestate.Container{ID: id, Name: name, Labels: labels}
+}
+
+func joinReq(ep string) *network.JoinRequest {
+	return &network.JoinRequest{NetworkID: "net1", EndpointID: ep, SandboxKey: "/nonexistent/sandbox"} // one container on two networks has one sandbox
+}
+
+// join runs Join in the background; its result arrives on the channel.
+func (h *harness) join(ep string) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		_, err := h.d.Join(joinReq(ep))
+		ch <- err
+	}()
+	return ch
+}
+
+func (h *harness) waitStart(t *testing.T) stack.Config {
+	t.Helper()
+	select {
+	case cfg := <-h.nodes.started:
+		return cfg
+	case <-time.After(5 * time.Second):
+		t.Fatal("no node start")
+	}
+	return stack.Config{}
+}
+
+func wait(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("Join did not return")
+	}
+	return nil
+}
+
+func TestJoinLeave(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	cfg := h.waitStart(t)
+	if cfg.Hostname != "web" || cfg.AuthKey != "tskey-auth-test" || cfg.Wait <= 0 {
+		t.Errorf("node config %+v", cfg)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	if _, err := os.Stat(h.d.dir.EndpointRecord("ep1")); err != nil {
+		t.Errorf("no endpoint record: %v", err)
+	}
+	if tn, ok := statedir.ReadTailnet(h.d.dir.Node("web")); !ok || tn.ControlURL != "http://127.0.0.1:1" {
+		t.Errorf("tailnet record %+v, %v", tn, ok)
+	}
+	if st := h.d.Status(); len(st) != 1 || st[0].State != "Running" {
+		t.Errorf("status %+v", st)
+	}
+	if err := h.d.Leave(&network.LeaveRequest{NetworkID: "net1", EndpointID: "ep1"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.nodes.nodes[0].closes(); n != 1 {
+		t.Errorf("node closed %d times", n)
+	}
+	if h.d.lookup("ep1") != nil {
+		t.Error("endpoint still in the table after Leave")
+	}
+	if _, err := os.Stat(h.d.dir.EndpointRecord("ep1")); !os.IsNotExist(err) {
+		t.Errorf("record left after Leave: %v", err)
+	}
+}
+
+func TestJoinRollback(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control says no")
+	err := wait(t, res)
+	if err == nil || !strings.Contains(err.Error(), "tslink: web: control says no") {
+		t.Fatalf("Join: %v", err)
+	}
+	if h.d.lookup("ep1") != nil {
+		t.Error("failed Join left its reservation")
+	}
+	if _, err := os.Stat(h.d.dir.Node("web")); !os.IsNotExist(err) {
+		t.Errorf("failed first Join left its state dir: %v", err)
+	}
+	if _, err := os.Stat(h.d.dir.EndpointRecord("ep1")); !os.IsNotExist(err) {
+		t.Errorf("failed Join left a record: %v", err)
+	}
+	// The hostname is free again.
+	res = h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Errorf("second Join: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+}
+
+// leaveDuringStart: dockerd calls Leave (or DeleteEndpoint, rolling back a
+// Join it gave up on) while the node is starting.
+func leaveDuringStart(t *testing.T, leave func(d *Driver)) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	h.waitStart(t)
+	leave(h.d)
+	h.nodes.release <- nil
+	err := wait(t, res)
+	if !errors.Is(err, errEndpointGone) {
+		t.Fatalf("Join: %v; want errEndpointGone", err)
+	}
+	if len(h.nodes.nodes) != 1 || h.nodes.nodes[0].closes() != 1 {
+		t.Errorf("the node started for a gone endpoint was not closed once")
+	}
+	if h.d.lookup("ep1") != nil {
+		t.Error("endpoint in the table after Leave")
+	}
+	if _, err := os.Stat(h.d.dir.EndpointRecord("ep1")); !os.IsNotExist(err) {
+		t.Errorf("record left: %v", err)
+	}
+}
+
+func TestLeaveDuringStart(t *testing.T) {
+	leaveDuringStart(t, func(d *Driver) { d.Leave(&network.LeaveRequest{EndpointID: "ep1"}) })
+}
+
+func TestDeleteEndpointDuringStart(t *testing.T) {
+	leaveDuringStart(t, func(d *Driver) { d.DeleteEndpoint(&network.DeleteEndpointRequest{EndpointID: "ep1"}) })
+}
+
+func TestJoinsRaceForHostname(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{
+		"ep1": ctr("c1", "one", map[string]string{"ts.hostname": "db"}),
+		"ep2": ctr("c2", "two", map[string]string{"ts.hostname": "db"}),
+	})
+	first := h.join("ep1")
+	h.waitStart(t)
+	err := wait(t, h.join("ep2"))
+	if err == nil || !strings.Contains(err.Error(), `hostname "db"`) || !strings.Contains(err.Error(), "one") {
+		t.Errorf("second Join: %v; want the hostname taken by container one", err)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, first); err != nil {
+		t.Errorf("first Join: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+	select {
+	case cfg := <-h.nodes.started:
+		t.Errorf("a second node was started: %+v", cfg)
+	default:
+	}
+}
+
+func TestOneTslinkNetworkPerContainer(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil), "ep2": ctr("c1", "web", nil)})
+	first := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait(t, h.join("ep2")); err == nil || !strings.Contains(err.Error(), "one tslink network only") {
+		t.Errorf("second network: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+}
+
+func TestServiceNeedsTags(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", map[string]string{"ts.serve.443": "https:8080", "ts.service": "svc:web"})})
+	err := wait(t, h.join("ep1"))
+	if err == nil || !strings.Contains(err.Error(), "must be a tagged node") {
+		t.Errorf("Join: %v", err)
+	}
+}
+
+func TestEndpointInfoDuringJoin(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	h.waitStart(t)
+	info, err := h.d.EndpointInfo(&network.InfoRequest{EndpointID: "ep1"})
+	if err != nil || len(info.Value) != 0 {
+		t.Errorf("EndpointInfo during Join: %+v, %v; want nothing yet", info, err)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	info, _ = h.d.EndpointInfo(&network.InfoRequest{EndpointID: "ep1"})
+	if info.Value["tailscale.ipv4"] != "100.64.0.1" {
+		t.Errorf("EndpointInfo after Join: %+v", info)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+}
+
+func TestRestartedContainerSupersedesItsOldEndpoint(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil), "ep2": ctr("c1", "web", nil)})
+	first := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, first); err != nil {
+		t.Fatal(err)
+	}
+	// After an engine restart the same container joins with a new endpoint
+	// and a new sandbox.
+	res := make(chan error, 1)
+	go func() {
+		req := joinReq("ep2")
+		req.SandboxKey = "/nonexistent/sandbox-after-restart"
+		_, err := h.d.Join(req)
+		res <- err
+	}()
+	h.waitStart(t)
+	if h.d.lookup("ep1") != nil || h.nodes.nodes[0].closes() != 1 {
+		t.Error("the old endpoint was not closed")
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Errorf("Join after restart: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+}
+
+// While the engine restores its containers, a node that cannot come up in
+// time does not fail the Join (dockerd would not retry the container): it
+// follows in the background, shows why in status, and attaches when up.
+func TestJoinWhileRestoringStartsNodeInBackground(t *testing.T) {
+	defer func(r time.Duration) { backgroundRetry = r }(backgroundRetry)
+	backgroundRetry = 10 * time.Millisecond
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	h.d.cfg.Engine.(*fakeEngine).restoring.Store(true)
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	if err := wait(t, res); err != nil {
+		t.Fatalf("Join while restoring failed: %v", err)
+	}
+	st := h.d.Status()
+	if len(st) != 1 || st[0].State != "Starting" || !strings.Contains(st[0].LastError, "control server unreachable") || !strings.Contains(st[0].LastError, "retrying") {
+		t.Fatalf("status while the node is retrying: %+v", st)
+	}
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if st := h.d.Status(); len(st) == 1 && st[0].State == "Running" && st[0].LastError == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node did not come up in the background: %+v", h.d.Status())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := h.d.Leave(&network.LeaveRequest{NetworkID: "net1", EndpointID: "ep1"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.nodes.nodes; len(n) != 1 || n[0].closes() != 1 {
+		t.Fatalf("the background node was not closed once at Leave")
+	}
+}
+
+// Leave during a background start's attempt ends it: no start follows.
+func TestLeaveStopsBackgroundStart(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	h.d.cfg.Engine.(*fakeEngine).restoring.Store(true)
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	if err := wait(t, res); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStart(t) // the first background attempt, blocked until Leave
+	done := make(chan struct{})
+	go func() {
+		h.d.Leave(&network.LeaveRequest{NetworkID: "net1", EndpointID: "ep1"})
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Leave waited on the background start")
+	}
+	select {
+	case <-h.nodes.started:
+		t.Fatal("a node start began after Leave")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if st := h.d.Status(); len(st) != 0 {
+		t.Fatalf("status after Leave: %+v", st)
+	}
+}
+
+// Outside a restore the same failure fails the Join, as users expect.
+func TestJoinNotRestoringFails(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	res := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- errors.New("control server unreachable")
+	if err := wait(t, res); err == nil || !strings.Contains(err.Error(), "control server unreachable") {
+		t.Fatalf("Join = %v, want the node's error", err)
+	}
+}

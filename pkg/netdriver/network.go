@@ -1,0 +1,127 @@
+package netdriver
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/tslink/tslink/pkg/statedir"
+	"github.com/tslink/tslink/pkg/tsopts"
+)
+
+// genericOptions extracts `--opt` values from a CreateNetwork request.
+func genericOptions(opts map[string]any) map[string]string {
+	out := map[string]string{}
+	g, _ := opts["com.docker.network.generic"].(map[string]any)
+	for k, v := range g {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		}
+	}
+	return out
+}
+
+// CreateNetwork validates the options and creates the network's parent
+// device.
+func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	opts := genericOptions(req.Options)
+	nw, err := d.parseNetwork(opts)
+	if err != nil {
+		return err
+	}
+	if _, err := d.authKey(nw); err != nil {
+		return err
+	}
+	if err := d.saveNetwork(req.NetworkID, opts); err != nil {
+		return fmt.Errorf("recording the network's options in %s: %w", d.cfg.HostStateRoot, err)
+	}
+	if err := ensureParent(parentName(req.NetworkID)); err != nil {
+		d.removeNetworkRecord(req.NetworkID)
+		return err
+	}
+	d.setNetwork(req.NetworkID, nw)
+	d.log.Info("network created", "network", short(req.NetworkID), "control", controlName(nw.ControlURL), "ephemeral", nw.Ephemeral, "tags", nw.Tags)
+	return nil
+}
+
+// DeleteNetwork closes what is left of the network's endpoints and removes
+// its parent device. Docker refuses `network rm` while containers are attached, so
+// normally nothing is left. Idempotent.
+func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
+	for _, ep := range d.dropNetwork(req.NetworkID) {
+		d.closeEndpoint(ep)
+	}
+	if err := deleteLink(parentName(req.NetworkID)); err != nil {
+		return err
+	}
+	d.removeNetworkRecord(req.NetworkID)
+	d.log.Info("network deleted", "network", short(req.NetworkID))
+	return nil
+}
+
+func (d *Driver) parseNetwork(opts map[string]string) (*tsopts.Network, error) {
+	nw, err := tsopts.ParseNetwork(opts, d.cfg.Env)
+	if err != nil {
+		return nil, err
+	}
+	if !nw.HasAuthKey() {
+		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, d.dir.HostKeysDir())
+	}
+	return nw, nil
+}
+
+// networkFor returns the network's options: from memory, else from the
+// plugin's own record (CreateNetwork wrote it), else, for networks created
+// before tslink kept records, from the engine's on-disk store, which is then
+// recorded. None of these asks the Docker API.
+func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
+	if nw := d.network(networkID); nw != nil {
+		return nw, nil
+	}
+	opts, err := d.loadNetwork(networkID)
+	if errors.Is(err, os.ErrNotExist) {
+		if opts, err = d.cfg.Engine.NetworkOptions(networkID); err == nil {
+			if serr := d.saveNetwork(networkID, opts); serr != nil {
+				d.log.Warn("recording network options", "network", short(networkID), "err", serr)
+			} else {
+				d.log.Info("network options recorded from the engine's store", "network", short(networkID))
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("network %s: reading its options: %w", short(networkID), err)
+	}
+	nw, err := d.parseNetwork(opts)
+	if err != nil {
+		return nil, err
+	}
+	d.setNetwork(networkID, nw)
+	return nw, nil
+}
+
+// authKey is the network's auth key: its ts.authkey (or the plugin's
+// TS_AUTHKEY), or the content of its ts.authkey-file, read now.
+func (d *Driver) authKey(nw *tsopts.Network) (string, error) {
+	if nw.AuthKeyFile != "" {
+		return d.readKeyFile(nw.AuthKeyFile)
+	}
+	return nw.AuthKey, nil
+}
+
+func (d *Driver) readKeyFile(name string) (string, error) { return d.dir.ReadKey(name) }
+
+// authKeyFor is the network's auth key for the node in nodeDir. A node
+// whose state holds a node key starts without one (stack.Start logs in
+// with a key only when control asks), so a key file that cannot be read
+// (removed after the key expired, say) stops only new identities.
+func (d *Driver) authKeyFor(nw *tsopts.Network, nodeDir string) (string, error) {
+	key, err := d.authKey(nw)
+	if err != nil {
+		if st, serr := os.Stat(statedir.StateFile(nodeDir)); serr == nil && st.Size() > 0 {
+			d.log.Warn("auth key unreadable; the node starts from its state", "dir", nodeDir, "err", err)
+			return "", nil
+		}
+	}
+	return key, err
+}

@@ -1,0 +1,136 @@
+// Package statedir owns the on-disk layout of the plugin's state dir (the
+// managed plugin's /data, which the host sees as
+// /var/lib/docker-plugins/tailscale):
+//
+//	by-hostname/<hostname>/        one node's dir (its identity), see [Dir.Node]
+//	    tailscaled.state           tsnet's state (the node key): [StateFileName]
+//	    debug.log                  the node's backend log
+//	    tailnet                    which tailnet the identity belongs to: [Tailnet]
+//	    lock                       flock of the node running from the dir: [Lock]
+//	keys/<name>                    auth key files (ts.authkey-file): [Dir.ReadKey]
+//	endpoints/<endpoint ID>.json   joined endpoints, for recovery
+//	networks/<network ID>.json     network options, kept for Joins after a restart
+//	tslink-status.sock             the status socket (`tslink status`)
+//
+// Every path has an in-plugin form (for I/O) and a host form (for messages
+// to the user). Nothing here holds a secret except keys/, which it only
+// reads.
+package statedir
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// File names inside a node's dir.
+const (
+	// StateFileName is tsnet's state file (tsnet.Server with Dir set keeps
+	// it there); its presence means the identity has been created.
+	StateFileName = "tailscaled.state"
+	// DebugLogName is the node's backend log.
+	DebugLogName = "debug.log"
+	// TailnetFileName is the tailnet record ([Tailnet]).
+	TailnetFileName = "tailnet"
+	// LockFileName is the file whose flock marks the dir as in use ([Lock]).
+	LockFileName = "lock"
+)
+
+// StatusSocketName is the status socket's name in the state dir.
+const StatusSocketName = "tslink-status.sock"
+
+// Dir is the plugin's state dir: Root as this process sees it, HostRoot as
+// the host sees it (for messages; Root if empty).
+type Dir struct {
+	Root, HostRoot string
+}
+
+// New returns the state dir at root, shown to the user as hostRoot ("" means
+// root).
+func New(root, hostRoot string) Dir {
+	if hostRoot == "" {
+		hostRoot = root
+	}
+	return Dir{Root: root, HostRoot: hostRoot}
+}
+
+// NodesDir holds one dir per node, by hostname.
+func (d Dir) NodesDir() string { return filepath.Join(d.Root, "by-hostname") }
+
+// Node is the dir of the node named hostname.
+func (d Dir) Node(hostname string) string { return filepath.Join(d.NodesDir(), hostname) }
+
+// HostNode is [Dir.Node] as the host sees it.
+func (d Dir) HostNode(hostname string) string {
+	return filepath.Join(d.HostRoot, "by-hostname", hostname)
+}
+
+// NodeDirs lists the node dirs present.
+func (d Dir) NodeDirs() []string {
+	dirs, _ := filepath.Glob(filepath.Join(d.NodesDir(), "*"))
+	return dirs
+}
+
+// DebugLog is the debug log in a node dir.
+func DebugLog(nodeDir string) string { return filepath.Join(nodeDir, DebugLogName) }
+
+// HostDebugLog is the debug log of the node named hostname as the host sees
+// it.
+func (d Dir) HostDebugLog(hostname string) string {
+	return DebugLog(d.HostNode(hostname))
+}
+
+// StateFile is tsnet's state file in a node dir.
+func StateFile(nodeDir string) string { return filepath.Join(nodeDir, StateFileName) }
+
+// HostKeysDir is where the user puts auth key files, as the host sees it.
+func (d Dir) HostKeysDir() string { return filepath.Join(d.HostRoot, "keys") }
+
+// ReadKey reads the auth key in keys/<name> (option ts.authkey-file). Its
+// errors name the option and the file as the host sees it, never the key.
+func (d Dir) ReadKey(name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(d.Root, "keys", name))
+	hostPath := filepath.Join(d.HostKeysDir(), name)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("option %s=%s: %s does not exist; write the auth key there (mode 0600)", optAuthKeyFile, name, hostPath)
+		}
+		return "", fmt.Errorf("option %s=%s: reading %s: %v", optAuthKeyFile, name, hostPath, errors.Unwrap(err))
+	}
+	key := strings.TrimSpace(string(b))
+	if key == "" {
+		return "", fmt.Errorf("option %s=%s: %s is empty", optAuthKeyFile, name, hostPath)
+	}
+	return key, nil
+}
+
+// EndpointsDir holds the endpoint records.
+func (d Dir) EndpointsDir() string { return filepath.Join(d.Root, "endpoints") }
+
+// EndpointRecord is the record file of an endpoint.
+func (d Dir) EndpointRecord(endpointID string) string {
+	return filepath.Join(d.EndpointsDir(), endpointID+".json")
+}
+
+// EndpointRecords lists the endpoint record files present.
+func (d Dir) EndpointRecords() []string {
+	files, _ := filepath.Glob(filepath.Join(d.EndpointsDir(), "*.json"))
+	return files
+}
+
+// NetworkRecord is where a network's options are kept.
+func (d Dir) NetworkRecord(networkID string) string {
+	return filepath.Join(d.Root, "networks", networkID+".json")
+}
+
+// StatusSocket is the status socket's path.
+func (d Dir) StatusSocket() string { return filepath.Join(d.Root, StatusSocketName) }
+
+// The option and label names in messages (package tsopts parses them; it is
+// not imported so that package stack, which uses the lock, stays below it).
+const (
+	optAuthKeyFile = "ts.authkey-file"
+	labelHostname  = "ts.hostname"
+)
