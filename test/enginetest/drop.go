@@ -13,7 +13,8 @@ import (
 // address, so their connects hang instead of being refused: a Docker host
 // that cannot reach its control server (a dead uplink at boot, a dropping
 // firewall). Packets from other namespaces (the laptop) pass: the outage is
-// the host's, not control's. It returns undo, which also runs when t ends
+// the host's, not control's (netnstest.DropTCPPort drops them for every
+// client, the laptop's control connection included). It returns undo, which also runs when t ends
 // and may be called more than once.
 //
 // The rule is an nftables table of its own (hook input, interface lo: a
