@@ -81,12 +81,14 @@ func (l *lab) removeRestartContainers(cs []*restartCtr) {
 }
 
 // dockerRestarted reports whether Docker restarted c's twin (the same
-// restart policy, no network) within 20 s of its API answering. Docker
+// restart policy, no network). Call it once the API answers: dockerd
+// serves its API only after it has started the restart-policy containers
+// (a 2 s grace covers a start still being recorded). Docker
 // 20.10 does not restart an unless-stopped container after a crash without
 // live-restore: its restore stops the container it finds running, and that
 // stop marks it as stopped by the user (HasBeenManuallyStopped).
 func (l *lab) dockerRestarted(c *restartCtr) bool {
-	_, err := l.waitRunning(&restartCtr{name: c.twin, policy: c.policy}, time.Now().Add(20*time.Second))
+	_, err := l.waitRunning(&restartCtr{name: c.twin, policy: c.policy}, time.Now().Add(2*time.Second))
 	return err == nil
 }
 
@@ -192,17 +194,25 @@ func (l *lab) nodeLog(hostname string) string {
 }
 
 // waitRunning waits until dockerd reports the container running, without
-// anyone starting it, and returns when it started (State.StartedAt).
+// anyone starting it, and returns when it started (State.StartedAt). A
+// failed start (State.Error) is final, since Docker does not retry a
+// restart-policy container whose start failed at restore: it returns that
+// error at once.
 func (l *lab) waitRunning(c *restartCtr, deadline time.Time) (time.Time, error) {
 	var last string
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		out, err := l.engine.Docker(ctx, "inspect", "-f", "{{.State.Running}} {{.State.StartedAt}} {{.State.Status}} restarts={{.RestartCount}} error={{.State.Error}}", c.name)
+		out, err := l.engine.Docker(ctx, "inspect", "-f", "{{.State.Running}} {{.State.StartedAt}} {{.State.FinishedAt}} {{.State.Status}} restarts={{.RestartCount}} error={{.State.Error}}", c.name)
 		cancel()
 		last = strings.TrimSpace(out)
-		if f := strings.Fields(last); err == nil && len(f) > 1 && f[0] == "true" {
-			started, err := time.Parse(time.RFC3339Nano, f[1])
-			return started, err
+		f := strings.Fields(last)
+		if err == nil && len(f) > 2 && f[0] == "true" {
+			return time.Parse(time.RFC3339Nano, f[1])
+		}
+		if err == nil && len(f) > 2 && !strings.HasSuffix(last, "error=") {
+			// It ran before the restart (baseline), which cleared any
+			// earlier error: this one is from the restore.
+			return time.Time{}, fmt.Errorf("%s (--restart %s) failed to start and Docker does not retry it: %s", c.name, c.policy, last)
 		}
 		if time.Now().After(deadline) {
 			return time.Time{}, fmt.Errorf("%s (--restart %s) not running: %s %v", c.name, c.policy, last, err)
@@ -339,38 +349,67 @@ func (l *lab) restartScenario(sc restartScenario, cs []*restartCtr) {
 	if err != nil {
 		t.Fatalf("%s: %v%s", sc.name, err, l.evidence())
 	}
-	var restarted []*restartCtr
-	for _, c := range cs {
-		if l.dockerRestarted(c) {
-			restarted = append(restarted, c)
-			continue
-		}
-		// Not tslink's to decide: the same container without a network
-		// stays down too.
-		out, _ := l.engine.Docker(context.Background(), "inspect", "-f", "{{.State.Status}} {{.State.Running}}", c.name)
-		t.Logf("%s: Docker did not restart --restart %s containers (%s stays down too); %s: %s", sc.name, c.policy, c.twin, c.name, strings.TrimSpace(out))
-		t.Logf("restart-timing scenario=%s live-restore=%v container=%s policy=%s ephemeral=%v api=%s running=not-restarted-by-docker tailnet=-",
-			sc.name, sc.liveRestore, c.name, c.policy, !c.persistent, secs(api))
+	// Each container is followed on its own, so that one that is slow or
+	// stays down does not delay the others' measurements.
+	type result struct {
+		notRestarted bool // by Docker: its twin stays down too
+		running      time.Duration
+		tailnetAt    time.Time
+		ip           string
+		lastFailure  error
+		err          error
 	}
-	cs = restarted
-	running := make([]time.Duration, len(cs))
+	results := make([]result, len(cs))
+	done := make(chan struct{})
 	for i, c := range cs {
-		at, err := l.waitRunning(c, started.Add(tailnetBound))
-		if err != nil {
-			t.Errorf("%s: %v%s", sc.name, err, l.evidence())
-			continue
-		}
-		running[i] = at.Sub(started)
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r := &results[i]
+			if !l.dockerRestarted(c) {
+				r.notRestarted = true
+				return
+			}
+			at, err := l.waitRunning(c, started.Add(tailnetBound))
+			if err != nil {
+				r.err = err
+				return
+			}
+			r.running = at.Sub(started)
+			r.tailnetAt, r.ip, r.lastFailure, err = l.waitTailnet(c.name, started.Add(tailnetBound))
+			if err != nil {
+				r.err = fmt.Errorf("%s not on the tailnet within %v of the engine's start: %w", c.name, tailnetBound, err)
+			}
+		}()
 	}
-	at, ips, errs := l.waitAllTailnet(cs, started.Add(tailnetBound))
+	for range cs {
+		<-done
+	}
+	var back []*restartCtr
+	var ips []string
 	for i, c := range cs {
-		if errs[i] != nil {
-			t.Errorf("%s: %s not on the tailnet within %v of the engine's start: %v%s", sc.name, c.name, tailnetBound, errs[i], l.evidence())
-			continue
+		r := results[i]
+		switch {
+		case r.notRestarted:
+			// Not tslink's to decide: the same container without a network
+			// stays down too.
+			out, _ := l.engine.Docker(context.Background(), "inspect", "-f", "{{.State.Status}} {{.State.Running}}", c.name)
+			t.Logf("%s: Docker did not restart --restart %s containers (%s stays down too); %s: %s", sc.name, c.policy, c.twin, c.name, strings.TrimSpace(out))
+			t.Logf("restart-timing scenario=%s live-restore=%v container=%s policy=%s ephemeral=%v api=%s running=not-restarted-by-docker tailnet=-",
+				sc.name, sc.liveRestore, c.name, c.policy, !c.persistent, secs(api))
+		case r.err != nil:
+			t.Errorf("%s: %v%s", sc.name, r.err, l.evidence())
+		default:
+			if r.tailnetAt.Sub(started) > 20*time.Second {
+				t.Logf("%s: %s answered the laptop only %v after the engine started; the last failure before: %v\n%s",
+					sc.name, c.name, r.tailnetAt.Sub(started).Round(100*time.Millisecond), r.lastFailure, l.nodeLog(c.hostname))
+			}
+			t.Logf("restart-timing scenario=%s live-restore=%v container=%s policy=%s ephemeral=%v api=%s running=%s tailnet=%s",
+				sc.name, sc.liveRestore, c.name, c.policy, !c.persistent, secs(api), runningSecs(r.running), secs(r.tailnetAt.Sub(started)))
+			back = append(back, c)
+			ips = append(ips, r.ip)
 		}
-		t.Logf("restart-timing scenario=%s live-restore=%v container=%s policy=%s ephemeral=%v api=%s running=%s tailnet=%s",
-			sc.name, sc.liveRestore, c.name, c.policy, !c.persistent, secs(api), runningSecs(running[i]), secs(at[i].Sub(started)))
 	}
+	cs = back
 	l.checkNodes(cs, ips, sc.freshEphemeral)
 }
 
