@@ -93,13 +93,26 @@ func (l *lab) dockerRestarted(c *restartCtr) bool {
 }
 
 // evidence is what a failure message carries: dockerd's errors and the
-// plugin's warnings, the end of dockerd's log (which holds the plugin's
-// output), and `tslink status`.
+// plugin's warnings (without dockerd's start-up noise), the end of
+// dockerd's log (which holds the plugin's output), and `tslink status`.
 func (l *lab) evidence() string {
-	log := l.engine.Log()
+	var relevant []string
+	for _, line := range strings.Split(grepLines(l.engine.Log(), "level=error", "level=warning", "level=WARN", "level=ERROR"), "\n") {
+		if !containsAny(line, "devmapper", "blkio", "containerd config version", "cleanup warnings", "module=grpc") {
+			relevant = append(relevant, line)
+		}
+	}
 	return fmt.Sprintf("\n--- dockerd errors, plugin warnings and errors (last 25):\n%s\n--- dockerd log tail:\n%s\n--- tslink status:\n%s",
-		lastLines(grepLines(log, "level=error", "level=warning", "level=WARN", "level=ERROR"), 25),
-		l.engine.LogTail(25), l.tslinkStatus())
+		lastLines(strings.Join(relevant, "\n"), 25), l.engine.LogTail(25), l.tslinkStatus())
+}
+
+func containsAny(s string, substrs ...string) bool {
+	for _, sub := range substrs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
 }
 
 func lastLines(s string, n int) string {
