@@ -26,7 +26,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -72,7 +71,14 @@ func StartEngine(t testing.TB, dockerdArgs ...string) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "d.sock"), args: dockerdArgs}
+	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "d.sock")}
+	for _, a := range dockerdArgs {
+		if a == "--live-restore" {
+			e.liveRestore = true // see SetLiveRestore
+		} else {
+			e.args = append(e.args, a)
+		}
+	}
 	e.log, err = os.Create(filepath.Join(dir, "dockerd.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -93,11 +99,6 @@ func (e *Engine) DataRoot() string { return filepath.Join(e.Dir, "data") }
 // or not. The running dockerd keeps its setting: a restart stops under the
 // old one and restores under the new one.
 func (e *Engine) SetLiveRestore(on bool) { e.liveRestore = on }
-
-// LiveRestore reports whether dockerd starts with --live-restore.
-func (e *Engine) LiveRestore() bool {
-	return e.liveRestore || slices.Contains(e.args, "--live-restore")
-}
 
 // start starts dockerd and waits until its API answers.
 func (e *Engine) start(t testing.TB) {
@@ -120,7 +121,7 @@ func (e *Engine) launch(t testing.TB) {
 		"-H", e.Host,
 		"--bridge", "none",
 	}, e.args...)
-	if e.liveRestore && !slices.Contains(args, "--live-restore") {
+	if e.liveRestore {
 		args = append(args, "--live-restore")
 	}
 	fmt.Fprintf(e.log, "=== enginetest: starting dockerd %s\n", strings.Join(args, " "))
