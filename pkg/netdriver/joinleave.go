@@ -159,9 +159,12 @@ const restoreJoinWait = 5 * time.Second
 
 // backgroundAttempt bounds one attempt of a node started in the background;
 // backgroundRetry is the pause after a failed one (a variable for tests).
-const backgroundAttempt = 2 * time.Minute
+// Attempts are short because a connect to a control server whose packets
+// were dropped sits in the kernel's SYN back-off, and only a fresh attempt
+// notices at once that control is back.
+const backgroundAttempt = 20 * time.Second
 
-var backgroundRetry = 10 * time.Second
+var backgroundRetry = 5 * time.Second
 
 // startInBackground keeps trying to bring ep's node up after a Join that
 // returned without it (the engine was restoring; firstErr is why the node
