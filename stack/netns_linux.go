@@ -111,6 +111,19 @@ func installFallbacks(nsPath string) (err6 error, err error) {
 	return err6, nil
 }
 
+// InstallFallbackRoutes makes the tailnet unreachable in the container
+// netns at nsPath until a node's [Node.Attach] brings tailscale0 there: it
+// installs the unreachable routes that stand in for tailscale0's routes
+// whenever it cannot carry traffic. Attach installs them itself; call this
+// when a container's netns exists before its node is up (a node started
+// after the container), so the tailnet is not routed to Docker's NAT
+// meanwhile. Idempotent; an IPv6 failure (IPv6 disabled in the netns) is
+// returned too, after the IPv4 routes are in place.
+func InstallFallbackRoutes(nsPath string) error {
+	err6, err := installFallbacks(nsPath)
+	return errors.Join(err, err6)
+}
+
 // ignoreRoutesWithoutCarrier sets ignore_routes_with_linkdown on tailscale0
 // in the netns at nsPath, for IPv4 and IPv6. A persistent TUN with no fd
 // attached (the plugin process is gone) has no carrier and the kernel marks
