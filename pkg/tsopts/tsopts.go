@@ -47,6 +47,17 @@ const DefaultTimeout = 20 * time.Second
 // worse.
 const MaxTimeout = 25 * time.Second
 
+// Caps on list-valued input: every serve endpoint costs the shared plugin a
+// listener, a goroutine and a file descriptor, and the tag list is recorded
+// and logged at every Join, so one container (or image) must not be able to
+// ask for thousands.
+const (
+	// MaxServe bounds the ts.serve.<port> labels of one container.
+	MaxServe = 64
+	// MaxTags bounds the tags of a ts.tags label or option.
+	MaxTags = 32
+)
+
 // Network is a tslink network's parsed options, plugin env defaults applied.
 type Network struct {
 	AuthKey     string // secret; "" if AuthKeyFile is used
@@ -163,6 +174,9 @@ func ParseTags(v string) ([]string, error) {
 		if !slices.Contains(tags, t) {
 			tags = append(tags, t)
 		}
+		if len(tags) > MaxTags {
+			return nil, fmt.Errorf("more than %d tags: tslink accepts at most %d tags per node (comma-separated tag:name)", MaxTags, MaxTags)
+		}
 	}
 	if len(tags) == 0 {
 		return nil, fmt.Errorf("empty tag list: want comma-separated tags of the form tag:name, e.g. tag:server")
@@ -196,6 +210,9 @@ type (
 func ParseContainer(labels map[string]string, containerName string) (*Container, error) {
 	c := &Container{}
 	var errs []error
+	if n := countPrefix(labels, LabelServePrefix); n > MaxServe {
+		return nil, fmt.Errorf("labels %s<port>: %d given, tslink serves at most %d ports per container", LabelServePrefix, n, MaxServe)
+	}
 	for _, k := range sortedKeys(labels) {
 		v := labels[k]
 		if !strings.HasPrefix(k, "ts.") {
@@ -352,6 +369,16 @@ func HostnameFromName(name string) string {
 		s = s[:63]
 	}
 	return strings.Trim(s, "-")
+}
+
+func countPrefix(m map[string]string, prefix string) int {
+	n := 0
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 func sortedKeys(m map[string]string) []string {

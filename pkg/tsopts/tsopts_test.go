@@ -1,6 +1,7 @@
 package tsopts
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -87,6 +88,50 @@ func TestParseContainer(t *testing.T) {
 		}
 		if err != nil || c.Hostname != tt.want {
 			t.Errorf("ParseContainer(%v, %q) = %+v, %v; want hostname %q", tt.labels, tt.name, c, err, tt.want)
+		}
+	}
+}
+
+func TestCaps(t *testing.T) {
+	labels := func(n int) map[string]string {
+		m := map[string]string{}
+		for i := 1; i <= n; i++ {
+			m[fmt.Sprintf("ts.serve.%d", i)] = fmt.Sprintf("tcp:%d", i)
+		}
+		return m
+	}
+	tags := func(n int) string {
+		var l []string
+		for i := range n {
+			l = append(l, fmt.Sprintf("tag:t%d", i))
+		}
+		return strings.Join(l, ",")
+	}
+	if c, err := ParseContainer(labels(MaxServe), "c"); err != nil || len(c.Serve.Endpoints) != MaxServe {
+		t.Errorf("%d serve labels: %v", MaxServe, err)
+	}
+	if _, err := ParseContainer(labels(MaxServe+1), "c"); err == nil || !strings.Contains(err.Error(), "ts.serve.<port>: 65 given, tslink serves at most 64 ports") {
+		t.Errorf("%d serve labels: %v", MaxServe+1, err)
+	}
+	if _, err := ParseContainer(labels(10000), "c"); err == nil {
+		t.Error("10000 serve labels accepted")
+	}
+	if c, err := ParseContainer(map[string]string{"ts.tags": tags(MaxTags)}, "c"); err != nil || len(c.Tags) != MaxTags {
+		t.Errorf("%d tags: %v", MaxTags, err)
+	}
+	// Duplicates count once.
+	if _, err := ParseContainer(map[string]string{"ts.tags": tags(MaxTags) + ",tag:t0,tag:t1"}, "c"); err != nil {
+		t.Errorf("%d tags with duplicates: %v", MaxTags, err)
+	}
+	for _, k := range []string{"label ts.tags", "option ts.tags"} {
+		var err error
+		if strings.HasPrefix(k, "label") {
+			_, err = ParseContainer(map[string]string{"ts.tags": tags(5000)}, "c")
+		} else {
+			_, err = ParseNetwork(map[string]string{"ts.authkey": "k", "ts.tags": tags(MaxTags + 1)}, Env{})
+		}
+		if err == nil || !strings.Contains(err.Error(), k+": more than 32 tags") {
+			t.Errorf("%s with too many tags: %v", k, err)
 		}
 	}
 }
