@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/enginestate"
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
@@ -163,11 +164,12 @@ func (d *Driver) Shutdown() {
 	wg.Wait()
 }
 
+// controlName is a control URL as logs show it ([nodespec.ControlDisplay]).
 func controlName(u string) string {
 	if u == "" {
 		return "tailscale default"
 	}
-	return u
+	return nodespec.ControlDisplay(u)
 }
 
 // tailLines returns the last n lines of a file, joined with " | ".

@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/tslink/tslink/pkg/nodespec"
 )
 
 // Tailnet is a node dir's tailnet record: which control server the identity
@@ -49,7 +51,11 @@ func (t Tailnet) tagsLine() string {
 }
 
 func (t Tailnet) describe() string {
-	return t.kind() + " node of the tailnet at " + controlName(t.ControlURL)
+	shown := controlName(t.ControlURL)
+	if t.ControlURL != "" {
+		shown = nodespec.ControlDisplay(t.ControlURL)
+	}
+	return t.kind() + " node of the tailnet at " + shown
 }
 
 // ReadTailnet reads nodeDir's tailnet record; ok is false if there is none

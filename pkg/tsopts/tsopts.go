@@ -8,12 +8,15 @@ package tsopts
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"net/url"
 	"path"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/tslink/tslink/pkg/nodespec"
 )
@@ -23,9 +26,13 @@ const (
 	OptAuthKey     = "ts.authkey"
 	OptAuthKeyFile = "ts.authkey-file"
 	OptControlURL  = "ts.controlurl"
-	OptEphemeral   = "ts.ephemeral"
-	OptTags        = "ts.tags"
-	OptTimeout     = "ts.timeout"
+	// OptInsecureControl allows a plain http:// control URL to a host that
+	// is not loopback (test setups): the auth key then crosses the network
+	// in the clear.
+	OptInsecureControl = "ts.insecure-control"
+	OptEphemeral       = "ts.ephemeral"
+	OptTags            = "ts.tags"
+	OptTimeout         = "ts.timeout"
 )
 
 // Container label keys (`docker run --label KEY=VALUE`).
@@ -62,10 +69,13 @@ const (
 type Network struct {
 	AuthKey     string // secret; "" if AuthKeyFile is used
 	AuthKeyFile string // file name under the state dir's keys/ holding the key
-	ControlURL  string // "" = Tailscale's default
-	Ephemeral   bool
-	Tags        []string
-	Timeout     time.Duration
+	ControlURL  string // "" = Tailscale's default; else normalized by [ParseControlURL]
+	// InsecureControl (ts.insecure-control=true) allows plain http to a
+	// control server that is not on loopback.
+	InsecureControl bool
+	Ephemeral       bool
+	Tags            []string
+	Timeout         time.Duration
 }
 
 // Env is the plugin's environment (`docker plugin set`), the fallback for
@@ -108,11 +118,14 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 			n.AuthKeyFile = v
 			n.AuthKey = ""
 		case OptControlURL:
-			if !(strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://")) || len(v) < len("http://x") {
-				errs = append(errs, fmt.Errorf("option %s=%q: want an http:// or https:// URL of the control server", k, v))
+			n.ControlURL = v // checked below, with the plugin's TS_CONTROL_URL
+		case OptInsecureControl:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s=%q: want true or false", k, v))
 				continue
 			}
-			n.ControlURL = strings.TrimRight(v, "/")
+			n.InsecureControl = b
 		case OptEphemeral:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -138,6 +151,17 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 			errs = append(errs, fmt.Errorf("unknown option %s: tslink accepts %s", k, strings.Join(networkKeys, ", ")))
 		}
 	}
+	if n.ControlURL != "" {
+		source := "option " + OptControlURL
+		if _, ok := opts[OptControlURL]; !ok {
+			source = "the plugin's TS_CONTROL_URL"
+		}
+		u, err := ParseControlURL(n.ControlURL, n.InsecureControl)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", source, err))
+		}
+		n.ControlURL = u
+	}
 	if _, hasKey := opts[OptAuthKey]; hasKey {
 		if _, hasFile := opts[OptAuthKeyFile]; hasFile {
 			errs = append(errs, fmt.Errorf("options %s and %s: give one, not both", OptAuthKey, OptAuthKeyFile))
@@ -149,7 +173,57 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 	return n, nil
 }
 
-var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptTags, OptTimeout}
+var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptInsecureControl, OptTags, OptTimeout}
+
+// controlForm is the accepted form of a control URL, for error messages.
+const controlForm = "https://host[:port][/path] (http:// only to localhost or a loopback address, or with --opt " + OptInsecureControl + "=true)"
+
+// ParseControlURL checks a control server URL and returns it normalized
+// (lowercase scheme, no trailing "/"). The scheme must be http or https and
+// a host is required; user info (user:password@), a query, a fragment,
+// whitespace and control characters are refused, so the URL is safe to
+// record and its scheme://host[:port] safe to log
+// ([nodespec.ControlDisplay]). Plain http is accepted for a loopback host
+// (localhost, 127.0.0.0/8, ::1), else only if insecure is set: over plain
+// http the auth key goes to whoever answers. Errors never echo the URL: it
+// may hold a password.
+func ParseControlURL(raw string, insecure bool) (string, error) {
+	if strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return "", fmt.Errorf("the URL contains whitespace or control characters: want %s", controlForm)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("not a URL: want %s", controlForm)
+	}
+	scheme := strings.ToLower(u.Scheme)
+	switch {
+	case scheme != "http" && scheme != "https":
+		return "", fmt.Errorf("scheme %q: want %s", u.Scheme, controlForm)
+	case u.Opaque != "" || u.Host == "" || u.Hostname() == "":
+		return "", fmt.Errorf("no host: want %s", controlForm)
+	case u.User != nil:
+		return "", fmt.Errorf("user info (user:password@) is not accepted in a control URL, and would be logged: want %s", controlForm)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return "", fmt.Errorf("a ?query or #fragment is not accepted: want %s", controlForm)
+	}
+	if p := u.Port(); p != "" {
+		if _, ok := parsePort(p); !ok {
+			return "", fmt.Errorf("port %q is not a number 1-65535: want %s", p, controlForm)
+		}
+	}
+	if scheme == "http" && !insecure && !isLoopbackHost(u.Hostname()) {
+		return "", fmt.Errorf("plain http to %s, which is not loopback, sends the auth key unprotected: use https://, or add --opt %s=true (test setups)", u.Host, OptInsecureControl)
+	}
+	return scheme + "://" + u.Host + strings.TrimRight(u.EscapedPath(), "/"), nil
+}
+
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.Unmap().IsLoopback()
+}
 
 func validFileName(s string) bool {
 	return s != "" && s != "." && s != ".." && len(s) <= 255 && fileNameRE.MatchString(s)

@@ -21,12 +21,12 @@ func TestParseNetwork(t *testing.T) {
 				t.Errorf("got %+v", n)
 			}
 		}},
-		{name: "env fallback", env: Env{AuthKey: "tskey-auth-env", ControlURL: "http://c:1"}, check: func(t *testing.T, n *Network) {
-			if n.AuthKey != "tskey-auth-env" || n.ControlURL != "http://c:1" {
+		{name: "env fallback", env: Env{AuthKey: "tskey-auth-env", ControlURL: "http://localhost:1"}, check: func(t *testing.T, n *Network) {
+			if n.AuthKey != "tskey-auth-env" || n.ControlURL != "http://localhost:1" {
 				t.Errorf("got %+v", n)
 			}
 		}},
-		{name: "all", opts: map[string]string{"ts.authkey": "k", "ts.controlurl": "http://c:1/", "ts.ephemeral": "false", "ts.tags": "tag:a, tag:b", "ts.timeout": "15s", "com.docker.network.foo": "x"}, check: func(t *testing.T, n *Network) {
+		{name: "all", opts: map[string]string{"ts.authkey": "k", "ts.controlurl": "http://c:1/", "ts.insecure-control": "true", "ts.ephemeral": "false", "ts.tags": "tag:a, tag:b", "ts.timeout": "15s", "com.docker.network.foo": "x"}, check: func(t *testing.T, n *Network) {
 			if n.Ephemeral || n.ControlURL != "http://c:1" || n.Timeout != 15*time.Second || strings.Join(n.Tags, ",") != "tag:a,tag:b" {
 				t.Errorf("got %+v", n)
 			}
@@ -35,7 +35,14 @@ func TestParseNetwork(t *testing.T) {
 		{name: "bad timeout", opts: map[string]string{"ts.timeout": "banana"}, wantErr: "option ts.timeout=\"banana\": want a duration"},
 		{name: "bad tag", opts: map[string]string{"ts.tags": "notatag"}, wantErr: "option ts.tags: \"notatag\" is not a tag"},
 		{name: "bad bool", opts: map[string]string{"ts.ephemeral": "maybe"}, wantErr: "want true or false"},
-		{name: "bad url", opts: map[string]string{"ts.controlurl": "ftp://x"}, wantErr: "want an http:// or https:// URL"},
+		{name: "bad url", opts: map[string]string{"ts.controlurl": "ftp://x"}, wantErr: "option ts.controlurl: scheme \"ftp\": want https://host[:port][/path]"},
+		{name: "env url checked", env: Env{AuthKey: "k", ControlURL: "http://10.0.0.1:8080"}, wantErr: "the plugin's TS_CONTROL_URL: plain http to 10.0.0.1:8080, which is not loopback"},
+		{name: "env url insecure", env: Env{AuthKey: "k", ControlURL: "http://10.0.0.1:8080/"}, opts: map[string]string{"ts.insecure-control": "true"}, check: func(t *testing.T, n *Network) {
+			if n.ControlURL != "http://10.0.0.1:8080" || !n.InsecureControl {
+				t.Errorf("got %+v", n)
+			}
+		}},
+		{name: "bad insecure", opts: map[string]string{"ts.insecure-control": "yes please"}, wantErr: "option ts.insecure-control=\"yes please\": want true or false"},
 		{name: "bad key file", opts: map[string]string{"ts.authkey-file": "../etc/passwd"}, wantErr: "want a file name"},
 		{name: "key and file", opts: map[string]string{"ts.authkey": "k", "ts.authkey-file": "f"}, wantErr: "give one, not both"},
 	}
@@ -53,6 +60,63 @@ func TestParseNetwork(t *testing.T) {
 			}
 			tt.check(t, n)
 		})
+	}
+}
+
+func TestParseControlURL(t *testing.T) {
+	tests := []struct {
+		in       string
+		insecure bool
+		want     string // normalized; "" = refused
+		wantErr  string
+	}{
+		{in: "https://hs.example.com", want: "https://hs.example.com"},
+		{in: "HTTPS://hs.example.com:8443/", want: "https://hs.example.com:8443"},
+		{in: "https://hs.example.com/prefix/", want: "https://hs.example.com/prefix"},
+		{in: "http://127.0.0.1:8080", want: "http://127.0.0.1:8080"},
+		{in: "http://127.1.2.3:8080", want: "http://127.1.2.3:8080"},
+		{in: "http://localhost:8080", want: "http://localhost:8080"},
+		{in: "http://[::1]:8080", want: "http://[::1]:8080"},
+		{in: "http://10.238.0.1:8080", insecure: true, want: "http://10.238.0.1:8080"},
+		{in: "http://10.238.0.1:8080", wantErr: "plain http to 10.238.0.1:8080, which is not loopback, sends the auth key unprotected: use https://, or add --opt ts.insecure-control=true"},
+		{in: "http://169.254.169.254/latest/meta-data", wantErr: "not loopback"},
+		{in: "http://localhost.evil.example", wantErr: "not loopback"},
+		{in: "https://", wantErr: "no host"},
+		{in: "https:hs.example.com", wantErr: "no host"},
+		{in: "https://:443", wantErr: "no host"},
+		{in: "ftp://hs.example.com", wantErr: "scheme \"ftp\""},
+		{in: "hs.example.com", wantErr: "scheme \"\""},
+		{in: "https://admin:s3cret@hs.example.com", wantErr: "user info (user:password@) is not accepted"},
+		{in: "https://admin@hs.example.com", wantErr: "user info"},
+		{in: "https://hs/?token=abc", wantErr: "?query or #fragment"},
+		{in: "https://hs/?", wantErr: "?query or #fragment"},
+		{in: "https://hs/#x", wantErr: "?query or #fragment"},
+		{in: "https://hs.example.com\ntags: tag:prod", wantErr: "whitespace or control characters"},
+		{in: "https://hs.example.com/ ephemeral", wantErr: "whitespace or control characters"},
+		{in: "https://hs.example.com\x7f", wantErr: "whitespace or control characters"},
+		{in: "https://hs.example.com:99999", wantErr: "port \"99999\""},
+		{in: "https://hs.example.com:0", wantErr: "port \"0\""},
+		{in: "https://%zz", wantErr: "not a URL"},
+	}
+	for _, tt := range tests {
+		got, err := ParseControlURL(tt.in, tt.insecure)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseControlURL(%q) = %q, %v; want error %q", tt.in, got, err, tt.wantErr)
+			}
+			if err != nil && (strings.Contains(err.Error(), "s3cret") || strings.Contains(err.Error(), "token")) {
+				t.Errorf("ParseControlURL(%q): error echoes a secret: %v", tt.in, err)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("ParseControlURL(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+	// Through ParseNetwork, the error names the option.
+	_, err := ParseNetwork(map[string]string{"ts.authkey": "k", "ts.controlurl": "https://admin:s3cret@hs"}, Env{})
+	if err == nil || !strings.Contains(err.Error(), "option ts.controlurl: user info") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("ParseNetwork with user info: %v", err)
 	}
 }
 
