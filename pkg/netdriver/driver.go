@@ -90,6 +90,7 @@ type Driver struct {
 	endpoints    map[string]*endpoint       // joined endpoints by endpoint ID
 	releaseTimer *time.Timer                // pending scheduleMemoryRelease
 	unrecovered  map[string]unrecovered     // by endpoint ID: recovery failing (recoveryFailed)
+	leaving      map[string]leaving         // by hostname: nodes being stopped for good (takeLeaving)
 
 	releases   atomic.Uint64 // releaseMemory runs
 	collecting atomic.Bool   // a collectStoppedNodes is pending
@@ -119,6 +120,7 @@ func New(cfg Config) *Driver {
 		networks:    map[string]*tsopts.Network{},
 		endpoints:   map[string]*endpoint{},
 		unrecovered: map[string]unrecovered{},
+		leaving:     map[string]leaving{},
 	}
 }
 

@@ -51,7 +51,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, err
 	}
 	d.supersede(ep)
-	if err := d.reserve(ep); err != nil {
+	if err := d.reserve(ep, began.Add(reserveWait)); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -96,7 +96,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
 			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
 		if newDir {
-			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
+			d.removeNodeDir(ep) // a first attempt that failed leaves no identity behind
 		}
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
@@ -150,6 +150,22 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 }
 
 var errEndpointGone = errors.New("the endpoint left while its node was starting")
+
+// reserveWait bounds a Join's wait for its hostname while the node that had
+// it is being stopped (its Close is bounded by closeTimeout).
+const reserveWait = closeTimeout + 3*time.Second
+
+// closeTimeout bounds a node's Close when its endpoint leaves (service
+// withdrawal and an ephemeral node's logout).
+const closeTimeout = 10 * time.Second
+
+// removeNodeDir removes ep's node dir under its lock; a dir that a live
+// node holds stays ([statedir.RemoveNodeDir]).
+func (d *Driver) removeNodeDir(ep *endpoint) {
+	if err := statedir.RemoveNodeDir(ep.stateDir); err != nil {
+		d.log.Warn("state dir not removed", "hostname", ep.hostname, "err", err)
+	}
+}
 
 // restoreJoinWait bounds the wait for a node in a Join while the engine
 // restores its containers: the engine serves its API only after every
@@ -302,12 +318,14 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 // tailscale0 deleted), record removed, an ephemeral node's state dir
 // removed. A no-op if ep is no longer in the table.
 func (d *Driver) closeEndpoint(ep *endpoint) {
-	if !d.take(ep) {
+	release, ok := d.takeLeaving(ep)
+	if !ok {
 		return
 	}
+	defer release() // a new node may take the hostname once the dir is gone
 	d.stopAttach(ep)
 	if ep.node != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 		if err := ep.node.Close(ctx); err != nil {
 			d.log.Warn("closing node", "hostname", ep.hostname, "err", err)
 		}
@@ -321,7 +339,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 	if ep.ephemeral && ep.node != nil {
 		// A logged-out ephemeral identity can never be used again; keeping
 		// its dir would only pile up one per container name.
-		os.RemoveAll(ep.stateDir)
+		d.removeNodeDir(ep)
 	}
 	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
 	d.scheduleMemoryRelease()

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/enginestate"
 	"github.com/tslink/tslink/pkg/statedir"
+	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 )
 
@@ -44,6 +45,8 @@ type fakeNodes struct {
 	release chan error
 	mu      sync.Mutex
 	nodes   []*fakeNode
+	// closeGate, if set, holds every node's Close until it is closed.
+	closeGate chan struct{}
 }
 
 func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
@@ -56,7 +59,7 @@ func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	n := &fakeNode{}
+	n := &fakeNode{closeGate: f.closeGate}
 	f.mu.Lock()
 	f.nodes = append(f.nodes, n)
 	f.mu.Unlock()
@@ -64,8 +67,9 @@ func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
 }
 
 type fakeNode struct {
-	mu     sync.Mutex
-	closed int
+	mu        sync.Mutex
+	closed    int
+	closeGate chan struct{}
 }
 
 func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
@@ -74,7 +78,15 @@ func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
 func (n *fakeNode) Attach(string) error         { return nil }
 func (n *fakeNode) KeepIPv6(context.Context)    {}
 func (n *fakeNode) Status() stack.Status        { return stack.Status{State: "Running"} }
-func (n *fakeNode) Close(context.Context) error { n.mu.Lock(); n.closed++; n.mu.Unlock(); return nil }
+func (n *fakeNode) Close(context.Context) error {
+	if n.closeGate != nil {
+		<-n.closeGate
+	}
+	n.mu.Lock()
+	n.closed++
+	n.mu.Unlock()
+	return nil
+}
 func (n *fakeNode) closes() int                 { n.mu.Lock(); defer n.mu.Unlock(); return n.closed }
 
 type harness struct {
@@ -250,6 +262,81 @@ func TestJoinsRaceForHostname(t *testing.T) {
 	case cfg := <-h.nodes.started:
 		t.Errorf("a second node was started: %+v", cfg)
 	default:
+	}
+}
+
+// A container stopping while another with its hostname starts (issue 14
+// item 5): the new Join waits until the old node is closed and its
+// ephemeral dir removed, then gets a dir of its own that nothing removes.
+func TestLeaveAndJoinOfOneHostname(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{
+		"ep1": ctr("c1", "old", map[string]string{"ts.hostname": "db"}),
+		"ep2": ctr("c2", "new", map[string]string{"ts.hostname": "db"}),
+	})
+	h.nodes.closeGate = make(chan struct{})
+	first := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, first); err != nil {
+		t.Fatal(err)
+	}
+	dir := h.d.dir.Node("db")
+	left := make(chan error, 1)
+	go func() { left <- h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"}) }()
+	// Leave has taken ep1 out of the table and waits in Close.
+	for deadline := time.Now().Add(5 * time.Second); h.d.lookup("ep1") != nil; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Leave did not start")
+		}
+	}
+	second := h.join("ep2")
+	select {
+	case cfg := <-h.nodes.started:
+		t.Fatalf("a node with the hostname of a closing node started: %+v", cfg)
+	case err := <-second:
+		t.Fatalf("Join returned while the old node was closing: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if !h.d.hostnameInUse("db") {
+		t.Error("hostname free while its old node closes")
+	}
+	close(h.nodes.closeGate)
+	if err := <-left; err != nil {
+		t.Fatal(err)
+	}
+	h.waitStart(t)
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the new node's dir: %v", err)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, second); err != nil {
+		t.Fatalf("second Join: %v", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the new node's dir after its Join: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("ephemeral dir left after Leave: %v", err)
+	}
+}
+
+// A hostname still being released after the Join's wait ends fails the Join
+// with a message naming the stopping container.
+func TestJoinGivesUpOnAHostnameStillReleased(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep2": ctr("c2", "new", map[string]string{"ts.hostname": "db"})})
+	release, ok := h.d.holdHostname("db", "old", nil)
+	if !ok {
+		t.Fatal("hostname not held")
+	}
+	defer release()
+	ep := h.d.newEndpoint("ep2", "net1", "c2", "new", "", "db", tsopts.Serve{})
+	err := h.d.reserve(ep, time.Now().Add(50*time.Millisecond))
+	if err == nil || !strings.Contains(err.Error(), `hostname "db"`) || !strings.Contains(err.Error(), "still being released by stopped container old") {
+		t.Errorf("reserve: %v", err)
+	}
+	if h.d.lookup("ep2") != nil {
+		t.Error("endpoint reserved")
 	}
 }
 

@@ -110,7 +110,9 @@ func (d *Driver) checkTailnet(ep *endpoint, nw *tsopts.Network, tags []string) e
 		return nil
 	}
 	if have.Ephemeral {
-		os.RemoveAll(ep.stateDir)
+		if err := statedir.RemoveNodeDir(ep.stateDir); err != nil {
+			return fmt.Errorf("hostname %s: removing the state of an ephemeral node left by a crash: %w", ep.hostname, err)
+		}
 		return nil
 	}
 	return have.Check(statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags}, ep.hostname, d.dir.HostNode(ep.hostname))

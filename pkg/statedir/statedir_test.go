@@ -1,6 +1,7 @@
 package statedir
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -79,6 +80,30 @@ func TestLockAndRemoveAbandoned(t *testing.T) {
 	l.Release()
 	if _, removed := RemoveAbandoned(dir); removed {
 		t.Error("cleanly released dir removed")
+	}
+}
+
+func TestRemoveNodeDirOnlyUnlocked(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "n")
+	l, err := TakeLock(dir, "container a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := RemoveNodeDir(dir); !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "held by container a") {
+		t.Errorf("removing a held dir: %v", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("held dir gone: %v", err)
+	}
+	l.Release()
+	if err := RemoveNodeDir(dir); err != nil {
+		t.Errorf("removing a released dir: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("dir still there: %v", err)
+	}
+	if err := RemoveNodeDir(dir); err != nil {
+		t.Errorf("removing a missing dir: %v", err)
 	}
 }
 
