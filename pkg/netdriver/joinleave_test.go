@@ -75,9 +75,9 @@ type fakeNode struct {
 func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
 	return netip.MustParseAddr("100.64.0.1"), netip.Addr{}
 }
-func (n *fakeNode) Attach(string) error         { return nil }
-func (n *fakeNode) KeepIPv6(context.Context)    {}
-func (n *fakeNode) Status() stack.Status        { return stack.Status{State: "Running"} }
+func (n *fakeNode) Attach(string) error      { return nil }
+func (n *fakeNode) KeepIPv6(context.Context) {}
+func (n *fakeNode) Status() stack.Status     { return stack.Status{State: "Running"} }
 func (n *fakeNode) Close(context.Context) error {
 	if n.closeGate != nil {
 		<-n.closeGate
@@ -87,7 +87,7 @@ func (n *fakeNode) Close(context.Context) error {
 	n.mu.Unlock()
 	return nil
 }
-func (n *fakeNode) closes() int                 { n.mu.Lock(); defer n.mu.Unlock(); return n.closed }
+func (n *fakeNode) closes() int { n.mu.Lock(); defer n.mu.Unlock(); return n.closed }
 
 type harness struct {
 	d     *Driver
