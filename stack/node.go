@@ -567,13 +567,16 @@ type Status struct {
 	// KeyExpired: KeyExpiry has passed. The node is off the tailnet
 	// (State NeedsLogin) until the key is extended.
 	KeyExpired bool
+	// Tailnet is the tailnet's name, its MagicDNS suffix (e.g.
+	// tail1234.ts.net), from the node's netmap; "" until one arrived.
+	Tailnet string
 }
 
 // Status returns a snapshot of the node.
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry}
+	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry, Tailnet: n.suffix}
 	st.KeyExpired = expiredAt(n.keyExpiry, time.Now())
 	if st.KeyExpired && !strings.HasPrefix(st.LastErr, keyExpiredError) {
 		// Expired by time passing, with no map response since.

@@ -1,6 +1,7 @@
 package netdriver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -138,6 +139,18 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		ep.debugLog.Logf("tslink: node start failed: %v", err)
 		return err
 	}
+	want, err := d.tailnetOf(nw, tags)
+	if err != nil {
+		node.Close(context.Background())
+		return err
+	}
+	have, _ := statedir.ReadTailnet(ep.stateDir)
+	want.Name = cmp.Or(node.Status().Tailnet, have.Name)
+	if err := have.CheckName(want.Name, ep.hostname, d.dir.HostNode(ep.hostname)); err != nil {
+		node.Close(context.Background())
+		ep.debugLog.Logf("tslink: %v", err)
+		return err
+	}
 	if !d.setNode(ep, node, nw.Ephemeral, tags) {
 		// dockerd called Leave (or gave up on Join and rolled back) while
 		// the node was coming up: nobody tracks this node any more.
@@ -145,7 +158,7 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		ep.debugLog.Logf("tslink: endpoint left while its node was starting; node closed")
 		return errEndpointGone
 	}
-	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags})
+	statedir.WriteTailnet(ep.stateDir, want)
 	return nil
 }
 

@@ -47,6 +47,7 @@ type fakeNodes struct {
 	nodes   []*fakeNode
 	// closeGate, if set, holds every node's Close until it is closed.
 	closeGate chan struct{}
+	tailnet   string // the tailnet name new nodes report
 }
 
 func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
@@ -59,7 +60,7 @@ func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	n := &fakeNode{closeGate: f.closeGate}
+	n := &fakeNode{closeGate: f.closeGate, tailnet: f.tailnet}
 	f.mu.Lock()
 	f.nodes = append(f.nodes, n)
 	f.mu.Unlock()
@@ -70,6 +71,7 @@ type fakeNode struct {
 	mu        sync.Mutex
 	closed    int
 	closeGate chan struct{}
+	tailnet   string
 }
 
 func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
@@ -77,7 +79,7 @@ func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
 }
 func (n *fakeNode) Attach(string) error      { return nil }
 func (n *fakeNode) KeepIPv6(context.Context) {}
-func (n *fakeNode) Status() stack.Status     { return stack.Status{State: "Running"} }
+func (n *fakeNode) Status() stack.Status     { return stack.Status{State: "Running", Tailnet: n.tailnet} }
 func (n *fakeNode) Close(context.Context) error {
 	if n.closeGate != nil {
 		<-n.closeGate
@@ -338,6 +340,81 @@ func TestJoinGivesUpOnAHostnameStillReleased(t *testing.T) {
 	if h.d.lookup("ep2") != nil {
 		t.Error("endpoint reserved")
 	}
+}
+
+// Persistent identities are bound to their network's key source and
+// tailnet, not to the network (issue 14 item 4).
+func TestPersistentIdentityStaysInItsTailnet(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{
+		"ep1": ctr("c1", "one", map[string]string{"ts.hostname": "db"}),
+		"ep2": ctr("c2", "two", map[string]string{"ts.hostname": "db"}),
+		"ep3": ctr("c3", "three", map[string]string{"ts.hostname": "db"}),
+		"ep4": ctr("c4", "four", map[string]string{"ts.hostname": "db"}),
+		"ep5": ctr("c5", "five", map[string]string{"ts.hostname": "db"}),
+	})
+	os.MkdirAll(h.root+"/keys", 0o700)
+	os.WriteFile(h.root+"/keys/tailnet-a", []byte("tskey-auth-a1"), 0o600)
+	os.WriteFile(h.root+"/keys/tailnet-b", []byte("tskey-auth-b1"), 0o600)
+	for id, file := range map[string]string{"net-a": "tailnet-a", "net-b": "tailnet-b", "net-a-again": "tailnet-a"} {
+		h.d.setNetwork(id, &tsopts.Network{AuthKeyFile: file, Timeout: 5 * time.Second})
+	}
+	h.d.setNetwork("net-inline", &tsopts.Network{AuthKey: "tskey-auth-c1", Timeout: 5 * time.Second})
+	join := func(ep, nw string, start bool) error {
+		t.Helper()
+		res := make(chan error, 1)
+		go func() {
+			_, err := h.d.Join(&network.JoinRequest{NetworkID: nw, EndpointID: ep, SandboxKey: "/nonexistent/sandbox"})
+			res <- err
+		}()
+		if start {
+			h.waitStart(t)
+			h.nodes.release <- nil
+		}
+		return wait(t, res)
+	}
+	h.nodes.tailnet = "a.example"
+	if err := join("ep1", "net-a", true); err != nil {
+		t.Fatal(err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+	rec, _ := statedir.ReadTailnet(h.d.dir.Node("db"))
+	if rec.KeySource != "file:tailnet-a" || rec.Name != "a.example" {
+		t.Fatalf("tailnet record %+v", rec)
+	}
+	for _, nw := range []string{"net-b", "net-inline"} {
+		err := join("ep2", nw, false)
+		if err == nil || !strings.Contains(err.Error(), "created with auth key file tailnet-a") || !strings.Contains(err.Error(), "remove that dir to start a new identity") {
+			t.Errorf("Join on %s: %v", nw, err)
+		}
+	}
+	// Another network with the same key file (compose down/up), its key
+	// rotated: the same identity.
+	os.WriteFile(h.root+"/keys/tailnet-a", []byte("tskey-auth-a2"), 0o600)
+	if err := join("ep3", "net-a-again", true); err != nil {
+		t.Errorf("same key file, new network, rotated key: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep3"})
+	// A node that came up in another tailnet (it logged in again with a
+	// key of that tailnet) is closed and refused.
+	h.nodes.tailnet = "b.example"
+	err := join("ep4", "net-a", true)
+	if err == nil || !strings.Contains(err.Error(), "tailnet a.example, and the node came up in tailnet b.example") {
+		t.Errorf("other tailnet: %v", err)
+	}
+	if n := h.nodes.nodes[len(h.nodes.nodes)-1]; n.closes() != 1 {
+		t.Errorf("node of the other tailnet closed %d times", n.closes())
+	}
+	if h.d.lookup("ep4") != nil {
+		t.Error("refused endpoint left in the table")
+	}
+	if rec, _ := statedir.ReadTailnet(h.d.dir.Node("db")); rec.Name != "a.example" {
+		t.Errorf("record after the refusal: %+v", rec)
+	}
+	h.nodes.tailnet = "a.example"
+	if err := join("ep5", "net-a", true); err != nil {
+		t.Errorf("back in its tailnet: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep5"})
 }
 
 func TestOneTslinkNetworkPerContainer(t *testing.T) {

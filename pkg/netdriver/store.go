@@ -115,5 +115,27 @@ func (d *Driver) checkTailnet(ep *endpoint, nw *tsopts.Network, tags []string) e
 		}
 		return nil
 	}
-	return have.Check(statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags}, ep.hostname, d.dir.HostNode(ep.hostname))
+	want, err := d.tailnetOf(nw, tags)
+	if err != nil {
+		return err
+	}
+	return have.Check(want, ep.hostname, d.dir.HostNode(ep.hostname))
+}
+
+// tailnetOf is the tailnet record a node of nw asking for tags gets (the
+// tailnet's name aside, which only the node's netmap gives): its key
+// source is the key file's name, or a keyed hash of an inline key
+// ([statedir.Dir.KeySourceInline]).
+func (d *Driver) tailnetOf(nw *tsopts.Network, tags []string) (statedir.Tailnet, error) {
+	t := statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags}
+	if nw.AuthKeyFile != "" {
+		t.KeySource = statedir.KeySourceFile(nw.AuthKeyFile)
+		return t, nil
+	}
+	src, err := d.dir.KeySourceInline(nw.AuthKey)
+	if err != nil {
+		return t, fmt.Errorf("binding the identity to its key: %w", err)
+	}
+	t.KeySource = src
+	return t, nil
 }
