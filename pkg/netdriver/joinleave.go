@@ -37,6 +37,11 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, fmt.Errorf("finding the container of endpoint %s in the engine's state: %w", short(req.EndpointID), err)
 	}
+	if !nw.ImageLabels {
+		if err := tsopts.CheckImageLabels(info.Labels, info.ImageLabels, info.ImageLabelsErr); err != nil {
+			return nil, err
+		}
+	}
 	ct, err := tsopts.ParseContainer(info.Labels, info.Name)
 	if err != nil {
 		return nil, err

@@ -417,6 +417,45 @@ func TestPersistentIdentityStaysInItsTailnet(t *testing.T) {
 	h.d.Leave(&network.LeaveRequest{EndpointID: "ep5"})
 }
 
+// ts.* labels from the image are refused unless the network allows them
+// (issue 14 item 9).
+func TestImageLabelsNeedTheNetworksConsent(t *testing.T) {
+	image := map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:22"}
+	evil := &enginestate.Container{ID: "c1", Name: "innocuous", Labels: map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:22"}, ImageLabels: image}
+	own := &enginestate.Container{ID: "c2", Name: "mine", Labels: map[string]string{"ts.hostname": "web", "ts.serve.2222": "tcp:2222"}, ImageLabels: image}
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": evil, "ep2": own, "ep3": evil})
+	err := wait(t, h.join("ep1"))
+	if err == nil || !strings.Contains(err.Error(), "label ts.hostname, ts.serve.2222 comes from the container's image") || !strings.Contains(err.Error(), "--opt ts.image-labels=true") {
+		t.Errorf("image labels: %v", err)
+	}
+	if _, err := os.Stat(h.d.dir.Node("db")); !os.IsNotExist(err) {
+		t.Errorf("refused Join made a state dir: %v", err)
+	}
+	res := h.join("ep2")
+	if cfg := h.waitStart(t); cfg.Hostname != "web" {
+		t.Errorf("container's own labels: %+v", cfg)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Errorf("container's own labels: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+	h.d.setNetwork("net-img", &tsopts.Network{AuthKey: "tskey-auth-test", Ephemeral: true, ImageLabels: true, Timeout: 5 * time.Second})
+	res2 := make(chan error, 1)
+	go func() {
+		_, err := h.d.Join(&network.JoinRequest{NetworkID: "net-img", EndpointID: "ep3", SandboxKey: "/nonexistent/sandbox"})
+		res2 <- err
+	}()
+	if cfg := h.waitStart(t); cfg.Hostname != "db" || len(cfg.Serve.Endpoints) != 1 {
+		t.Errorf("image labels allowed: %+v", cfg)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res2); err != nil {
+		t.Errorf("image labels allowed: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep3"})
+}
+
 func TestOneTslinkNetworkPerContainer(t *testing.T) {
 	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil), "ep2": ctr("c1", "web", nil)})
 	first := h.join("ep1")

@@ -30,9 +30,12 @@ const (
 	// is not loopback (test setups): the auth key then crosses the network
 	// in the clear.
 	OptInsecureControl = "ts.insecure-control"
-	OptEphemeral       = "ts.ephemeral"
-	OptTags            = "ts.tags"
-	OptTimeout         = "ts.timeout"
+	// OptImageLabels obeys ts.* labels that a container gets from its
+	// image (see [CheckImageLabels]).
+	OptImageLabels = "ts.image-labels"
+	OptEphemeral   = "ts.ephemeral"
+	OptTags        = "ts.tags"
+	OptTimeout     = "ts.timeout"
 )
 
 // Container label keys (`docker run --label KEY=VALUE`).
@@ -73,9 +76,12 @@ type Network struct {
 	// InsecureControl (ts.insecure-control=true) allows plain http to a
 	// control server that is not on loopback.
 	InsecureControl bool
-	Ephemeral       bool
-	Tags            []string
-	Timeout         time.Duration
+	// ImageLabels (ts.image-labels=true) obeys ts.* labels that come from
+	// a container's image.
+	ImageLabels bool
+	Ephemeral   bool
+	Tags        []string
+	Timeout     time.Duration
 }
 
 // Env is the plugin's environment (`docker plugin set`), the fallback for
@@ -126,6 +132,13 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 				continue
 			}
 			n.InsecureControl = b
+		case OptImageLabels:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s=%q: want true or false", k, v))
+				continue
+			}
+			n.ImageLabels = b
 		case OptEphemeral:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -173,7 +186,7 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 	return n, nil
 }
 
-var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptInsecureControl, OptTags, OptTimeout}
+var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptImageLabels, OptInsecureControl, OptTags, OptTimeout}
 
 // controlForm is the accepted form of a control URL, for error messages.
 const controlForm = "https://host[:port][/path] (http:// only to localhost or a loopback address, or with --opt " + OptInsecureControl + "=true)"
@@ -355,6 +368,48 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 		}
 	}
 	return c, nil
+}
+
+// ImageOnlyLabels returns the ts.* labels of a container that come from
+// its image, sorted: labels holds the container's labels as Docker merged
+// them (the image's, then the container's own over them), image the
+// image's own. Docker keeps no record of which were given to `docker run`,
+// so a label the image has with the same value counts as the image's.
+func ImageOnlyLabels(labels, image map[string]string) []string {
+	var out []string
+	for k, v := range labels {
+		if iv, ok := image[k]; ok && iv == v && strings.HasPrefix(k, "ts.") {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// CheckImageLabels refuses a container whose ts.* labels come from its
+// image (an image must not choose a node's hostname, serve ports, tags or
+// service: it could take over a persistent identity or open ports on the
+// tailnet from a plain `docker run`), unless its network has
+// ts.image-labels=true. imageErr is why the image's labels could not be
+// read: then a container with any ts.* label is refused, since nothing
+// tells its own labels from the image's. The error names the labels (up
+// to five) and the option.
+func CheckImageLabels(labels, image map[string]string, imageErr error) error {
+	if imageErr != nil {
+		if countPrefix(labels, "ts.") == 0 {
+			return nil
+		}
+		return fmt.Errorf("the container has ts.* labels and its image's labels cannot be read from the engine's state (%v), so tslink cannot tell the container's own labels from its image's: create the network with --opt %s=true to obey the image's", imageErr, OptImageLabels)
+	}
+	keys := ImageOnlyLabels(labels, image)
+	if len(keys) == 0 {
+		return nil
+	}
+	shown := strings.Join(keys[:min(len(keys), 5)], ", ")
+	if len(keys) > 5 {
+		shown += fmt.Sprintf(" and %d more", len(keys)-5)
+	}
+	return fmt.Errorf("label %s comes from the container's image, and tslink obeys the ts.* labels of images only on networks created with --opt %s=true (a docker run --label with the image's own value counts as the image's): use an image without ts.* labels, or create the network with that option", shown, OptImageLabels)
 }
 
 var (

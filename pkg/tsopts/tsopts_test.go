@@ -1,6 +1,7 @@
 package tsopts
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -198,6 +199,45 @@ func TestCaps(t *testing.T) {
 			t.Errorf("%s with too many tags: %v", k, err)
 		}
 	}
+}
+
+func TestCheckImageLabels(t *testing.T) {
+	image := map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:22", "maintainer": "x"}
+	tests := []struct {
+		name    string
+		labels  map[string]string
+		image   map[string]string
+		imgErr  error
+		wantErr string // "" = allowed
+	}{
+		{name: "no image labels", labels: map[string]string{"ts.hostname": "web"}},
+		{name: "image without ts labels", labels: map[string]string{"ts.hostname": "web", "maintainer": "x"}, image: map[string]string{"maintainer": "x"}},
+		{name: "image labels", labels: map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:22", "maintainer": "x"}, image: image,
+			wantErr: "label ts.hostname, ts.serve.2222 comes from the container's image, and tslink obeys the ts.* labels of images only on networks created with --opt ts.image-labels=true"},
+		{name: "overridden by the container", labels: map[string]string{"ts.hostname": "web", "ts.serve.2222": "tcp:2222", "maintainer": "x"}, image: image},
+		{name: "same value as the image", labels: map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:2222"}, image: image, wantErr: "label ts.hostname comes from"},
+		{name: "many", labels: labelsN(10), image: labelsN(10), wantErr: "label ts.serve.1, ts.serve.10, ts.serve.2, ts.serve.3, ts.serve.4 and 5 more comes from"},
+		{name: "unreadable, no ts labels", labels: map[string]string{"a": "b"}, imgErr: errors.New("no image store")},
+		{name: "unreadable", labels: map[string]string{"ts.hostname": "web"}, imgErr: errors.New("no image store"), wantErr: "its image's labels cannot be read from the engine's state (no image store)"},
+	}
+	for _, tt := range tests {
+		err := CheckImageLabels(tt.labels, tt.image, tt.imgErr)
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("%s: %v; want %q", tt.name, err, tt.wantErr)
+		}
+	}
+	n, err := ParseNetwork(map[string]string{"ts.authkey": "k", "ts.image-labels": "true"}, Env{})
+	if err != nil || !n.ImageLabels {
+		t.Errorf("ts.image-labels=true: %+v, %v", n, err)
+	}
+}
+
+func labelsN(n int) map[string]string {
+	m := map[string]string{}
+	for i := 1; i <= n; i++ {
+		m[fmt.Sprintf("ts.serve.%d", i)] = "tcp:1"
+	}
+	return m
 }
 
 func FuzzParseContainer(f *testing.F) {
