@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
@@ -36,6 +37,9 @@ func (d *Driver) saveRecord(ep *endpoint) {
 	}
 }
 
+// hexID is the form of Docker's endpoint IDs.
+var hexID = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
 func (d *Driver) removeRecord(endpointID string) { os.Remove(d.dir.EndpointRecord(endpointID)) }
 
 func (d *Driver) loadRecords() []record {
@@ -47,7 +51,11 @@ func (d *Driver) loadRecords() []record {
 		if err == nil {
 			err = json.Unmarshal(b, &rec)
 		}
-		if err != nil || rec.EndpointID == "" {
+		if err == nil && (!hexID.MatchString(rec.EndpointID) || !tsopts.ValidHostname(rec.Hostname)) {
+			// The hostname names a dir that recovery may remove.
+			err = fmt.Errorf("endpoint ID %q or hostname %q is not valid", rec.EndpointID, rec.Hostname)
+		}
+		if err != nil {
 			d.log.Error("unreadable endpoint record; its container's node is not recovered", "file", f, "err", err)
 			continue
 		}
