@@ -738,15 +738,15 @@ func (n *Node) teardownKeepingTUN() {
 	n.lock.Release()
 }
 
-var tskeyPattern = regexp.MustCompile(`tskey-[A-Za-z0-9-]+`)
+var tskeyPattern = regexp.MustCompile(`(tskey|hskey)-[A-Za-z0-9-]+`)
 
 // Redact removes secret and anything shaped like a Tailscale key
-// ("tskey-...") from s.
+// ("tskey-...") or a Headscale key ("hskey-...") from s.
 func Redact(s, secret string) string {
 	if secret != "" {
 		s = strings.ReplaceAll(s, secret, "[REDACTED]")
 	}
-	return tskeyPattern.ReplaceAllString(s, "tskey-[REDACTED]")
+	return tskeyPattern.ReplaceAllString(s, "${1}-[REDACTED]")
 }
 
 func redactingLogf(logf logger.Logf, secret string) logger.Logf {
