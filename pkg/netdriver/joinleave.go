@@ -102,7 +102,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
 			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
 		if newDir {
-			d.removeNodeDir(ep) // a first attempt that failed leaves no identity behind
+			d.removeFailedDir(ep) // a first attempt that failed leaves no identity behind
 		}
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
@@ -176,6 +176,21 @@ const reserveWait = closeTimeout + 3*time.Second
 // closeTimeout bounds a node's Close when its endpoint leaves (service
 // withdrawal and an ephemeral node's logout).
 const closeTimeout = 10 * time.Second
+
+// removeFailedDir removes the dir a failed Join of ep created, holding ep's
+// hostname meanwhile: ep's own reservation if it still has it, else (a
+// Leave came during the Join and freed it) a new hold, unless another
+// endpoint has taken the hostname since.
+func (d *Driver) removeFailedDir(ep *endpoint) {
+	release, ok := d.takeLeaving(ep)
+	if !ok {
+		release, ok = d.holdHostname(ep.hostname, ep.containerName, nil)
+	}
+	if ok {
+		d.removeNodeDir(ep)
+		release()
+	}
+}
 
 // removeNodeDir removes ep's node dir under its lock; a dir that a live
 // node holds stays ([statedir.RemoveNodeDir]).
