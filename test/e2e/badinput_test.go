@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +72,8 @@ func TestBadInputThroughTheCLI(t *testing.T) {
 		{"service without svc:", "good", []string{"ts.service=my-api", "ts.serve.80=http:80"}, []string{"label ts.service", "svc:<name>"}, 10 * time.Second},
 		{"service without serve", "good", []string{"ts.service=svc:my-api"}, []string{"ts.service=svc:my-api needs at least one ts.serve.<port>"}, 10 * time.Second},
 		{"service untagged", "good", []string{"ts.service=svc:my-api", "ts.serve.80=http:80"}, []string{"label ts.service=svc:my-api", "tagged node", "ts.tags"}, 10 * time.Second},
+		{"65 serve labels", "good", manyServeLabels(65), []string{"labels ts.serve.<port>: 65 given", "at most 64"}, 10 * time.Second},
+		{"33 tags", "good", []string{"ts.tags=" + manyTags(33)}, []string{"label ts.tags: more than 32 tags"}, 10 * time.Second},
 	}
 	for _, tc := range runCases {
 		args := []string{"run", "--rm", "--network", tc.network}
@@ -135,4 +138,20 @@ func secretNowhere(t *testing.T, l *lab) {
 	if strings.Contains(string(ps), testAuthKey) {
 		t.Errorf("auth key on a process command line")
 	}
+}
+
+func manyServeLabels(n int) []string {
+	var out []string
+	for i := 1; i <= n; i++ {
+		out = append(out, fmt.Sprintf("ts.serve.%d=tcp:%d", 1000+i, 1000+i))
+	}
+	return out
+}
+
+func manyTags(n int) string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("tag:t%d", i))
+	}
+	return strings.Join(out, ",")
 }
