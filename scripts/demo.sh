@@ -133,8 +133,10 @@ if ! docker image inspect $IMAGE >/dev/null 2>&1; then
   tar -C $WORK/img -c . | docker import -c 'ENV PATH=/bin' - $IMAGE >/dev/null
 fi
 
-step "docker network create -d $PLUGIN --opt ts.authkey-file=demo --opt ts.controlurl=$CONTROL $NET"
-docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlurl="$CONTROL" $NET >/dev/null
+# The local control server speaks plain http on a lab address, which the
+# plugin accepts only with ts.insecure-control=true.
+step "docker network create -d $PLUGIN --opt ts.authkey-file=demo --opt ts.controlurl=$CONTROL --opt ts.insecure-control=true $NET"
+docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlurl="$CONTROL" --opt ts.insecure-control=true $NET >/dev/null
 
 step "two containers, each its own tailnet node"
 for c in alpha beta; do

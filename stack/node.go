@@ -571,13 +571,16 @@ type Status struct {
 	// KeyExpired: KeyExpiry has passed. The node is off the tailnet
 	// (State NeedsLogin) until the key is extended.
 	KeyExpired bool
+	// Tailnet is the tailnet's name, its MagicDNS suffix (e.g.
+	// tail1234.ts.net), from the node's netmap; "" until one arrived.
+	Tailnet string
 }
 
 // Status returns a snapshot of the node.
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry}
+	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry, Tailnet: n.suffix}
 	st.KeyExpired = expiredAt(n.keyExpiry, time.Now())
 	if st.KeyExpired && !strings.HasPrefix(st.LastErr, keyExpiredError) {
 		// Expired by time passing, with no map response since.
@@ -749,15 +752,15 @@ func (n *Node) teardownKeepingTUN() {
 	n.lock.Release()
 }
 
-var tskeyPattern = regexp.MustCompile(`tskey-[A-Za-z0-9-]+`)
+var tskeyPattern = regexp.MustCompile(`(tskey|hskey)-[A-Za-z0-9-]+`)
 
 // Redact removes secret and anything shaped like a Tailscale key
-// ("tskey-...") from s.
+// ("tskey-...") or a Headscale key ("hskey-...") from s.
 func Redact(s, secret string) string {
 	if secret != "" {
 		s = strings.ReplaceAll(s, secret, "[REDACTED]")
 	}
-	return tskeyPattern.ReplaceAllString(s, "tskey-[REDACTED]")
+	return tskeyPattern.ReplaceAllString(s, "${1}-[REDACTED]")
 }
 
 func redactingLogf(logf logger.Logf, secret string) logger.Logf {
