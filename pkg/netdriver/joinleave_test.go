@@ -23,10 +23,15 @@ import (
 type fakeEngine struct {
 	ctrs      map[string]*enginestate.Container
 	restoring atomic.Bool
+	control   string // the network's ts.controlurl; loopback if empty
 }
 
 func (f *fakeEngine) NetworkOptions(string) (map[string]string, error) {
-	return map[string]string{"ts.authkey": "tskey-auth-test", "ts.controlurl": "http://127.0.0.1:1"}, nil
+	control := f.control
+	if control == "" {
+		control = "http://127.0.0.1:1"
+	}
+	return map[string]string{"ts.authkey": "tskey-auth-test", "ts.controlurl": control}, nil
 }
 
 func (f *fakeEngine) ForJoin(_, endpointID, _ string) (*enginestate.Container, error) {
@@ -603,5 +608,23 @@ func TestJoinNotRestoringFails(t *testing.T) {
 	h.nodes.release <- errors.New("control server unreachable")
 	if err := wait(t, res); err == nil || !strings.Contains(err.Error(), "control server unreachable") {
 		t.Fatalf("Join = %v, want the node's error", err)
+	}
+}
+
+// A network an earlier tslink created (no record; options from the engine's
+// store) with a plain http control server keeps working after the upgrade.
+func TestOlderNetworkKeepsPlainHTTPControl(t *testing.T) {
+	h := newHarness(t, nil)
+	h.d.cfg.Engine.(*fakeEngine).control = "http://10.1.2.3:8080"
+	nw, err := h.d.networkFor("net1")
+	if err != nil {
+		t.Fatalf("network of an earlier tslink refused: %v", err)
+	}
+	if nw.ControlURL != "http://10.1.2.3:8080" {
+		t.Fatalf("control URL %q", nw.ControlURL)
+	}
+	opts, err := h.d.loadNetwork("net1")
+	if err != nil || opts["ts.insecure-control"] != "true" {
+		t.Fatalf("recorded options %v, %v; want ts.insecure-control=true kept", opts, err)
 	}
 }

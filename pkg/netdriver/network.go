@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/statedir"
@@ -82,6 +83,7 @@ func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
 	opts, err := d.loadNetwork(networkID)
 	if errors.Is(err, os.ErrNotExist) {
 		if opts, err = d.cfg.Engine.NetworkOptions(networkID); err == nil {
+			d.keepOlderBehaviour(networkID, opts)
 			if serr := d.saveNetwork(networkID, opts); serr != nil {
 				d.log.Warn("recording network options", "network", short(networkID), "err", serr)
 			} else {
@@ -124,4 +126,20 @@ func (d *Driver) authKeyFor(nw *tsopts.Network, nodeDir string) (string, error) 
 		}
 	}
 	return key, err
+}
+
+// keepOlderBehaviour adds to the options of a network created by an earlier
+// tslink (it has no record) what that version allowed without an option, so
+// that its containers keep starting after an upgrade: a plain http control
+// URL to a host other than loopback. It logs what it kept.
+func (d *Driver) keepOlderBehaviour(networkID string, opts map[string]string) {
+	control := opts[tsopts.OptControlURL]
+	if control == "" {
+		control = d.cfg.Env.ControlURL
+	}
+	if _, set := opts[tsopts.OptInsecureControl]; set || !strings.HasPrefix(strings.ToLower(strings.TrimSpace(control)), "http://") {
+		return
+	}
+	opts[tsopts.OptInsecureControl] = "true"
+	d.log.Warn("network created by an earlier tslink uses a plain http control server; kept working as "+tsopts.OptInsecureControl+"=true (recreate the network with that option to make it explicit)", "network", short(networkID))
 }
