@@ -36,9 +36,17 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
+	return newLabWith(t, devcontrol.Options{})
+}
+
+// newLabWith is newLab with control options (address, auth key and log are
+// the lab's).
+func newLabWith(t *testing.T, opts devcontrol.Options) *lab {
+	t.Helper()
 	netnstest.RequireRoot(t)
 	laptop := netnstest.NewLaptop(t) // creates the lab address control listens on
-	ctl, err := devcontrol.Start(devcontrol.Options{ListenAddr: netnstest.LabAddr, AuthKey: testAuthKey, Logf: t.Logf})
+	opts.ListenAddr, opts.AuthKey, opts.Logf = netnstest.LabAddr, testAuthKey, t.Logf
+	ctl, err := devcontrol.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

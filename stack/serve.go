@@ -322,3 +322,33 @@ func sameServeConfig(a, b *ipn.ServeConfig) bool {
 	jb, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
+
+// reapplyServe rebuilds the serve config after control renamed the node:
+// node endpoints are keyed by the node's FQDN, so they would otherwise stay
+// on the old name.
+func (n *Node) reapplyServe(nodeCtx context.Context) {
+	if len(n.cfg.Serve.Endpoints) == 0 || n.relays == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(nodeCtx, 5*time.Second)
+	defer cancel()
+	st, err := n.lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		n.logf("tslink: serve after rename: reading status: %v", err)
+		return
+	}
+	sc := serveConfig(&n.cfg, st, n.relays.backend)
+	cur, err := n.lc.GetServeConfig(ctx)
+	if err != nil {
+		n.logf("tslink: serve after rename: reading serve config: %v", err)
+		return
+	}
+	if sameServeConfig(cur, sc) {
+		return
+	}
+	if err := n.lc.SetServeConfig(ctx, sc); err != nil {
+		n.logf("tslink: serve after rename: %v", err)
+		return
+	}
+	n.logf("tslink: serve config moved to %s", strings.TrimSuffix(st.Self.DNSName, "."))
+}

@@ -4,7 +4,8 @@
 //
 // It is not a production control server. It inherits testcontrol's limits:
 // it never deletes nodes, ignores logout and the ephemeral flag, never
-// de-duplicates names, and sends allow-all packet filters unless told
+// de-duplicates names, keeps a node's cert domain on its requested hostname
+// after [Server.RenameNode], and sends allow-all packet filters unless told
 // otherwise. What it adds on top is what tests need to observe and steer:
 // per-node online tracking (from streaming map polls), a register-request
 // counter (a logout is a register request), setters for the packet filter,
@@ -374,6 +375,28 @@ func trimDot(s string) string {
 func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(s.Nodes())
+}
+
+// RenameNode gives the node with the given node key (as in [Node.NodeKey])
+// the MagicDNS name "<name>.<domain>", as an admin's rename in the admin
+// console does; the node and its peers get it in their next map response
+// (testcontrol's UpdateNode). name is one DNS label. Unlike Tailscale's
+// control, testcontrol keeps the cert domain of the requested hostname.
+func (s *Server) RenameNode(nodeKey, name string) error {
+	var k key.NodePublic
+	if err := k.UnmarshalText([]byte(nodeKey)); err != nil {
+		return fmt.Errorf("parsing node key: %w", err)
+	}
+	if name == "" || strings.Contains(name, ".") {
+		return fmt.Errorf("node name %q: want one DNS label", name)
+	}
+	n := s.control.Node(k)
+	if n == nil {
+		return fmt.Errorf("no node with key %s", nodeKey)
+	}
+	n.Name = name + "." + s.domain + "."
+	s.control.UpdateNode(n)
+	return nil
 }
 
 // SetRequireMachineAuth makes newly registered nodes wait for
