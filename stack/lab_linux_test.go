@@ -44,6 +44,9 @@ func newLab(t *testing.T) *lab {
 func newLabWith(t *testing.T, opts devcontrol.Options) *lab {
 	t.Helper()
 	netnstest.RequireRoot(t)
+	// Certificate fetches (https serve) go to a closed local port, never
+	// to Let's Encrypt.
+	t.Setenv("TS_DEBUG_ACME_DIRECTORY_URL", "http://127.0.0.1:1/directory")
 	laptop := netnstest.NewLaptop(t) // creates the lab address control listens on
 	opts.ListenAddr, opts.AuthKey, opts.Logf = netnstest.LabAddr, testAuthKey, t.Logf
 	ctl, err := devcontrol.Start(opts)

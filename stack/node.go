@@ -289,6 +289,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	// A new identity has no serve config or service advertisement to
 	// replace: only nodes with serve labels, or reused state, need the calls.
 	if needStatus && (len(cfg.Serve.Endpoints) > 0 || !freshState) {
+		if err := n.checkCertAvailable(st); err != nil {
+			return nil, err
+		}
 		if err := n.applyServe(ctx, st); err != nil {
 			return nil, err
 		}
@@ -296,6 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 
 	wctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
+	n.prefetchCert(wctx, st)
 	n.wg.Go(func() { n.watch(wctx) })
 	return n, nil
 }

@@ -64,6 +64,12 @@ type Options struct {
 	MagicDNSDomain string
 	// Logf receives control's own log lines; nil discards them.
 	Logf logger.Logf
+	// NoHTTPSCerts models a tailnet with HTTPS certificates turned off:
+	// netmaps carry no DNS CertDomains and nodes lack the "https"
+	// capability, as Tailscale's control sends them then. Without it every
+	// node's netmap offers a certificate for "<hostname>.<domain>" (as
+	// testcontrol does), though nothing here can issue one (no ACME).
+	NoHTTPSCerts bool
 }
 
 // Server is a running local tailnet. Its methods are safe for concurrent use.
@@ -172,6 +178,13 @@ func Start(opts Options) (_ *Server, retErr error) {
 		HoldMapRequest:         s.holdMapRequest,
 		ModifyFirstMapResponse: s.modifyFirstMapResponse,
 		ExplicitBaseURL:        s.url,
+	}
+	if opts.NoHTTPSCerts {
+		// testcontrol adds a cert domain per node whenever it knows the
+		// MagicDNS domain, and names nodes with it; without it,
+		// serveRegister names new nodes instead.
+		s.control.MagicDNSDomain = ""
+		s.control.DefaultNodeCapabilities = &tailcfg.NodeCapMap{tailcfg.CapabilityFileSharing: nil}
 	}
 	if err := s.checkRegisterRequests(); err != nil {
 		return nil, err

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -82,7 +84,14 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 		res.AuthURL = s.url + "/auth/" + randomHex()
 	}
 	if res.Error == "" && res.AuthURL == "" {
-		next.ServeHTTP(w, r)
+		// The answer waits until the node is named, so its first map
+		// poll sees the name.
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		s.nameNode(req.NodeKey)
+		maps.Copy(w.Header(), rec.Header())
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
 		if !req.OldNodeKey.IsZero() && req.OldNodeKey != req.NodeKey && s.knownNodeKey(req.NodeKey) {
 			s.keyReplaced(req.OldNodeKey)
 			if authKeyOf(&req) != "" {
@@ -94,6 +103,18 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 	b, _ := json.Marshal(res)
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
+}
+
+// nameNode gives a node testcontrol registered without a MagicDNS name
+// (its MagicDNSDomain is off: [Options.NoHTTPSCerts]) the name
+// "<hostname>.<domain>".
+func (s *Server) nameNode(k key.NodePublic) {
+	n := s.control.Node(k)
+	if n == nil || strings.Contains(n.Name, ".") {
+		return
+	}
+	n.Name = n.Name + "." + s.domain + "."
+	s.control.UpdateNode(n)
 }
 
 // keyReplaced records that a node now uses another node key: testcontrol

@@ -2,6 +2,7 @@ package devcontrol
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 )
@@ -44,5 +45,36 @@ func TestRenameNodeReachesTheNode(t *testing.T) {
 	}
 	if err := s.RenameNode(nodes[0].NodeKey, "a.b"); err == nil {
 		t.Error("RenameNode accepted a name with a dot")
+	}
+}
+
+// TestNoHTTPSCertsOffersNoCertDomain: with NoHTTPSCerts a node keeps its
+// MagicDNS name but its netmap has no cert domains; without it, its name is
+// one.
+func TestNoHTTPSCertsOffersNoCertDomain(t *testing.T) {
+	for _, noCerts := range []bool{false, true} {
+		s, err := Start(Options{NoHTTPSCerts: noCerts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := up(t, s, t.TempDir(), "web", "", 30*time.Second)
+		if err != nil {
+			s.Close()
+			t.Fatal(err)
+		}
+		lc, _ := a.LocalClient()
+		st, err := lc.StatusWithoutPeers(context.Background())
+		a.Close()
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fqdn := "web." + DefaultMagicDNSDomain
+		if st.Self.DNSName != fqdn+"." {
+			t.Errorf("NoHTTPSCerts=%v: node named %q; want %s.", noCerts, st.Self.DNSName, fqdn)
+		}
+		if got := slices.Contains(st.CertDomains, fqdn); got == noCerts {
+			t.Errorf("NoHTTPSCerts=%v: cert domains %q", noCerts, st.CertDomains)
+		}
 	}
 }
