@@ -3,6 +3,7 @@ package devcontrol
 import (
 	"context"
 	"slices"
+	"tailscale.com/tsnet"
 	"testing"
 	"time"
 )
@@ -76,5 +77,81 @@ func TestNoHTTPSCertsOffersNoCertDomain(t *testing.T) {
 		if got := slices.Contains(st.CertDomains, fqdn); got == noCerts {
 			t.Errorf("NoHTTPSCerts=%v: cert domains %q", noCerts, st.CertDomains)
 		}
+	}
+}
+
+// TestEphemeralLogoutDeletesAndNamesAreSuffixed: an ephemeral node that logs
+// out is gone from the listing and from its peers' netmaps, and its name is
+// free; a new node asking for the name of a node that still exists (a
+// persistent node, offline) gets "<name>-1", then "<name>-2".
+func TestEphemeralLogoutDeletesAndNamesAreSuffixed(t *testing.T) {
+	s, err := Start(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	peer, err := up(t, s, t.TempDir(), "peer", "", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peerLC, _ := peer.LocalClient()
+	peerSees := func(name string) bool {
+		st, err := peerLC.Status(context.Background())
+		if err != nil {
+			return false
+		}
+		for _, p := range st.Peer {
+			if p.DNSName == name+"." {
+				return true
+			}
+		}
+		return false
+	}
+	waitUntil := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("10 s without %s", what)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	domain := "." + DefaultMagicDNSDomain
+
+	eph := &tsnet.Server{Dir: t.TempDir(), Hostname: "web", ControlURL: s.URL(), Ephemeral: true, Logf: t.Logf}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := eph.Up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil("the peer seeing web", func() bool { return peerSees("web" + domain) })
+	lc, _ := eph.LocalClient()
+	if err := lc.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eph.Close()
+	if n := s.NodesByHostname("web"); len(n) != 0 {
+		t.Errorf("logged-out ephemeral node still listed: %+v", n)
+	}
+	waitUntil("the peer dropping the logged-out ephemeral node", func() bool { return !peerSees("web" + domain) })
+
+	var keep []*tsnet.Server
+	for _, want := range []string{"web", "web-1", "web-2"} {
+		srv, err := up(t, s, t.TempDir(), "web", "", 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, srv)
+		lc, _ := srv.LocalClient()
+		st, err := lc.StatusWithoutPeers(context.Background())
+		if err != nil || st.Self.DNSName != want+domain+"." {
+			t.Errorf("node %d asking for web: named %q (%v); want %s%s.", len(keep), st.Self.DNSName, err, want, domain)
+		}
+		srv.Close() // offline, not logged out: it keeps its name
+	}
+	if n := s.NodesByHostname("web"); len(n) != 3 {
+		t.Errorf("control lists %d nodes asking for web; want 3", len(n))
 	}
 }
