@@ -29,6 +29,13 @@ var (
 	// none (the tailnet policy's tagOwners do not allow them for this key).
 	ErrTagsNotGranted = errors.New("control did not grant the requested tags")
 
+	// ErrNoHTTPSCert: a ts.serve label asks for TLS (https,
+	// tls-terminated-tcp) and control offers this node no certificate: its
+	// netmap's DNS CertDomains lack the node's name. Tailscale's client
+	// decides the same way (feature/acme refuses a domain not in
+	// CertDomains), so no handshake could ever succeed.
+	ErrNoHTTPSCert = errors.New("no HTTPS certificate available for this node")
+
 	// ErrStateDirInUse: another node holds this state dir's lock.
 	ErrStateDirInUse = statedir.ErrInUse
 	// ErrNoTUN: there is no tailscale0 to adopt in the given netns.

@@ -36,9 +36,20 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	t.Helper()
+	return newLabWith(t, devcontrol.Options{})
+}
+
+// newLabWith is newLab with control options (address, auth key and log are
+// the lab's).
+func newLabWith(t *testing.T, opts devcontrol.Options) *lab {
+	t.Helper()
 	netnstest.RequireRoot(t)
+	// Certificate fetches (https serve) go to a closed local port, never
+	// to Let's Encrypt.
+	t.Setenv("TS_DEBUG_ACME_DIRECTORY_URL", "http://127.0.0.1:1/directory")
 	laptop := netnstest.NewLaptop(t) // creates the lab address control listens on
-	ctl, err := devcontrol.Start(devcontrol.Options{ListenAddr: netnstest.LabAddr, AuthKey: testAuthKey, Logf: t.Logf})
+	opts.ListenAddr, opts.AuthKey, opts.Logf = netnstest.LabAddr, testAuthKey, t.Logf
+	ctl, err := devcontrol.Start(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"tailscale.com/tsnet"
 	"tailscale.com/types/logger"
 	"tailscale.com/types/views"
+	"tailscale.com/util/dnsname"
 
 	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
@@ -102,6 +103,7 @@ type Node struct {
 	lastErr string
 	self    *tailcfg.Node // the self node as last seen on the IPN bus while starting
 	suffix  string        // the tailnet's MagicDNS suffix, "" until known
+	name    string        // the node's MagicDNS name as control has it (no trailing dot), "" until known
 
 	keyless   bool      // started from state without the auth key (see Start)
 	keyUsed   bool      // the auth key was sent after control asked for a login
@@ -261,6 +263,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	for _, ip := range st.TailscaleIPs {
 		n.addrs = append(n.addrs, netip.PrefixFrom(ip, ip.BitLen()))
 	}
+	if st.Self != nil {
+		n.setName(st.Self.DNSName)
+	}
 	if len(n.addrs) == 0 && len(cfg.Serve.Endpoints) > 0 {
 		return nil, n.nodeError(ErrNotReady, fmt.Sprintf("state %v with no Tailscale address from control yet%s", n.state, n.healthDetail()))
 	}
@@ -284,6 +289,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	// A new identity has no serve config or service advertisement to
 	// replace: only nodes with serve labels, or reused state, need the calls.
 	if needStatus && (len(cfg.Serve.Endpoints) > 0 || !freshState) {
+		if err := n.checkCertAvailable(st); err != nil {
+			return nil, err
+		}
 		if err := n.applyServe(ctx, st); err != nil {
 			return nil, err
 		}
@@ -291,6 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 
 	wctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
+	n.prefetchCert(wctx, st)
 	n.wg.Go(func() { n.watch(wctx) })
 	return n, nil
 }
@@ -471,6 +480,9 @@ func (n *Node) watch(ctx context.Context) {
 				n.mu.Unlock()
 			}
 			if nt.SelfChange != nil {
+				if n.setName(nt.SelfChange.Name) {
+					n.reapplyServe(ctx)
+				}
 				n.setKeyExpiry(nt.SelfChange.KeyExpiry)
 				n.setDNSSuffix(statusFromSelf(nt.SelfChange))
 				var addrs []netip.Prefix
@@ -488,6 +500,42 @@ func (n *Node) watch(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// setName records the node's MagicDNS name from a self node or status
+// (dnsName may end in a dot). It logs, once per name, when control's name
+// differs from the requested hostname: Tailscale's control gives a node
+// "<hostname>-1" (-2, ...) when another node, online or not, holds the name,
+// and an admin may rename a node at any time. It reports whether a known
+// name changed (a rename while running).
+func (n *Node) setName(dnsName string) (renamed bool) {
+	name := strings.TrimSuffix(dnsName, ".")
+	if name == "" {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if name == n.name {
+		return false
+	}
+	old := n.name
+	n.name = name
+	label, _, _ := strings.Cut(name, ".")
+	switch {
+	case old != "":
+		n.logf("tslink: control renamed the node %s -> %s", old, name)
+	case !strings.EqualFold(label, dnsname.SanitizeHostname(n.cfg.Hostname)):
+		n.logf("tslink: hostname %q is taken on the tailnet (another node, possibly offline, holds it); control named this node %s", n.cfg.Hostname, name)
+	}
+	return old != ""
+}
+
+// Name returns the node's MagicDNS name as control has it, without the
+// trailing dot ("" until known).
+func (n *Node) Name() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.name
 }
 
 // keyExpiredError starts the last error of a node whose node key expired.
@@ -560,11 +608,15 @@ func (n *Node) LocalClient() *local.Client { return n.lc }
 
 // Status is a snapshot of a node for status output.
 type Status struct {
-	Hostname string
-	State    string // IPN state: Running, NeedsLogin, ...
-	Addrs    []netip.Prefix
-	NetNS    string // where tailscale0 lives; "" = host netns (not attached)
-	LastErr  string
+	Hostname string // as requested (ts.hostname or the container name)
+	// Name is the node's MagicDNS name as control has it (FQDN without the
+	// trailing dot): "<hostname>-1.<suffix>" when the hostname was taken,
+	// or whatever an admin renamed the node to. "" until known.
+	Name    string
+	State   string // IPN state: Running, NeedsLogin, ...
+	Addrs   []netip.Prefix
+	NetNS   string // where tailscale0 lives; "" = host netns (not attached)
+	LastErr string
 	// KeyExpiry is when the node key expires (from control); zero: never,
 	// or not known yet.
 	KeyExpiry time.Time
@@ -580,7 +632,7 @@ type Status struct {
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry, Tailnet: n.suffix}
+	st := Status{Hostname: n.cfg.Hostname, Name: n.name, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry, Tailnet: n.suffix}
 	st.KeyExpired = expiredAt(n.keyExpiry, time.Now())
 	if st.KeyExpired && !strings.HasPrefix(st.LastErr, keyExpiredError) {
 		// Expired by time passing, with no map response since.

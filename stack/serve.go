@@ -322,3 +322,111 @@ func sameServeConfig(a, b *ipn.ServeConfig) bool {
 	jb, err2 := json.Marshal(b)
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
+
+// tlsNodeEndpoints returns the serve endpoints that need the node's own
+// certificate: TLS ones served under the node's name (not service-only).
+func tlsNodeEndpoints(cfg *Config) []nodespec.ServeEndpoint {
+	if cfg.Serve.ServiceOnly {
+		return nil
+	}
+	var out []nodespec.ServeEndpoint
+	for _, ep := range cfg.Serve.Endpoints {
+		if ep.TLS() {
+			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// checkCertAvailable fails a node whose TLS serve endpoints can never work:
+// control offers no certificate for the node's name. Tailscale's client
+// issues certificates only for names in the netmap's DNS CertDomains
+// (feature/acme: "your Tailscale account does not support getting TLS
+// certs" when empty); control leaves them out when the tailnet has HTTPS
+// certificates turned off.
+func (n *Node) checkCertAvailable(st *ipnstate.Status) error {
+	eps := tlsNodeEndpoints(&n.cfg)
+	if len(eps) == 0 || st.Self == nil {
+		return nil
+	}
+	fqdn := strings.TrimSuffix(st.Self.DNSName, ".")
+	if slices.Contains(st.CertDomains, fqdn) {
+		return nil
+	}
+	ep := eps[0]
+	offered := "none"
+	if len(st.CertDomains) > 0 {
+		offered = strings.Join(st.CertDomains, ", ")
+	}
+	return n.nodeError(ErrNoHTTPSCert, fmt.Sprintf("label %s%d=%s:%d needs a certificate for %s, and control offers none for it (certificate domains: %s); turn on HTTPS certificates for the tailnet (admin console, DNS page), or serve the port as http or tcp",
+		tsoptsServePrefix, ep.Port, ep.Proto, ep.Target, fqdn, offered))
+}
+
+// tsoptsServePrefix is tsopts.LabelServePrefix (tsopts imports nodespec,
+// which stack imports; the label is named here for errors only).
+const tsoptsServePrefix = "ts.serve."
+
+// certPrefetchTimeout bounds the certificate fetch a node starts with.
+const certPrefetchTimeout = 2 * time.Minute
+
+// prefetchCert fetches the node's certificate in the background when it
+// serves TLS, so the first client does not wait for ACME issuance. tsnet
+// keeps certificates in its state dir (certs/), so a persistent node reuses
+// one across restarts and renews it before expiry (feature/acme).
+func (n *Node) prefetchCert(ctx context.Context, st *ipnstate.Status) {
+	if len(tlsNodeEndpoints(&n.cfg)) == 0 || st.Self == nil {
+		return
+	}
+	fqdn := strings.TrimSuffix(st.Self.DNSName, ".")
+	n.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(ctx, certPrefetchTimeout)
+		defer cancel()
+		start := time.Now()
+		if _, _, err := n.lc.CertPair(ctx, fqdn); err != nil {
+			if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				n.mu.Lock()
+				n.lastErr = fmt.Sprintf("fetching the HTTPS certificate for %s: %v", fqdn, err)
+				n.mu.Unlock()
+				n.logf("tslink: fetching the HTTPS certificate for %s: %v", fqdn, err)
+			}
+			return
+		}
+		n.logf("tslink: HTTPS certificate for %s ready in %v", fqdn, time.Since(start).Round(time.Millisecond))
+	})
+}
+
+// reapplyServe rebuilds the serve config after control renamed the node:
+// node endpoints are keyed by the node's FQDN, so they would otherwise stay
+// on the old name.
+func (n *Node) reapplyServe(nodeCtx context.Context) {
+	if len(n.cfg.Serve.Endpoints) == 0 || n.relays == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(nodeCtx, 5*time.Second)
+	defer cancel()
+	st, err := n.lc.StatusWithoutPeers(ctx)
+	if err != nil {
+		n.logf("tslink: serve after rename: reading status: %v", err)
+		return
+	}
+	sc := serveConfig(&n.cfg, st, n.relays.backend)
+	cur, err := n.lc.GetServeConfig(ctx)
+	if err != nil {
+		n.logf("tslink: serve after rename: reading serve config: %v", err)
+		return
+	}
+	if sameServeConfig(cur, sc) {
+		return
+	}
+	if err := n.lc.SetServeConfig(ctx, sc); err != nil {
+		n.logf("tslink: serve after rename: %v", err)
+		return
+	}
+	n.logf("tslink: serve config moved to %s", strings.TrimSuffix(st.Self.DNSName, "."))
+	if len(tlsNodeEndpoints(&n.cfg)) > 0 {
+		if err := n.checkCertAvailable(st); err != nil {
+			return // recorded as the last error
+		}
+		n.prefetchCert(nodeCtx, st)
+	}
+}

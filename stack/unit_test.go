@@ -2,6 +2,7 @@ package stack
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -49,5 +50,32 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.validate(); err == nil {
 			t.Errorf("validate(%+v) = nil; want an error", c)
 		}
+	}
+}
+
+// TestSetNameLogsTakenAndRenamed: debug.log says once that control gave
+// another name than the one asked for (the hostname was taken), and once per
+// rename; only a rename of a known name reports a change.
+func TestSetNameLogsTakenAndRenamed(t *testing.T) {
+	var log []string
+	n := &Node{cfg: Config{Hostname: "Web"}}
+	n.logf = func(format string, args ...any) { log = append(log, fmt.Sprintf(format, args...)) }
+	if n.setName("web-1.tailnet.test.") || n.setName("web-1.tailnet.test") {
+		t.Error("the first name counts as a rename")
+	}
+	if len(log) != 1 || !strings.Contains(log[0], `hostname "Web" is taken`) || !strings.Contains(log[0], "web-1.tailnet.test") {
+		t.Fatalf("log after a taken name: %q", log)
+	}
+	if !n.setName("front.tailnet.test.") || n.Name() != "front.tailnet.test" {
+		t.Errorf("rename not reported; name %q", n.Name())
+	}
+	if len(log) != 2 || !strings.Contains(log[1], "renamed the node web-1.tailnet.test -> front.tailnet.test") {
+		t.Errorf("log after a rename: %q", log)
+	}
+
+	log = nil
+	m := &Node{cfg: Config{Hostname: "db"}, logf: n.logf}
+	if m.setName("db.tailnet.test."); len(log) != 0 {
+		t.Errorf("the name asked for is logged: %q", log)
 	}
 }

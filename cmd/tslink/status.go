@@ -93,7 +93,7 @@ func runStatus(args []string) error {
 		return nil
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CONTAINER\tHOSTNAME\tTAILSCALE IPS\tSTATE\tSERVE\tLAST ERROR\tDEBUG LOG")
+	fmt.Fprintln(tw, "CONTAINER\tHOSTNAME\tMAGICDNS NAME\tTAILSCALE IPS\tSTATE\tSERVE\tLAST ERROR\tDEBUG LOG")
 	for _, ep := range eps {
 		state := ep.State
 		if ep.KeyExpired {
@@ -102,7 +102,7 @@ func runStatus(args []string) error {
 		if !ep.Attached {
 			state += " (tailscale0 not in container yet)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, strings.Join(ep.IPs, ","), state, dash(ep.Serve), dash(printable(ep.LastError)), ep.DebugLog)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, dash(ep.Name), strings.Join(ep.IPs, ","), state, dash(ep.Serve), dash(printable(ep.LastError)), ep.DebugLog)
 	}
 	return tw.Flush()
 }

@@ -3,9 +3,12 @@
 // relay and STUN server, all listening on one address.
 //
 // It is not a production control server. It inherits testcontrol's limits:
-// it never deletes nodes, ignores logout and the ephemeral flag, never
-// de-duplicates names, and sends allow-all packet filters unless told
-// otherwise. What it adds on top is what tests need to observe and steer:
+// it deletes no node but a logged-out ephemeral one, keeps a node's cert
+// domain on its requested hostname after [Server.RenameNode], and sends
+// allow-all packet filters unless told otherwise. As Tailscale's control
+// does, it deletes an ephemeral node when it logs out (see ephemeral.go) and
+// names a new node "<hostname>-1" (-2, ...) when another node holds its
+// hostname. What it adds on top is what tests need to observe and steer:
 // per-node online tracking (from streaming map polls), a register-request
 // counter (a logout is a register request), setters for the packet filter,
 // DNS config, tag owners and machine approval, and auth keys and node-key
@@ -13,7 +16,7 @@
 // and [Server.SetNodeKeyExpiry]).
 //
 // Test assertions built on it should be ones that would also hold against
-// real control: "a logout was sent", not "the node was deleted".
+// real control.
 package devcontrol
 
 import (
@@ -63,6 +66,12 @@ type Options struct {
 	MagicDNSDomain string
 	// Logf receives control's own log lines; nil discards them.
 	Logf logger.Logf
+	// NoHTTPSCerts models a tailnet with HTTPS certificates turned off:
+	// netmaps carry no DNS CertDomains and nodes lack the "https"
+	// capability, as Tailscale's control sends them then. Without it every
+	// node's netmap offers a certificate for "<hostname>.<domain>" (as
+	// testcontrol does), though nothing here can issue one (no ACME).
+	NoHTTPSCerts bool
 }
 
 // Server is a running local tailnet. Its methods are safe for concurrent use.
@@ -79,16 +88,18 @@ type Server struct {
 
 	registers atomic.Int64
 
-	mu       sync.Mutex
-	authKeys map[string]bool         // keys control accepts; empty: any not revoked
-	revoked  map[string]bool         // keys control refuses from now on: RevokeAuthKey
-	replaced map[key.NodePublic]bool // node keys a node has replaced (testcontrol keeps their entries)
-	hijacked map[net.Conn]bool       // Noise connections, which http.Server forgets once upgraded
-	stopped  bool                    // control (not DERP/STUN) is down: StopControl
-	online   map[key.NodePublic]int  // streaming polls in flight per node
-	filter   []tailcfg.FilterRule    // nil: testcontrol's allow-all
-	closed   bool
-	closeWG  sync.WaitGroup
+	mu        sync.Mutex
+	authKeys  map[string]bool         // keys control accepts; empty: any not revoked
+	revoked   map[string]bool         // keys control refuses from now on: RevokeAuthKey
+	replaced  map[key.NodePublic]bool // node keys a node has replaced (testcontrol keeps their entries)
+	ephemeral map[key.NodePublic]bool // nodes registered as ephemeral
+	deleted   map[key.NodePublic]bool // ephemeral nodes that logged out (see ephemeral.go)
+	hijacked  map[net.Conn]bool       // Noise connections, which http.Server forgets once upgraded
+	stopped   bool                    // control (not DERP/STUN) is down: StopControl
+	online    map[key.NodePublic]int  // streaming polls in flight per node
+	filter    []tailcfg.FilterRule    // nil: testcontrol's allow-all
+	closed    bool
+	closeWG   sync.WaitGroup
 }
 
 // Start starts control, DERP and STUN and returns once all three accept
@@ -100,11 +111,13 @@ func Start(opts Options) (_ *Server, retErr error) {
 		logf = logger.Discard
 	}
 	s := &Server{
-		online:   map[key.NodePublic]int{},
-		authKeys: map[string]bool{},
-		revoked:  map[string]bool{},
-		replaced: map[key.NodePublic]bool{},
-		domain:   cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
+		online:    map[key.NodePublic]int{},
+		authKeys:  map[string]bool{},
+		revoked:   map[string]bool{},
+		replaced:  map[key.NodePublic]bool{},
+		ephemeral: map[key.NodePublic]bool{},
+		deleted:   map[key.NodePublic]bool{},
+		domain:    cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
 	}
 	defer func() {
 		if retErr != nil {
@@ -171,6 +184,13 @@ func Start(opts Options) (_ *Server, retErr error) {
 		HoldMapRequest:         s.holdMapRequest,
 		ModifyFirstMapResponse: s.modifyFirstMapResponse,
 		ExplicitBaseURL:        s.url,
+	}
+	if opts.NoHTTPSCerts {
+		// testcontrol adds a cert domain per node whenever it knows the
+		// MagicDNS domain, and names nodes with it; without it,
+		// serveRegister names new nodes instead.
+		s.control.MagicDNSDomain = ""
+		s.control.DefaultNodeCapabilities = &tailcfg.NodeCapMap{tailcfg.CapabilityFileSharing: nil}
 	}
 	if err := s.checkRegisterRequests(); err != nil {
 		return nil, err
@@ -329,7 +349,7 @@ func (s *Server) Nodes() []Node {
 	defer s.mu.Unlock()
 	out := make([]Node, 0, len(all))
 	for _, n := range all {
-		if s.replaced[n.Key] {
+		if s.replaced[n.Key] || s.deleted[n.Key] {
 			continue
 		}
 		nd := Node{
@@ -376,6 +396,29 @@ func (s *Server) serveNodes(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(s.Nodes())
 }
 
+// RenameNode gives the node with the given node key (as in [Node.NodeKey])
+// the MagicDNS name "<name>.<domain>", as an admin's rename in the admin
+// console does; the node and its peers get it in their next map response
+// (testcontrol's UpdateNode). name is one DNS label. Unlike Tailscale's
+// control, testcontrol keeps the cert domain of the requested hostname.
+func (s *Server) RenameNode(nodeKey, name string) error {
+	var k key.NodePublic
+	if err := k.UnmarshalText([]byte(nodeKey)); err != nil {
+		return fmt.Errorf("parsing node key: %w", err)
+	}
+	if name == "" || strings.Contains(name, ".") {
+		return fmt.Errorf("node name %q: want one DNS label", name)
+	}
+	n := s.control.Node(k)
+	if n == nil {
+		return fmt.Errorf("no node with key %s", nodeKey)
+	}
+	n.Name = name + "." + s.domain + "."
+	s.control.UpdateNode(n)
+	s.pushAll() // nodes whose netmaps devcontrol builds get no automatic update
+	return nil
+}
+
 // SetRequireMachineAuth makes newly registered nodes wait for
 // [Server.ApproveNode], as a tailnet with device approval does. Like the
 // other testcontrol field setters (DNS config, tag owners) it writes a field
@@ -393,6 +436,7 @@ func (s *Server) ApproveNode(nodeKey string) error {
 	if !s.control.CompleteDeviceApproval(s.url, s.url+"/admin", &k) {
 		return fmt.Errorf("no node with key %s", nodeKey)
 	}
+	s.pushAll()
 	return nil
 }
 
@@ -426,14 +470,15 @@ func (s *Server) SetPacketFilter(rules []tailcfg.FilterRule) {
 func (s *Server) pushAll() {
 	s.mu.Lock()
 	filter := s.filter
+	takeover := filter != nil || len(s.deleted) > 0
 	var keys []key.NodePublic
 	for k, n := range s.online {
-		if n > 0 {
+		if n > 0 && !s.deleted[k] {
 			keys = append(keys, k)
 		}
 	}
 	s.mu.Unlock()
-	if filter == nil {
+	if !takeover {
 		return
 	}
 	for _, k := range keys {
@@ -441,7 +486,12 @@ func (s *Server) pushAll() {
 		if err != nil || res == nil {
 			continue
 		}
-		res.PacketFilter = filter
+		s.mu.Lock()
+		s.withoutDeletedLocked(res)
+		s.mu.Unlock()
+		if filter != nil {
+			res.PacketFilter = filter
+		}
 		s.control.AddRawMapResponse(k, res)
 	}
 }
@@ -452,6 +502,7 @@ func (s *Server) modifyFirstMapResponse(res *tailcfg.MapResponse, _ *tailcfg.Map
 	if s.filter != nil {
 		res.PacketFilter = s.filter
 	}
+	s.withoutDeletedLocked(res)
 }
 
 // holdMapRequest tracks streaming polls (a node is online while one is open)

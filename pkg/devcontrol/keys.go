@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -82,7 +84,16 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 		res.AuthURL = s.url + "/auth/" + randomHex()
 	}
 	if res.Error == "" && res.AuthURL == "" {
-		next.ServeHTTP(w, r)
+		isNew := !s.knownNodeKey(req.NodeKey) && !s.knownNodeKey(req.OldNodeKey)
+		// The answer waits until the node is named, so its first map
+		// poll sees the name.
+		rec := httptest.NewRecorder()
+		next.ServeHTTP(rec, r)
+		s.nameNode(req.NodeKey, isNew)
+		s.noteEphemeral(&req)
+		maps.Copy(w.Header(), rec.Header())
+		w.WriteHeader(rec.Code)
+		w.Write(rec.Body.Bytes())
 		if !req.OldNodeKey.IsZero() && req.OldNodeKey != req.NodeKey && s.knownNodeKey(req.NodeKey) {
 			s.keyReplaced(req.OldNodeKey)
 			if authKeyOf(&req) != "" {
@@ -94,6 +105,34 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 	b, _ := json.Marshal(res)
 	w.WriteHeader(http.StatusOK)
 	w.Write(b)
+}
+
+// nameNode names a node after its register request, as Tailscale's control
+// does: a new node gets "<hostname>.<domain>", or "<hostname>-1" (-2, ...)
+// when another node, online or not, holds that name. testcontrol names
+// every node after its hostname (or, with [Options.NoHTTPSCerts], without
+// the domain). A node deleted by its logout ([Server.Nodes]) holds no name.
+func (s *Server) nameNode(k key.NodePublic, isNew bool) {
+	n := s.control.Node(k)
+	if n == nil || (!isNew && strings.Contains(n.Name, ".")) {
+		return
+	}
+	base, _, _ := strings.Cut(n.Name, ".")
+	taken := map[string]bool{}
+	for _, o := range s.Nodes() {
+		if o.NodeKey != k.String() {
+			label, _, _ := strings.Cut(o.Name, ".")
+			taken[label] = true
+		}
+	}
+	name := base
+	for i := 1; taken[name]; i++ {
+		name = fmt.Sprintf("%s-%d", base, i)
+	}
+	if full := name + "." + s.domain + "."; full != n.Name {
+		n.Name = full
+		s.control.UpdateNode(n)
+	}
 }
 
 // keyReplaced records that a node now uses another node key: testcontrol

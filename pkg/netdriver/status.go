@@ -11,8 +11,12 @@ import (
 
 // EndpointStatus is one line of `tslink status`.
 type EndpointStatus struct {
-	Container string   `json:"container"`
-	Hostname  string   `json:"hostname"`
+	Container string `json:"container"`
+	Hostname  string `json:"hostname"` // as requested: ts.hostname or the container name
+	// Name is the node's MagicDNS name as control has it (FQDN, no
+	// trailing dot): "<hostname>-1.<suffix>" when another node held the
+	// hostname, or an admin's rename. Empty until control sent it.
+	Name      string   `json:"name,omitempty"`
 	Network   string   `json:"network"` // network ID, 12 hex digits
 	IPs       []string `json:"ips"`
 	State     string   `json:"state"` // IPN state (Running, NeedsLogin, …), Starting while Join runs, NotRecovered while a restarted plugin fails to bring it back (retrying)
@@ -45,6 +49,7 @@ func (d *Driver) Status() []EndpointStatus {
 		if node != nil {
 			ns := node.Status()
 			st.State, st.LastError, st.Attached = ns.State, ns.LastErr, ns.NetNS != ""
+			st.Name = ns.Name
 			st.KeyExpired = ns.KeyExpired
 			if !ns.KeyExpiry.IsZero() {
 				st.KeyExpiry = ns.KeyExpiry.UTC().Format(time.RFC3339)

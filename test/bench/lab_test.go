@@ -73,9 +73,9 @@ func newLab(t *testing.T) *lab {
 
 // freshTailnet replaces the tailnet with a new one holding only the laptop:
 // a new devcontrol, the laptop logged in to it, the tslink network
-// re-created on it. devcontrol never deletes nodes (ephemeral ones
-// included), so without this every round's nodes would carry all earlier
-// rounds' nodes as peers, and memory would grow with them.
+// re-created on it. devcontrol deletes only logged-out ephemeral nodes
+// (and then builds every netmap itself), so without this every round's
+// nodes would carry earlier rounds' leftovers as peers.
 func (l *lab) freshTailnet() {
 	t := l.t
 	if l.control != nil {

@@ -104,14 +104,34 @@ func TestThirtyConcurrentRuns(t *testing.T) {
 	l.noLeftovers()
 }
 
+// TestSameHostnameTwiceIsRefused: replicas of one ts.hostname (compose
+// deploy.replicas, here three docker runs): one runs, the others fail fast
+// naming it and register nothing at control (the refusal comes before any
+// node starts).
 func TestSameHostnameTwiceIsRefused(t *testing.T) {
 	l := newLab(t)
 	l.createNetwork("tn")
 	l.docker("run", "-d", "--name", "first", "--network", "tn", "--label", "ts.hostname=shared", image, "sleep", "3600")
-	out, err := l.engine.Docker(context.Background(), "run", "-d", "--name", "second", "--network", "tn", "--label", "ts.hostname=shared", image, "sleep", "3600")
-	if err == nil || !strings.Contains(out, "already used by running container first") {
-		t.Fatalf("second container with the same hostname: err %v, %q; want a refusal naming first", err, out)
+	registers := l.control.RegisterRequests()
+	for _, name := range []string{"second", "third"} {
+		began := time.Now()
+		out, err := l.engine.Docker(context.Background(), "run", "-d", "--name", name, "--network", "tn", "--label", "ts.hostname=shared", image, "sleep", "3600")
+		took := time.Since(began)
+		if err == nil || !strings.Contains(out, "already used by running container first") {
+			t.Fatalf("%s container with the same hostname: err %v, %q; want a refusal naming first", name, err, out)
+		}
+		t.Logf("%s refused in %v", name, took.Round(time.Millisecond))
+		if took > 10*time.Second {
+			t.Errorf("%s refused after %v; want fast", name, took)
+		}
 	}
+	if got := l.control.RegisterRequests() - registers; got != 0 {
+		t.Errorf("refused replicas sent %d register requests to control; want 0", got)
+	}
+	if n := l.control.NodesByHostname("shared"); len(n) != 1 {
+		t.Errorf("control has %d nodes named shared; want 1", len(n))
+	}
+	l.docker("rm", "-f", "third")
 	l.docker("rm", "-f", "first")
 	l.docker("start", "second")
 	if ip := l.tsIP("second", "-4"); ip == "" {
