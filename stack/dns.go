@@ -3,14 +3,19 @@ package stack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/net/packet"
 	"tailscale.com/types/ipproto"
@@ -27,9 +32,14 @@ import (
 //     MagicDNS knows (peers' short names), from tsnet's own resolver (the one
 //     behind 100.100.100.100);
 //   - everything else from the resolver the query was addressed to, asked
-//     from the plugin's netns, so internet names resolve whether or not the
-//     tailnet's DNS config has upstream resolvers (with a custom TUN tsnet has
-//     no OS resolver to fall back on).
+//     from the container's own netns with a socket mark the DNS rule skips
+//     ([forwardDNSIn]), so the query leaves as the container's own would
+//     (its routes, Docker's NAT, the host's firewall; nothing on an
+//     --internal network). Destinations the container could not reach
+//     itself (loopback, link-local, multicast, no unicast route) get
+//     REFUSED ([forwardable]). Internet names thus resolve whether or not
+//     the tailnet's DNS config has upstream resolvers (with a custom TUN
+//     tsnet has no OS resolver to fall back on).
 // Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`) pass
 // to tsnet untouched.
 
@@ -48,15 +58,15 @@ const maxDNSInFlight = 64
 // resolver (dns.Manager.Query); suffix is the tailnet's MagicDNS suffix.
 type dnsAnswerer struct {
 	query func(ctx context.Context, q []byte, family string, from netip.AddrPort) ([]byte, error)
-	// routable reports whether the container could reach dst itself
-	// (without the DNS rule): only then is a query forwarded for it.
-	routable func(dst netip.Addr) bool
-	suffix   func() string
-	inject   func(pkt []byte) error
-	logf     func(format string, args ...any)
-	slots    chan struct{}
-	ctx      context.Context // ends in stop
-	cancel   context.CancelFunc
+	// netns is the container's netns path ("" until attached): forwarded
+	// queries leave from there ([forwardDNSIn]).
+	netns  func() string
+	suffix func() string
+	inject func(pkt []byte) error
+	logf   func(format string, args ...any)
+	slots  chan struct{}
+	ctx    context.Context // ends in stop
+	cancel context.CancelFunc
 
 	mu      sync.Mutex // orders wg.Add before stop's Wait
 	stopped bool
@@ -143,12 +153,13 @@ func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, er
 			}
 		}
 	}
-	if !a.routable(to.Addr()) {
-		// e.g. an --internal network: the container could not have asked
-		// that resolver itself.
-		return nil, errNotForwarded
+	nsPath := a.netns()
+	if err := forwardable(nsPath, to.Addr()); err != nil {
+		// e.g. an --internal network, or a packet crafted for the host's
+		// loopback: the container could not have asked that resolver.
+		return refusedAnswer(query)
 	}
-	return forwardDNS(ctx, query, to)
+	return forwardDNSIn(ctx, nsPath, query, to)
 }
 
 // parseQuery returns the first question of a standard DNS query message.
@@ -201,13 +212,84 @@ func answered(resp []byte) bool {
 	return err == nil
 }
 
-// forwardDNS asks the resolver the container addressed, from this process's
-// netns.
-func forwardDNS(ctx context.Context, query []byte, to netip.AddrPort) ([]byte, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", to.String())
+// dnsForwardMark is the socket mark (SO_MARK) of forwarded queries: the DNS
+// rules of [routeDNS] match only packets without it, so a forwarded query
+// takes the container's ordinary routes instead of coming back through
+// tailscale0.
+const dnsForwardMark = 0x10000000
+
+// errRefusedDestination: the query's destination is one the device never
+// forwards to; the client gets REFUSED.
+var errRefusedDestination = errors.New("destination not forwarded")
+
+// forwardable reports why a query for dst must not be forwarded from the
+// netns at nsPath, or nil: loopback, link-local, multicast, broadcast,
+// unspecified and MagicDNS's own addresses are refused, and so is anything
+// the container's ordinary routing (a lookup without protocol or port, so
+// the DNS rules do not apply) does not send to a unicast next hop, e.g. an
+// --internal network without a default route, or its own addresses.
+func forwardable(nsPath string, dst netip.Addr) error {
+	dst = dst.Unmap()
+	switch {
+	case !dst.IsValid(), dst.IsUnspecified(), dst.IsLoopback(), dst.IsLinkLocalUnicast(),
+		dst.IsMulticast(), dst.IsLinkLocalMulticast(), dst.IsInterfaceLocalMulticast(),
+		dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}), isQuad100(dst):
+		return fmt.Errorf("%w: %v", errRefusedDestination, dst)
+	case nsPath == "":
+		return fmt.Errorf("%w: %v (not attached to a netns)", errRefusedDestination, dst)
+	}
+	var rtype int
+	err := withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		routes, err := h.RouteGet(dst.AsSlice())
+		if err != nil {
+			return err
+		}
+		if len(routes) == 0 {
+			return errors.New("no route")
+		}
+		rtype = routes[0].Type
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("%w: %v (%v)", errRefusedDestination, dst, err)
+	}
+	if rtype != unix.RTN_UNICAST {
+		return fmt.Errorf("%w: %v (route type %d)", errRefusedDestination, dst, rtype)
+	}
+	return nil
+}
+
+// isQuad100 reports whether a is MagicDNS's resolver address.
+func isQuad100(a netip.Addr) bool {
+	return a == quad100v4 || a == quad100v6
+}
+
+var (
+	quad100v4 = netip.MustParseAddr("100.100.100.100")
+	quad100v6 = netip.MustParseAddr("fd7a:115c:a1e0::53")
+)
+
+// forwardDNSIn asks the resolver at to from inside the netns at nsPath, as
+// the container's own query would leave: a UDP socket opened there, marked
+// [dnsForwardMark], so the container's routes, Docker's NAT and the host's
+// firewall apply. The caller checks [forwardable] first.
+func forwardDNSIn(ctx context.Context, nsPath string, query []byte, to netip.AddrPort) ([]byte, error) {
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, dnsForwardMark)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var c net.Conn
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) (err error) {
+		c, err = d.DialContext(ctx, "udp", to.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("asking %v from the container's netns: %w", to, err)
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -222,6 +304,27 @@ func forwardDNS(ctx context.Context, query []byte, to netip.AddrPort) ([]byte, e
 		return nil, err
 	}
 	return buf[:n], nil
+}
+
+// refusedAnswer is a REFUSED response to query (header and question).
+func refusedAnswer(query []byte) ([]byte, error) {
+	var parser dnsmessage.Parser
+	h, err := parser.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := parser.Question()
+	if err != nil {
+		return nil, err
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionDesired: h.RecursionDesired, RCode: dnsmessage.RCodeRefused})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	return b.Finish()
 }
 
 // replyPacket builds the IP/UDP packet carrying resp back to the query's
@@ -250,11 +353,8 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 	n.setDNSSuffix(st)
 	ctx, cancel := context.WithCancel(context.Background())
 	n.dev.dns.Store(&dnsAnswerer{
-		query: mgr.Query,
-		routable: func(dst netip.Addr) bool {
-			nsPath := n.netnsPath()
-			return nsPath != "" && routable(nsPath, dst)
-		},
+		query:  mgr.Query,
+		netns:  n.netnsPath,
 		suffix: n.dnsSuffix,
 		inject: n.dev.inject,
 		logf:   n.logf,

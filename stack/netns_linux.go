@@ -279,8 +279,17 @@ func routeDNS(nsPath string, src netip.Addr) error {
 			return fmt.Errorf("listing rules: %w", err)
 		}
 		for _, want := range dnsRules() {
-			if slices.ContainsFunc(have, func(r netlink.Rule) bool { return r.Priority == want.Priority }) {
+			if slices.ContainsFunc(have, func(r netlink.Rule) bool { return sameDNSRule(r, want) }) {
 				continue
+			}
+			// A rule of an older plugin version (no mark match) at this
+			// priority would send forwarded queries back to tailscale0.
+			for _, r := range have {
+				if r.Priority == want.Priority {
+					if err := h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+						return fmt.Errorf("replacing DNS rule: %w", err)
+					}
+				}
 			}
 			if err := h.RuleAdd(want); err != nil {
 				return fmt.Errorf("adding DNS rule: %w", err)
@@ -288,6 +297,13 @@ func routeDNS(nsPath string, src netip.Addr) error {
 		}
 		return nil
 	})
+}
+
+// sameDNSRule reports whether the listed rule have is want (priority and
+// mark match).
+func sameDNSRule(have netlink.Rule, want *netlink.Rule) bool {
+	return have.Priority == want.Priority && have.Mark == want.Mark &&
+		have.Mask != nil && want.Mask != nil && *have.Mask == *want.Mask
 }
 
 func dnsRules() []*netlink.Rule {
@@ -302,19 +318,9 @@ func dnsRules() []*netlink.Rule {
 		r.Family = netlink.FAMILY_V4
 		r.IPProto = unix.IPPROTO_UDP
 		r.Dport = netlink.NewRulePortRange(53, 53)
+		// Only packets without the mark of forwarded queries.
+		mask := uint32(dnsForwardMark)
+		r.Mark, r.Mask = 0, &mask
 	}
 	return []*netlink.Rule{viaMain, viaTUN}
-}
-
-// routable reports whether the netns at nsPath has a route to dst in its
-// ordinary routing (a lookup without protocol or port, so the DNS rule of
-// routeDNS does not apply).
-func routable(nsPath string, dst netip.Addr) bool {
-	ok := false
-	withNetNSHandle(nsPath, func(h *netlink.Handle) error {
-		routes, err := h.RouteGet(dst.AsSlice())
-		ok = err == nil && len(routes) > 0 && routes[0].Type != unix.RTN_UNREACHABLE && routes[0].Type != unix.RTN_BLACKHOLE && routes[0].Type != unix.RTN_PROHIBIT
-		return nil
-	})
-	return ok
 }
