@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -237,21 +238,47 @@ func dialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// fromThisProcess checks that the peer of the loopback connection c belongs
-// to this process's user (root for the plugin): sock_diag gives the peer
-// socket's owner. Unprivileged host processes are refused; root can enter
-// the container's netns anyway. (Matching the peer socket's inode against
-// /proc/self/fd races with dials the proxy abandons, e.g. when the client's
-// request is canceled.) The error says why.
+// fromThisProcess checks that the peer of the loopback connection c is a
+// socket this process holds: sock_diag gives the peer socket's inode, and
+// /proc/self/fd lists this process's sockets as "socket:[inode]". Any other
+// process is refused, root included (e.g. a --network host container is
+// uid 0 without being able to enter the container's netns). A dial this
+// process abandoned before the check (its socket already closed) is refused
+// too, which no one then waits for. The error says why.
 func fromThisProcess(c net.Conn) error {
 	peer, err := netlink.SocketGet(c.RemoteAddr(), c.LocalAddr())
 	if err != nil {
 		return fmt.Errorf("looking up the peer socket: %w", err)
 	}
-	if uid := uint32(os.Getuid()); peer.UID != uid {
-		return fmt.Errorf("peer socket belongs to uid %d, not the plugin's %d", peer.UID, uid)
+	own, err := holdsSocket(peer.INode)
+	if err != nil {
+		return err
+	}
+	if !own {
+		return fmt.Errorf("peer socket (inode %d, uid %d) belongs to another process", peer.INode, peer.UID)
 	}
 	return nil
+}
+
+// holdsSocket reports whether one of this process's fds is the socket with
+// the given inode.
+func holdsSocket(inode uint32) (bool, error) {
+	dir, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return false, fmt.Errorf("listing this process's fds: %w", err)
+	}
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return false, fmt.Errorf("listing this process's fds: %w", err)
+	}
+	want := "socket:[" + strconv.FormatUint(uint64(inode), 10) + "]"
+	for _, name := range names {
+		if target, err := os.Readlink("/proc/self/fd/" + name); err == nil && target == want {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // routeDNS makes the netns at nsPath send UDP port 53 that would leave by its
