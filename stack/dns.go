@@ -17,8 +17,10 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/net/dns"
 	"tailscale.com/net/packet"
 	"tailscale.com/types/ipproto"
+	"tailscale.com/util/dnsname"
 )
 
 // MagicDNS inside the container, with no docker flag.
@@ -40,8 +42,15 @@ import (
 //     REFUSED ([forwardable]). Internet names thus resolve whether or not
 //     the tailnet's DNS config has upstream resolvers (with a custom TUN
 //     tsnet has no OS resolver to fall back on).
-// Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`) pass
-// to tsnet untouched.
+// Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`, or a
+// host whose own resolver is Tailscale's MagicDNS) are taken out too: tailnet
+// names are answered by tsnet's resolver, every other name by the first
+// upstream that answers of: the nameservers control sends, else
+// [Config.DNSUpstreams] (TS_DNS_UPSTREAMS, else the host's resolvers), asked
+// from the container's netns like any forwarded query. tsnet's own forwarder
+// (net/dns/resolver in tailscale.com v1.102.5) sends UDP from a plain
+// net.ListenConfig, i.e. from the plugin's netns, with no per-node hook, so
+// it is never handed such names.
 
 // dnsRulePriority is the priority of the policy rule, and the number of the
 // routing table, that send the container's UDP DNS through tailscale0.
@@ -60,13 +69,18 @@ type dnsAnswerer struct {
 	query func(ctx context.Context, q []byte, family string, from netip.AddrPort) ([]byte, error)
 	// netns is the container's netns path ("" until attached): forwarded
 	// queries leave from there ([forwardDNSIn]).
-	netns  func() string
-	suffix func() string
-	inject func(pkt []byte) error
-	logf   func(format string, args ...any)
-	slots  chan struct{}
-	ctx    context.Context // ends in stop
-	cancel context.CancelFunc
+	netns func() string
+	// upstreams lists, in order, the resolvers asked for a name outside the
+	// tailnet queried at 100.100.100.100 (see [Node.dnsUpstreams]).
+	upstreams func(name string) []netip.AddrPort
+	// peerShortName reports whether name (one label) is a tailnet node's.
+	peerShortName func(ctx context.Context, name string) bool
+	suffix        func() string
+	inject        func(pkt []byte) error
+	logf          func(format string, args ...any)
+	slots         chan struct{}
+	ctx           context.Context // ends in stop
+	cancel        context.CancelFunc
 
 	mu      sync.Mutex // orders wg.Add before stop's Wait
 	stopped bool
@@ -89,6 +103,9 @@ func interceptable(p *packet.Parsed) bool {
 		return false
 	}
 	dst := p.Dst.Addr()
+	if isQuad100(dst) {
+		return true // answered here, so upstreams are asked from the container's netns
+	}
 	for _, r := range tailnetRoutes {
 		if r.Contains(dst) {
 			return false // MagicDNS's 100.100.100.100 or a tailnet node
@@ -144,9 +161,10 @@ func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, er
 	switch {
 	case suffix != "" && (name == suffix || strings.HasSuffix(name, "."+suffix)), tailnetReverseName(name):
 		return a.query(ctx, query, "udp", from)
-	case name != "" && !strings.Contains(name, "."):
+	case name != "" && !strings.Contains(name, ".") && a.peerShortName(ctx, name):
 		// A peer's short name, for any record type, if MagicDNS has an
-		// address for it.
+		// address for it (only then: tsnet forwards names it does not
+		// know from the plugin's netns).
 		if probe, err := aQuery(q.Name); err == nil {
 			if resp, err := a.query(ctx, probe, "udp", from); err == nil && answered(resp) {
 				return a.query(ctx, query, "udp", from)
@@ -154,12 +172,43 @@ func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, er
 		}
 	}
 	nsPath := a.netns()
+	if isQuad100(to.Addr()) {
+		return a.askUpstreams(ctx, nsPath, query, name)
+	}
 	if err := forwardable(nsPath, to.Addr()); err != nil {
 		// e.g. an --internal network, or a packet crafted for the host's
 		// loopback: the container could not have asked that resolver.
 		return refusedAnswer(query)
 	}
 	return forwardDNSIn(ctx, nsPath, query, to)
+}
+
+// dnsUpstreamTimeout bounds the wait for one upstream of 100.100.100.100
+// before the next is asked.
+const dnsUpstreamTimeout = 2 * time.Second
+
+// askUpstreams answers a query for name (outside the tailnet) sent to
+// 100.100.100.100: the first of [dnsAnswerer.upstreams] that the container
+// could reach itself ([forwardable]) and that answers, asked from its netns.
+// None reachable (e.g. --internal, or no upstream known): REFUSED.
+func (a *dnsAnswerer) askUpstreams(ctx context.Context, nsPath string, query []byte, name string) ([]byte, error) {
+	var errs []error
+	for _, up := range a.upstreams(name) {
+		if err := forwardable(nsPath, up.Addr()); err != nil {
+			continue
+		}
+		upCtx, cancel := context.WithTimeout(ctx, dnsUpstreamTimeout)
+		resp, err := forwardDNSIn(upCtx, nsPath, query, up)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("no upstream of 100.100.100.100 answered: %w", errors.Join(errs...))
+	}
+	return refusedAnswer(query)
 }
 
 // parseQuery returns the first question of a standard DNS query message.
@@ -353,13 +402,61 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 	n.setDNSSuffix(st)
 	ctx, cancel := context.WithCancel(context.Background())
 	n.dev.dns.Store(&dnsAnswerer{
-		query:  mgr.Query,
-		netns:  n.netnsPath,
-		suffix: n.dnsSuffix,
-		inject: n.dev.inject,
-		logf:   n.logf,
-		slots:  make(chan struct{}, maxDNSInFlight),
-		ctx:    ctx,
-		cancel: cancel,
+		query: mgr.Query,
+		netns: n.netnsPath,
+		upstreams: func(name string) []netip.AddrPort {
+			return n.dnsUpstreams(mgr, name)
+		},
+		peerShortName: n.peerShortName,
+		suffix:        n.dnsSuffix,
+		inject:        n.dev.inject,
+		logf:          n.logf,
+		slots:         make(chan struct{}, maxDNSInFlight),
+		ctx:           ctx,
+		cancel:        cancel,
 	})
+}
+
+// dnsUpstreams lists, in order, where a query for name (outside the tailnet)
+// sent to 100.100.100.100 goes: the nameservers control sends for it (plain
+// IP ones; tsnet's forwarder would pick the same, by
+// resolver.GetUpstreamResolvers), else [Config.DNSUpstreams].
+func (n *Node) dnsUpstreams(mgr *dns.Manager, name string) []netip.AddrPort {
+	var out []netip.AddrPort
+	if fqdn, err := dnsname.ToFQDN(name); err == nil {
+		for _, r := range mgr.Resolver().GetUpstreamResolvers(fqdn) {
+			if ap, ok := r.IPPort(); ok {
+				out = append(out, ap)
+			}
+		}
+	}
+	if len(out) == 0 && n.cfg.DNSUpstreams != nil {
+		out = n.cfg.DNSUpstreams()
+	}
+	return out
+}
+
+// peerShortName reports whether name is the first label of the MagicDNS
+// name of this node or one of its peers.
+func (n *Node) peerShortName(ctx context.Context, name string) bool {
+	st, err := n.lc.Status(ctx)
+	if err != nil {
+		return false
+	}
+	is := func(p *ipnstate.PeerStatus) bool {
+		if p == nil {
+			return false
+		}
+		first, _, _ := strings.Cut(p.DNSName, ".")
+		return strings.EqualFold(first, name)
+	}
+	if is(st.Self) {
+		return true
+	}
+	for _, p := range st.Peer {
+		if is(p) {
+			return true
+		}
+	}
+	return false
 }

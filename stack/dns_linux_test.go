@@ -17,6 +17,8 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"golang.org/x/sys/unix"
 	"tailscale.com/net/packet"
+	"tailscale.com/tailcfg"
+	"tailscale.com/types/dnstype"
 	"tailscale.com/types/ipproto"
 
 	"github.com/tslink/tslink/test/netnstest"
@@ -231,3 +233,59 @@ func writeOnTUN(ctr *netnstest.NetNS, src, dst netip.Addr, name string) error {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestQuad100AsksUpstreamsFromTheContainer: with 100.100.100.100 as the
+// container's resolver (a host running Tailscale with MagicDNS, or --dns
+// 100.100.100.100), tailnet names resolve from the node, other names from
+// Config.DNSUpstreams, or from control's nameservers once it sends them,
+// asked from the container's netns; a container without a route out (like
+// --internal) gets no internet names.
+func TestQuad100AsksUpstreamsFromTheContainer(t *testing.T) {
+	l := newLab(t)
+	const controlResolver = "10.241.0.54"
+	fromSetting, fromControl := netip.MustParseAddr("10.239.0.99"), netip.MustParseAddr("10.239.0.98")
+	addHostAddr(t, hostResolver)
+	addHostAddr(t, controlResolver)
+	settingQueries := recordingResolver(t, hostResolver+":53", fromSetting)
+	controlQueries := recordingResolver(t, controlResolver+":53", fromControl)
+	cfg := l.config("quad100")
+	cfg.DNSUpstreams = func() []netip.AddrPort { return []netip.AddrPort{netip.MustParseAddrPort(hostResolver + ":53")} }
+	_, ctr := l.startNode(t, cfg)
+	laptopIP := l.laptop.IPv4(t).String()
+	const quad100 = "100.100.100.100"
+	lookup := func(name, want string) {
+		t.Helper()
+		var out string
+		err := waitFor(10*time.Second, func() (err error) {
+			out, err = nslookup(ctr, name, quad100)
+			if err == nil && !strings.Contains(out, want) {
+				err = fmt.Errorf("answer lacks %s:\n%s", want, out)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("nslookup %s %s: %v", name, quad100, err)
+		}
+	}
+	lookup(l.laptop.Hostname, laptopIP)
+	if out, err := nslookup(ctr, "example.com", quad100); err == nil && strings.Contains(out, fromSetting.String()) {
+		t.Errorf("a container without a route out got an internet name:\n%s", out)
+	}
+	if got := settingQueries.sources(); len(got) != 0 {
+		t.Errorf("the upstream got queries from %v for a container without a route to it", got)
+	}
+	addUplink(t, ctr)
+	lookup("example.com", fromSetting.String())
+	lookup(l.laptop.Hostname, laptopIP)
+	lookup(l.laptop.Hostname+"."+l.control.MagicDNSDomain(), laptopIP)
+	if got := settingQueries.sources(); len(got) == 0 || slices.ContainsFunc(got, func(s string) bool { return s != uplinkCtr }) {
+		t.Errorf("upstream queries came from %v, want only the container's own address %s", got, uplinkCtr)
+	}
+	// Control's nameservers come first once it sends them.
+	l.control.SetDNSConfig(&tailcfg.DNSConfig{Proxied: true, Domains: []string{l.control.MagicDNSDomain()}, Resolvers: []*dnstype.Resolver{{Addr: controlResolver}}})
+	lookup("example.org", fromControl.String())
+	if got := controlQueries.sources(); len(got) == 0 || slices.ContainsFunc(got, func(s string) bool { return s != uplinkCtr }) {
+		t.Errorf("control's nameserver got queries from %v, want only the container's own address %s", got, uplinkCtr)
+	}
+	lookup(l.laptop.Hostname, laptopIP)
+}
