@@ -201,6 +201,23 @@ func TestDNSNeverForwardedToTheHostsLoopback(t *testing.T) {
 	if got := reachable.sources(); slices.ContainsFunc(got, func(s string) bool { return s != uplinkCtr }) {
 		t.Errorf("forwarded queries came from %v, want only %s", got, uplinkCtr)
 	}
+	// The DNS rules skip marked packets, and setting them up again keeps
+	// one of each.
+	if err := routeDNS(ctr.Path, src); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := ctr.Exec(context.Background(), "ip", "rule")
+	for _, prio := range []string{"5352:", "5353:"} {
+		var lines []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, prio) {
+				lines = append(lines, line)
+			}
+		}
+		if len(lines) != 1 || !strings.Contains(lines[0], fmt.Sprintf("fwmark 0/%#x", dnsForwardMark)) {
+			t.Errorf("rules at %s %q, want one matching fwmark 0/%#x:\n%s", prio, lines, dnsForwardMark, out)
+		}
+	}
 }
 
 // writeOnTUN writes an IPv4 UDP DNS query for name from src to dst:53
