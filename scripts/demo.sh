@@ -38,11 +38,22 @@ cleanup() {
   rm -f "$STATE/keys/demo"
   rm -rf "$STATE/by-hostname/demo-alpha" "$STATE/by-hostname/demo-beta"
   if [ -f $WORK/dockerd.pid ]; then
+    # The demo's own engine: also what was added to other tslink networks
+    # meanwhile, before the plugin goes (a container left on a network of a
+    # disabled plugin keeps its sandbox and links).
+    local nets
+    nets=$(docker network ls -q --filter driver="$PLUGIN" 2>/dev/null || true)
+    for n in $nets; do
+      ctrs=$(docker network inspect -f '{{range $id, $c := .Containers}}{{$id}} {{end}}' "$n" 2>/dev/null || true)
+      [ -z "$ctrs" ] || docker rm -f $ctrs >/dev/null 2>&1 || true
+      docker network rm "$n" >/dev/null 2>&1 || true
+    done
     docker plugin disable -f "$PLUGIN" >/dev/null 2>&1 || true
     local pid; pid=$(cat $WORK/dockerd.pid)
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   fi
+  [ ! -f $WORK/dockerd.log ] || { cp $WORK/dockerd.log /tmp/tslink-demo-dockerd.log; echo "dockerd's log (the plugin's too) kept in /tmp/tslink-demo-dockerd.log"; }
   rm -rf $WORK
 }
 if [ "${1:-}" = clean ]; then KEEP=0; cleanup; exit 0; fi
@@ -122,8 +133,10 @@ if ! docker image inspect $IMAGE >/dev/null 2>&1; then
   tar -C $WORK/img -c . | docker import -c 'ENV PATH=/bin' - $IMAGE >/dev/null
 fi
 
-step "docker network create -d $PLUGIN --opt ts.authkey-file=demo --opt ts.controlurl=$CONTROL $NET"
-docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlurl="$CONTROL" $NET >/dev/null
+# The local control server speaks plain http on a lab address, which the
+# plugin accepts only with ts.insecure-control=true.
+step "docker network create -d $PLUGIN --opt ts.authkey-file=demo --opt ts.controlurl=$CONTROL --opt ts.insecure-control=true $NET"
+docker network create -d "$PLUGIN" --opt ts.authkey-file=demo --opt ts.controlurl="$CONTROL" --opt ts.insecure-control=true $NET >/dev/null
 
 step "two containers, each its own tailnet node"
 for c in alpha beta; do
@@ -169,7 +182,9 @@ if [ "${KEEP:-0}" = 1 ]; then
 KEEP=1: everything keeps running. Try:
   docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0; nslookup laptop
   $TS status                              # (the local control server marks peers offline and keeps
-                                          #  every node it registered, ephemeral ones too)
+                                          #  every node it registered, ephemeral ones too; it keeps
+                                          #  nothing across its own restart: a restarted control
+                                          #  server is a new tailnet with new addresses)
   ip netns exec tslink-demo-laptop busybox nslookup demo-gamma 100.100.100.100
   (printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n'; sleep 2) | ip netns exec tslink-demo-laptop busybox nc $GAMMA 80
   curl -s $CONTROL/tslink/nodes           # control's view of the tailnet

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 )
 
@@ -45,7 +46,7 @@ type NodeError struct {
 }
 
 func (e *NodeError) Error() string {
-	url := e.ControlURL
+	url := nodespec.ControlDisplay(e.ControlURL)
 	if url == "" {
 		url = "(Tailscale default)"
 	}

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,7 +17,6 @@ import (
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/ipn/store"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
 	"tailscale.com/types/logger"
@@ -393,26 +393,24 @@ func (n *Node) loginWithKey() bool {
 
 // stateHasNodeKey reports whether dir's tsnet state holds a logged-in node:
 // the current profile's prefs have a node key and are not logged out. A
-// missing or unreadable state is not logged in.
+// missing or unreadable state is not logged in. It only reads: tsnet's file
+// store (a JSON object of base64 values, as ipn/store writes it) rewrites
+// a file it opens, which would hide a damaged state from tsnet itself.
 func stateHasNodeKey(dir string) bool {
-	path := statedir.StateFile(dir)
-	if _, err := os.Stat(path); err != nil {
-		return false // NewFileStore would create it
-	}
-	st, err := store.NewFileStore(logger.Discard, path)
+	b, err := os.ReadFile(statedir.StateFile(dir))
 	if err != nil {
 		return false
 	}
-	profile, err := st.ReadState(ipn.CurrentProfileStateKey)
-	if err != nil || len(profile) == 0 {
+	var st map[ipn.StateKey][]byte
+	if json.Unmarshal(b, &st) != nil {
 		return false
 	}
-	b, err := st.ReadState(ipn.StateKey(profile))
-	if err != nil {
+	profile := st[ipn.CurrentProfileStateKey]
+	if len(profile) == 0 {
 		return false
 	}
 	var prefs ipn.Prefs
-	if err := ipn.PrefsFromBytes(b, &prefs); err != nil {
+	if err := ipn.PrefsFromBytes(st[ipn.StateKey(profile)], &prefs); err != nil {
 		return false
 	}
 	return !prefs.LoggedOut && prefs.Persist != nil && !prefs.Persist.PrivateNodeKey.IsZero()
@@ -578,13 +576,16 @@ type Status struct {
 	// KeyExpired: KeyExpiry has passed. The node is off the tailnet
 	// (State NeedsLogin) until the key is extended.
 	KeyExpired bool
+	// Tailnet is the tailnet's name, its MagicDNS suffix (e.g.
+	// tail1234.ts.net), from the node's netmap; "" until one arrived.
+	Tailnet string
 }
 
 // Status returns a snapshot of the node.
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry}
+	st := Status{Hostname: n.cfg.Hostname, State: n.state.String(), Addrs: slices.Clone(n.addrs), NetNS: n.nsShown, LastErr: n.lastErr, KeyExpiry: n.keyExpiry, Tailnet: n.suffix}
 	st.KeyExpired = expiredAt(n.keyExpiry, time.Now())
 	if st.KeyExpired && !strings.HasPrefix(st.LastErr, keyExpiredError) {
 		// Expired by time passing, with no map response since.
@@ -756,15 +757,15 @@ func (n *Node) teardownKeepingTUN() {
 	n.lock.Release()
 }
 
-var tskeyPattern = regexp.MustCompile(`tskey-[A-Za-z0-9-]+`)
+var tskeyPattern = regexp.MustCompile(`(tskey|hskey)-[A-Za-z0-9-]+`)
 
 // Redact removes secret and anything shaped like a Tailscale key
-// ("tskey-...") from s.
+// ("tskey-...") or a Headscale key ("hskey-...") from s.
 func Redact(s, secret string) string {
 	if secret != "" {
 		s = strings.ReplaceAll(s, secret, "[REDACTED]")
 	}
-	return tskeyPattern.ReplaceAllString(s, "tskey-[REDACTED]")
+	return tskeyPattern.ReplaceAllString(s, "${1}-[REDACTED]")
 }
 
 func redactingLogf(logf logger.Logf, secret string) logger.Logf {

@@ -2,6 +2,8 @@ package stack
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -37,5 +39,16 @@ func TestStateHasNodeKey(t *testing.T) {
 	}
 	if stateHasNodeKey(dir) {
 		t.Error("logged-out node's state still counts as logged in")
+	}
+
+	// A truncated state is not logged in, and the check leaves it as it is
+	// for tsnet to report.
+	damaged := filepath.Join(t.TempDir(), "tailscaled.state")
+	os.WriteFile(damaged, nil, 0o600)
+	if stateHasNodeKey(filepath.Dir(damaged)) {
+		t.Error("empty state counts as logged in")
+	}
+	if b, err := os.ReadFile(damaged); err != nil || len(b) != 0 {
+		t.Errorf("the check rewrote a damaged state: %q, %v", b, err)
 	}
 }

@@ -46,6 +46,7 @@ import (
 	"github.com/tslink/tslink/pkg/hostdns"
 	"github.com/tslink/tslink/pkg/hostpath"
 	"github.com/tslink/tslink/pkg/netdriver"
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
@@ -145,7 +146,7 @@ func run(args []string) error {
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer rcancel()
 	go d.Recover(rctx)
-	log.Info("tslink serving", "version", version, "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(env.ControlURL, "tailscale default"), "env_authkey", env.AuthKey != "")
+	log.Info("tslink serving", "version", version, "socket", pluginSocket, "state", stateDir, "default_control", cmp.Or(nodespec.ControlDisplay(env.ControlURL), "tailscale default"), "env_authkey", env.AuthKey != "")
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/tslink/tslink/pkg/engine"
 	"github.com/tslink/tslink/pkg/netdriver"
@@ -101,7 +102,7 @@ func runStatus(args []string) error {
 		if !ep.Attached {
 			state += " (tailscale0 not in container yet)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, strings.Join(ep.IPs, ","), state, dash(ep.Serve), dash(ep.LastError), ep.DebugLog)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, strings.Join(ep.IPs, ","), state, dash(ep.Serve), dash(printable(ep.LastError)), ep.DebugLog)
 	}
 	return tw.Flush()
 }
@@ -116,6 +117,17 @@ func statusError(asJSON bool, err error) error {
 		}{false, err.Error()})
 	}
 	return err
+}
+
+// printable replaces control characters (terminal escape sequences that a
+// control server's message could carry) with spaces.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 }
 
 func dash(s string) string {

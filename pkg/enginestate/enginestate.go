@@ -19,7 +19,10 @@
 //     hold the `--opt` values under generic["com.docker.network.generic"].
 //   - The container's config, <data-root>/containers/<id>/config.v2.json,
 //     written at `docker create`: its name, labels (the image's merged with
-//     the container's own) and image ID.
+//     the container's own), image ID and graph driver ("Driver").
+//   - The image's config, <data-root>/image/<graph driver>/imagedb/content/
+//     sha256/<hex of the image ID>: its own labels (config.Labels), which
+//     tell the container's own labels from those it got from its image.
 //
 // dockerd's files are read through /proc/<dockerd pid>/root, which shows
 // them as dockerd sees them from inside the plugin's own mount namespace.
@@ -123,6 +126,13 @@ type Container struct {
 	Name   string            // without the leading "/"
 	Labels map[string]string // the image's labels merged with the container's own
 	Image  string            // image ID, "sha256:<hex>"
+	// ImageLabels are the labels of the container's image (nil: none).
+	// Docker merges them into Labels at `docker create`, where a label the
+	// container sets itself wins.
+	ImageLabels map[string]string
+	// ImageLabelsErr is why ImageLabels could not be read (nil: they
+	// were), e.g. an engine whose images are in containerd's store.
+	ImageLabelsErr error
 }
 
 var hexID = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -147,12 +157,45 @@ func (e *Engine) Container(id string) (*Container, error) {
 		ID     string
 		Name   string
 		Image  string
+		Driver string
 		Config struct{ Labels map[string]string }
 	}
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return nil, fmt.Errorf("container %.12s: config.v2.json: %w", id, err)
 	}
-	return &Container{ID: cfg.ID, Name: strings.TrimPrefix(cfg.Name, "/"), Labels: cfg.Config.Labels, Image: cfg.Image}, nil
+	c := &Container{ID: cfg.ID, Name: strings.TrimPrefix(cfg.Name, "/"), Labels: cfg.Config.Labels, Image: cfg.Image}
+	c.ImageLabels, c.ImageLabelsErr = e.ImageLabels(cfg.Driver, cfg.Image)
+	return c, nil
+}
+
+var graphDriverName = regexp.MustCompile(`^[a-z0-9_.-]+$`)
+
+// ImageLabels reads the labels of image imageID ("sha256:<hex>") from its
+// config in the image store of graph driver driver (a container's
+// config.v2.json "Driver"). An image without labels gives nil.
+func (e *Engine) ImageLabels(driver, imageID string) (map[string]string, error) {
+	hex, ok := strings.CutPrefix(imageID, "sha256:")
+	if !ok || !hexID.MatchString(hex) {
+		return nil, fmt.Errorf("image ID %q: want sha256:<64 hex digits>", imageID)
+	}
+	if !graphDriverName.MatchString(driver) {
+		return nil, fmt.Errorf("image %.19s: graph driver %q unknown", imageID, driver)
+	}
+	p := filepath.Join(e.Root, "image", driver, "imagedb", "content", "sha256", hex)
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("image %.19s: no config in the engine's image store (image/%s/imagedb): %w", imageID, driver, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var img struct {
+		Config struct{ Labels map[string]string } `json:"config"`
+	}
+	if err := json.Unmarshal(b, &img); err != nil {
+		return nil, fmt.Errorf("image %.19s: config: %w", imageID, err)
+	}
+	return img.Config.Labels, nil
 }
 
 // ContainerByName finds a container by name (with or without the leading

@@ -16,6 +16,8 @@ const (
 	eid = "bdcc7b9c9e8cb6dee2037e87c942faa8e1b2234a42ec153d66e6406f889dfcf4"
 	sid = "2dcead40aca362c2e74c612aee135a7b56a3b00281f18a6394806f2cbcec24e8"
 	cid = "883007809cf6cfbb323078dda11a7953331f705a0663e9ecb7b6c5cfdecab7c0"
+	// imgHex is the container's image ID.
+	imgHex = "9e55c8c1d4bd4a5c2b1c0bd6e3c8e6f7a1b2c3d4e5f60718293a4b5c6d7e8f90"
 )
 
 // fakeEngine lays out a data-root as dockerd 20.10 writes it: libnetwork's
@@ -50,7 +52,11 @@ func fakeEngine(t *testing.T) *Engine {
 	}
 	dir := filepath.Join(root, "containers", cid)
 	os.MkdirAll(dir, 0o700)
-	os.WriteFile(filepath.Join(dir, "config.v2.json"), []byte(`{"ID":"`+cid+`","Name":"/web","Image":"sha256:9e55","Config":{"Labels":{"ts.hostname":"api"}}}`), 0o600)
+	os.WriteFile(filepath.Join(dir, "config.v2.json"), []byte(`{"ID":"`+cid+`","Name":"/web","Image":"sha256:`+imgHex+`","Driver":"overlay2","Config":{"Labels":{"ts.hostname":"api","ts.serve.22":"tcp:22","maintainer":"x"}}}`), 0o600)
+	// The image's config as dockerd 20.10 stores it (trimmed).
+	imgDir := filepath.Join(root, "image", "overlay2", "imagedb", "content", "sha256")
+	os.MkdirAll(imgDir, 0o700)
+	os.WriteFile(filepath.Join(imgDir, imgHex), []byte(`{"architecture":"amd64","config":{"Cmd":["/bin/sh"],"Env":["PATH=/bin"],"Labels":{"ts.serve.22":"tcp:22","maintainer":"x"}},"container_config":{"Labels":{"ts.hostname":"stale"}},"os":"linux","rootfs":{"type":"layers","diff_ids":[]}}`), 0o600)
 	return &Engine{Root: root}
 }
 
@@ -67,11 +73,29 @@ func TestForJoinFindsTheContainer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Name != "web" || c.Labels["ts.hostname"] != "api" || c.Image != "sha256:9e55" {
+	if c.Name != "web" || c.Labels["ts.hostname"] != "api" || c.Image != "sha256:"+imgHex {
 		t.Fatalf("Container = %+v", c)
+	}
+	if c.ImageLabelsErr != nil || len(c.ImageLabels) != 2 || c.ImageLabels["ts.serve.22"] != "tcp:22" || c.ImageLabels["ts.hostname"] != "" {
+		t.Fatalf("image labels %v, %v", c.ImageLabels, c.ImageLabelsErr)
 	}
 	if c, err := e.ContainerByName("/web"); err != nil || c.ID != cid {
 		t.Fatalf("ContainerByName = %+v, %v", c, err)
+	}
+}
+
+func TestImageLabelsUnreadable(t *testing.T) {
+	e := fakeEngine(t)
+	if _, err := e.ImageLabels("overlay2", "sha256:"+strings.Repeat("a", 64)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing image: %v", err)
+	}
+	for _, bad := range [][2]string{{"overlay2", "sha256:../../x"}, {"overlay2", imgHex}, {"../..", "sha256:" + imgHex}, {"", "sha256:" + imgHex}} {
+		if _, err := e.ImageLabels(bad[0], bad[1]); err == nil {
+			t.Errorf("ImageLabels(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+	if labels, err := e.ImageLabels("overlay2", "sha256:"+imgHex); err != nil || labels["maintainer"] != "x" {
+		t.Errorf("ImageLabels = %v, %v", labels, err)
 	}
 }
 

@@ -22,15 +22,21 @@
 //     creates eth0 as a macvlan of the parent (endpoint.go).
 //   - [Driver.Join] (same start, still before the sandbox netns exists):
 //     finds the container in the engine's on-disk state (no Docker API
-//     call: package engine), reserves the hostname in the endpoint table
-//     (table.go), starts the node, writes the endpoint record (store.go) and
+//     call: package engine), refuses ts.* labels that come from its image
+//     unless the network has ts.image-labels=true, reserves the hostname in
+//     the endpoint table (table.go; a hostname whose old node is still
+//     closing is waited for), checks the node dir's tailnet record (control
+//     URL, key source, kind, tags; store.go), starts the node, checks the
+//     tailnet it came up in, writes the endpoint record (store.go) and
 //     starts the attach goroutine, which moves tailscale0 into the sandbox
 //     netns once runc has made it (joinleave.go). An error fails `docker
 //     run`, and dockerd then calls DeleteEndpoint to roll back; while the
 //     engine restores its containers, a node that is not up in time follows
 //     in the background instead.
 //   - [Driver.EndpointInfo] (any time after Join; `docker inspect`).
-//   - [Driver.Leave] (container stop): stops the node (joinleave.go).
+//   - [Driver.Leave] (container stop): stops the node (joinleave.go); its
+//     hostname stays reserved until the node is closed and an ephemeral
+//     node's dir removed (node dirs are removed only under their lock).
 //   - [Driver.DeleteEndpoint] (after Leave, or to roll back a failed Join):
 //     removes eth0 and a TUN that never reached the container.
 //   - [Driver.DeleteNetwork] (`docker network rm`, refused by dockerd while
@@ -46,7 +52,7 @@
 //   - the network's options: the plugin's own record, written at
 //     CreateNetwork (networks created by older versions are recorded from
 //     the engine's store the first time they are used);
-//   - the container (name, labels): the engine's on-disk state, read
+//   - the container (name, labels, its image's labels): the engine's on-disk state, read
 //     through /proc/<dockerd pid>/root (package enginestate: libnetwork's
 //     store names the sandbox's container before Join is called);
 //   - whether the engine is restoring: package engine pings the API from

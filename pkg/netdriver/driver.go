@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/enginestate"
+	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
@@ -93,6 +94,7 @@ type Driver struct {
 	endpoints    map[string]*endpoint       // joined endpoints by endpoint ID
 	releaseTimer *time.Timer                // pending scheduleMemoryRelease
 	unrecovered  map[string]unrecovered     // by endpoint ID: recovery failing (recoveryFailed)
+	leaving      map[string]leaving         // by hostname: nodes being stopped for good (takeLeaving)
 
 	releases   atomic.Uint64 // releaseMemory runs
 	collecting atomic.Bool   // a collectStoppedNodes is pending
@@ -122,6 +124,7 @@ func New(cfg Config) *Driver {
 		networks:    map[string]*tsopts.Network{},
 		endpoints:   map[string]*endpoint{},
 		unrecovered: map[string]unrecovered{},
+		leaving:     map[string]leaving{},
 	}
 }
 
@@ -167,11 +170,12 @@ func (d *Driver) Shutdown() {
 	wg.Wait()
 }
 
+// controlName is a control URL as logs show it ([nodespec.ControlDisplay]).
 func controlName(u string) string {
 	if u == "" {
 		return "tailscale default"
 	}
-	return u
+	return nodespec.ControlDisplay(u)
 }
 
 // tailLines returns the last n lines of a file, joined with " | ".

@@ -1,6 +1,7 @@
 package netdriver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -36,6 +37,11 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, fmt.Errorf("finding the container of endpoint %s in the engine's state: %w", short(req.EndpointID), err)
 	}
+	if !nw.ImageLabels {
+		if err := tsopts.CheckImageLabels(info.Labels, info.ImageLabels, info.ImageLabelsErr); err != nil {
+			return nil, err
+		}
+	}
 	ct, err := tsopts.ParseContainer(info.Labels, info.Name)
 	if err != nil {
 		return nil, err
@@ -51,7 +57,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, err
 	}
 	d.supersede(ep)
-	if err := d.reserve(ep); err != nil {
+	if err := d.reserve(ep, began.Add(reserveWait)); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -96,7 +102,7 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
 			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
 		if newDir {
-			os.RemoveAll(ep.stateDir) // a first attempt that failed leaves no identity behind
+			d.removeFailedDir(ep) // a first attempt that failed leaves no identity behind
 		}
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
@@ -140,6 +146,18 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		ep.debugLog.Logf("tslink: node start failed: %v", err)
 		return err
 	}
+	want, err := d.tailnetOf(nw, tags)
+	if err != nil {
+		node.Close(context.Background())
+		return err
+	}
+	have, _ := statedir.ReadTailnet(ep.stateDir)
+	want.Name = cmp.Or(node.Status().Tailnet, have.Name)
+	if err := have.CheckName(want.Name, ep.hostname, d.dir.HostNode(ep.hostname)); err != nil {
+		node.Close(context.Background())
+		ep.debugLog.Logf("tslink: %v", err)
+		return err
+	}
 	if !d.setNode(ep, node, nw.Ephemeral, tags) {
 		// dockerd called Leave (or gave up on Join and rolled back) while
 		// the node was coming up: nobody tracks this node any more.
@@ -147,11 +165,42 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		ep.debugLog.Logf("tslink: endpoint left while its node was starting; node closed")
 		return errEndpointGone
 	}
-	statedir.WriteTailnet(ep.stateDir, statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags})
+	statedir.WriteTailnet(ep.stateDir, want)
 	return nil
 }
 
 var errEndpointGone = errors.New("the endpoint left while its node was starting")
+
+// reserveWait bounds a Join's wait for its hostname while the node that had
+// it is being stopped (its Close is bounded by closeTimeout).
+const reserveWait = closeTimeout + 3*time.Second
+
+// closeTimeout bounds a node's Close when its endpoint leaves (service
+// withdrawal and an ephemeral node's logout).
+const closeTimeout = 10 * time.Second
+
+// removeFailedDir removes the dir a failed Join of ep created, holding ep's
+// hostname meanwhile: ep's own reservation if it still has it, else (a
+// Leave came during the Join and freed it) a new hold, unless another
+// endpoint has taken the hostname since.
+func (d *Driver) removeFailedDir(ep *endpoint) {
+	release, ok := d.takeLeaving(ep)
+	if !ok {
+		release, ok = d.holdHostname(ep.hostname, ep.containerName, nil)
+	}
+	if ok {
+		d.removeNodeDir(ep)
+		release()
+	}
+}
+
+// removeNodeDir removes ep's node dir under its lock; a dir that a live
+// node holds stays ([statedir.RemoveNodeDir]).
+func (d *Driver) removeNodeDir(ep *endpoint) {
+	if err := statedir.RemoveNodeDir(ep.stateDir); err != nil {
+		d.log.Warn("state dir not removed", "hostname", ep.hostname, "err", err)
+	}
+}
 
 // restoreJoinWait bounds the wait for a node in a Join while the engine
 // restores its containers: the engine serves its API only after every
@@ -329,12 +378,14 @@ func (d *Driver) Leave(req *network.LeaveRequest) error {
 // tailscale0 deleted), record removed, an ephemeral node's state dir
 // removed. A no-op if ep is no longer in the table.
 func (d *Driver) closeEndpoint(ep *endpoint) {
-	if !d.take(ep) {
+	release, ok := d.takeLeaving(ep)
+	if !ok {
 		return
 	}
+	defer release() // a new node may take the hostname once the dir is gone
 	d.stopAttach(ep)
 	if ep.node != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 		if err := ep.node.Close(ctx); err != nil {
 			d.log.Warn("closing node", "hostname", ep.hostname, "err", err)
 		}
@@ -348,7 +399,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 	if ep.ephemeral && ep.node != nil {
 		// A logged-out ephemeral identity can never be used again; keeping
 		// its dir would only pile up one per container name.
-		os.RemoveAll(ep.stateDir)
+		d.removeNodeDir(ep)
 	}
 	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
 	d.scheduleMemoryRelease()

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/enginestate"
 	"github.com/tslink/tslink/pkg/statedir"
+	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
 )
 
@@ -44,6 +45,9 @@ type fakeNodes struct {
 	release chan error
 	mu      sync.Mutex
 	nodes   []*fakeNode
+	// closeGate, if set, holds every node's Close until it is closed.
+	closeGate chan struct{}
+	tailnet   string // the tailnet name new nodes report
 }
 
 func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
@@ -56,7 +60,7 @@ func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	n := &fakeNode{}
+	n := &fakeNode{closeGate: f.closeGate, tailnet: f.tailnet}
 	f.mu.Lock()
 	f.nodes = append(f.nodes, n)
 	f.mu.Unlock()
@@ -64,18 +68,28 @@ func (f *fakeNodes) Start(ctx context.Context, cfg stack.Config) (Node, error) {
 }
 
 type fakeNode struct {
-	mu     sync.Mutex
-	closed int
+	mu        sync.Mutex
+	closed    int
+	closeGate chan struct{}
+	tailnet   string
 }
 
 func (n *fakeNode) Addrs() (v4, v6 netip.Addr) {
 	return netip.MustParseAddr("100.64.0.1"), netip.Addr{}
 }
-func (n *fakeNode) Attach(string) error         { return nil }
-func (n *fakeNode) KeepIPv6(context.Context)    {}
-func (n *fakeNode) Status() stack.Status        { return stack.Status{State: "Running"} }
-func (n *fakeNode) Close(context.Context) error { n.mu.Lock(); n.closed++; n.mu.Unlock(); return nil }
-func (n *fakeNode) closes() int                 { n.mu.Lock(); defer n.mu.Unlock(); return n.closed }
+func (n *fakeNode) Attach(string) error      { return nil }
+func (n *fakeNode) KeepIPv6(context.Context) {}
+func (n *fakeNode) Status() stack.Status     { return stack.Status{State: "Running", Tailnet: n.tailnet} }
+func (n *fakeNode) Close(context.Context) error {
+	if n.closeGate != nil {
+		<-n.closeGate
+	}
+	n.mu.Lock()
+	n.closed++
+	n.mu.Unlock()
+	return nil
+}
+func (n *fakeNode) closes() int { n.mu.Lock(); defer n.mu.Unlock(); return n.closed }
 
 type harness struct {
 	d     *Driver
@@ -251,6 +265,195 @@ func TestJoinsRaceForHostname(t *testing.T) {
 		t.Errorf("a second node was started: %+v", cfg)
 	default:
 	}
+}
+
+// A container stopping while another with its hostname starts (issue 14
+// item 5): the new Join waits until the old node is closed and its
+// ephemeral dir removed, then gets a dir of its own that nothing removes.
+func TestLeaveAndJoinOfOneHostname(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{
+		"ep1": ctr("c1", "old", map[string]string{"ts.hostname": "db"}),
+		"ep2": ctr("c2", "new", map[string]string{"ts.hostname": "db"}),
+	})
+	h.nodes.closeGate = make(chan struct{})
+	first := h.join("ep1")
+	h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, first); err != nil {
+		t.Fatal(err)
+	}
+	dir := h.d.dir.Node("db")
+	left := make(chan error, 1)
+	go func() { left <- h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"}) }()
+	// Leave has taken ep1 out of the table and waits in Close.
+	for deadline := time.Now().Add(5 * time.Second); h.d.lookup("ep1") != nil; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Leave did not start")
+		}
+	}
+	second := h.join("ep2")
+	select {
+	case cfg := <-h.nodes.started:
+		t.Fatalf("a node with the hostname of a closing node started: %+v", cfg)
+	case err := <-second:
+		t.Fatalf("Join returned while the old node was closing: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if !h.d.hostnameInUse("db") {
+		t.Error("hostname free while its old node closes")
+	}
+	close(h.nodes.closeGate)
+	if err := <-left; err != nil {
+		t.Fatal(err)
+	}
+	h.waitStart(t)
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the new node's dir: %v", err)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, second); err != nil {
+		t.Fatalf("second Join: %v", err)
+	}
+	if _, err := os.Stat(dir); err != nil {
+		t.Errorf("the new node's dir after its Join: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("ephemeral dir left after Leave: %v", err)
+	}
+}
+
+// A hostname still being released after the Join's wait ends fails the Join
+// with a message naming the stopping container.
+func TestJoinGivesUpOnAHostnameStillReleased(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep2": ctr("c2", "new", map[string]string{"ts.hostname": "db"})})
+	release, ok := h.d.holdHostname("db", "old", nil)
+	if !ok {
+		t.Fatal("hostname not held")
+	}
+	defer release()
+	ep := h.d.newEndpoint("ep2", "net1", "c2", "new", "", "db", tsopts.Serve{})
+	err := h.d.reserve(ep, time.Now().Add(50*time.Millisecond))
+	if err == nil || !strings.Contains(err.Error(), `hostname "db"`) || !strings.Contains(err.Error(), "still being released by stopped container old") {
+		t.Errorf("reserve: %v", err)
+	}
+	if h.d.lookup("ep2") != nil {
+		t.Error("endpoint reserved")
+	}
+}
+
+// Persistent identities are bound to their network's key source and
+// tailnet, not to the network (issue 14 item 4).
+func TestPersistentIdentityStaysInItsTailnet(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{
+		"ep1": ctr("c1", "one", map[string]string{"ts.hostname": "db"}),
+		"ep2": ctr("c2", "two", map[string]string{"ts.hostname": "db"}),
+		"ep3": ctr("c3", "three", map[string]string{"ts.hostname": "db"}),
+		"ep4": ctr("c4", "four", map[string]string{"ts.hostname": "db"}),
+		"ep5": ctr("c5", "five", map[string]string{"ts.hostname": "db"}),
+	})
+	os.MkdirAll(h.root+"/keys", 0o700)
+	os.WriteFile(h.root+"/keys/tailnet-a", []byte("tskey-auth-a1"), 0o600)
+	os.WriteFile(h.root+"/keys/tailnet-b", []byte("tskey-auth-b1"), 0o600)
+	for id, file := range map[string]string{"net-a": "tailnet-a", "net-b": "tailnet-b", "net-a-again": "tailnet-a"} {
+		h.d.setNetwork(id, &tsopts.Network{AuthKeyFile: file, Timeout: 5 * time.Second})
+	}
+	h.d.setNetwork("net-inline", &tsopts.Network{AuthKey: "tskey-auth-c1", Timeout: 5 * time.Second})
+	join := func(ep, nw string, start bool) error {
+		t.Helper()
+		res := make(chan error, 1)
+		go func() {
+			_, err := h.d.Join(&network.JoinRequest{NetworkID: nw, EndpointID: ep, SandboxKey: "/nonexistent/sandbox"})
+			res <- err
+		}()
+		if start {
+			h.waitStart(t)
+			h.nodes.release <- nil
+		}
+		return wait(t, res)
+	}
+	h.nodes.tailnet = "a.example"
+	if err := join("ep1", "net-a", true); err != nil {
+		t.Fatal(err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+	rec, _ := statedir.ReadTailnet(h.d.dir.Node("db"))
+	if rec.KeySource != "file:tailnet-a" || rec.Name != "a.example" {
+		t.Fatalf("tailnet record %+v", rec)
+	}
+	for _, nw := range []string{"net-b", "net-inline"} {
+		err := join("ep2", nw, false)
+		if err == nil || !strings.Contains(err.Error(), "created with auth key file tailnet-a") || !strings.Contains(err.Error(), "remove that dir to start a new identity") {
+			t.Errorf("Join on %s: %v", nw, err)
+		}
+	}
+	// Another network with the same key file (compose down/up), its key
+	// rotated: the same identity.
+	os.WriteFile(h.root+"/keys/tailnet-a", []byte("tskey-auth-a2"), 0o600)
+	if err := join("ep3", "net-a-again", true); err != nil {
+		t.Errorf("same key file, new network, rotated key: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep3"})
+	// A node that came up in another tailnet (it logged in again with a
+	// key of that tailnet) is closed and refused.
+	h.nodes.tailnet = "b.example"
+	err := join("ep4", "net-a", true)
+	if err == nil || !strings.Contains(err.Error(), "tailnet a.example, and the node came up in tailnet b.example") {
+		t.Errorf("other tailnet: %v", err)
+	}
+	if n := h.nodes.nodes[len(h.nodes.nodes)-1]; n.closes() != 1 {
+		t.Errorf("node of the other tailnet closed %d times", n.closes())
+	}
+	if h.d.lookup("ep4") != nil {
+		t.Error("refused endpoint left in the table")
+	}
+	if rec, _ := statedir.ReadTailnet(h.d.dir.Node("db")); rec.Name != "a.example" {
+		t.Errorf("record after the refusal: %+v", rec)
+	}
+	h.nodes.tailnet = "a.example"
+	if err := join("ep5", "net-a", true); err != nil {
+		t.Errorf("back in its tailnet: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep5"})
+}
+
+// ts.* labels from the image are refused unless the network allows them
+// (issue 14 item 9).
+func TestImageLabelsNeedTheNetworksConsent(t *testing.T) {
+	image := map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:22"}
+	evil := &enginestate.Container{ID: "c1", Name: "innocuous", Labels: map[string]string{"ts.hostname": "db", "ts.serve.2222": "tcp:22"}, ImageLabels: image}
+	own := &enginestate.Container{ID: "c2", Name: "mine", Labels: map[string]string{"ts.hostname": "web", "ts.serve.2222": "tcp:2222"}, ImageLabels: image}
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": evil, "ep2": own, "ep3": evil})
+	err := wait(t, h.join("ep1"))
+	if err == nil || !strings.Contains(err.Error(), "label ts.hostname, ts.serve.2222 comes from the container's image") || !strings.Contains(err.Error(), "--opt ts.image-labels=true") {
+		t.Errorf("image labels: %v", err)
+	}
+	if _, err := os.Stat(h.d.dir.Node("db")); !os.IsNotExist(err) {
+		t.Errorf("refused Join made a state dir: %v", err)
+	}
+	res := h.join("ep2")
+	if cfg := h.waitStart(t); cfg.Hostname != "web" {
+		t.Errorf("container's own labels: %+v", cfg)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Errorf("container's own labels: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep2"})
+	h.d.setNetwork("net-img", &tsopts.Network{AuthKey: "tskey-auth-test", Ephemeral: true, ImageLabels: true, Timeout: 5 * time.Second})
+	res2 := make(chan error, 1)
+	go func() {
+		_, err := h.d.Join(&network.JoinRequest{NetworkID: "net-img", EndpointID: "ep3", SandboxKey: "/nonexistent/sandbox"})
+		res2 <- err
+	}()
+	if cfg := h.waitStart(t); cfg.Hostname != "db" || len(cfg.Serve.Endpoints) != 1 {
+		t.Errorf("image labels allowed: %+v", cfg)
+	}
+	h.nodes.release <- nil
+	if err := wait(t, res2); err != nil {
+		t.Errorf("image labels allowed: %v", err)
+	}
+	h.d.Leave(&network.LeaveRequest{EndpointID: "ep3"})
 }
 
 func TestOneTslinkNetworkPerContainer(t *testing.T) {

@@ -132,8 +132,13 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		stack.DeleteHostTUN(rec.EndpointID)
 		d.removeRecord(rec.EndpointID)
 		stateDir := d.dir.Node(rec.Hostname)
-		if statedir.IsEphemeral(stateDir) && !d.hostnameInUse(rec.Hostname) {
-			os.RemoveAll(stateDir)
+		if statedir.IsEphemeral(stateDir) {
+			if release, ok := d.holdHostname(rec.Hostname, rec.ContainerName, nil); ok {
+				if err := statedir.RemoveNodeDir(stateDir); err != nil {
+					d.log.Warn("state dir not removed", "hostname", rec.Hostname, "err", err)
+				}
+				release()
+			}
 		}
 		return true
 	}
@@ -147,7 +152,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		return d.recoveryFailed(rec, err)
 	}
 	close(ep.attached) // no attach goroutine: adopted or attached below
-	if err := d.reserve(ep); err != nil {
+	if err := d.reserve(ep, time.Now()); err != nil {
 		d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
 		return true // another endpoint holds the hostname now
 	}

@@ -3,6 +3,7 @@ package netdriver
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/tslink/tslink/pkg/statedir"
@@ -43,5 +44,18 @@ func TestSweepOrphanStateDirs(t *testing.T) {
 		if _, err := os.Stat(statedir.StateFile(dir)); err != nil {
 			t.Errorf("%s was swept: %v", filepath.Base(dir), err)
 		}
+	}
+}
+
+func TestLoadRecordsRevalidates(t *testing.T) {
+	d := New(Config{StateRoot: t.TempDir()})
+	good := strings.Repeat("a", 64)
+	for id, host := range map[string]string{good: "web", strings.Repeat("b", 64): "../../etc", strings.Repeat("c", 63): "db"} {
+		os.MkdirAll(d.dir.EndpointsDir(), 0o700)
+		os.WriteFile(d.dir.EndpointRecord(id), []byte(`{"EndpointID":"`+id+`","Hostname":"`+host+`"}`), 0o600)
+	}
+	recs := d.loadRecords()
+	if len(recs) != 1 || recs[0].EndpointID != good {
+		t.Errorf("records %+v; want only the valid one", recs)
 	}
 }

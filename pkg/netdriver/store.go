@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
@@ -36,6 +37,9 @@ func (d *Driver) saveRecord(ep *endpoint) {
 	}
 }
 
+// hexID is the form of Docker's endpoint IDs.
+var hexID = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
 func (d *Driver) removeRecord(endpointID string) { os.Remove(d.dir.EndpointRecord(endpointID)) }
 
 func (d *Driver) loadRecords() []record {
@@ -47,7 +51,11 @@ func (d *Driver) loadRecords() []record {
 		if err == nil {
 			err = json.Unmarshal(b, &rec)
 		}
-		if err != nil || rec.EndpointID == "" {
+		if err == nil && (!hexID.MatchString(rec.EndpointID) || !tsopts.ValidHostname(rec.Hostname)) {
+			// The hostname names a dir that recovery may remove.
+			err = fmt.Errorf("endpoint ID %q or hostname %q is not valid", rec.EndpointID, rec.Hostname)
+		}
+		if err != nil {
 			d.log.Error("unreadable endpoint record; its container's node is not recovered", "file", f, "err", err)
 			continue
 		}
@@ -110,8 +118,32 @@ func (d *Driver) checkTailnet(ep *endpoint, nw *tsopts.Network, tags []string) e
 		return nil
 	}
 	if have.Ephemeral {
-		os.RemoveAll(ep.stateDir)
+		if err := statedir.RemoveNodeDir(ep.stateDir); err != nil {
+			return fmt.Errorf("hostname %s: removing the state of an ephemeral node left by a crash: %w", ep.hostname, err)
+		}
 		return nil
 	}
-	return have.Check(statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags}, ep.hostname, d.dir.HostNode(ep.hostname))
+	want, err := d.tailnetOf(nw, tags)
+	if err != nil {
+		return err
+	}
+	return have.Check(want, ep.hostname, d.dir.HostNode(ep.hostname))
+}
+
+// tailnetOf is the tailnet record a node of nw asking for tags gets (the
+// tailnet's name aside, which only the node's netmap gives): its key
+// source is the key file's name, or a keyed hash of an inline key
+// ([statedir.Dir.KeySourceInline]).
+func (d *Driver) tailnetOf(nw *tsopts.Network, tags []string) (statedir.Tailnet, error) {
+	t := statedir.Tailnet{ControlURL: nw.ControlURL, Ephemeral: nw.Ephemeral, Tags: tags}
+	if nw.AuthKeyFile != "" {
+		t.KeySource = statedir.KeySourceFile(nw.AuthKeyFile)
+		return t, nil
+	}
+	src, err := d.dir.KeySourceInline(nw.AuthKey)
+	if err != nil {
+		return t, fmt.Errorf("binding the identity to its key: %w", err)
+	}
+	t.KeySource = src
+	return t, nil
 }

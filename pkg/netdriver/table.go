@@ -3,6 +3,7 @@ package netdriver
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/tslink/tslink/pkg/tsopts"
 )
@@ -21,22 +22,85 @@ func (d *Driver) lookup(endpointID string) *endpoint {
 }
 
 // reserve puts ep in the table unless its container is already on a tslink
-// network or another endpoint has its hostname.
-func (d *Driver) reserve(ep *endpoint) error {
+// network or another endpoint has its hostname. A hostname whose node is
+// still being released (closed, its dir removed: [Driver.takeLeaving]) is
+// waited for until deadline.
+func (d *Driver) reserve(ep *endpoint, deadline time.Time) error {
+	for {
+		d.mu.Lock()
+		for _, o := range d.endpoints {
+			if o.containerID == ep.containerID && o.id != ep.id {
+				d.mu.Unlock()
+				return fmt.Errorf("container %s is already on tslink network %s: a container can be on one tslink network only", ep.containerName, short(o.networkID))
+			}
+		}
+		for _, o := range d.endpoints {
+			if o.hostname == ep.hostname && o.id != ep.id {
+				d.mu.Unlock()
+				return fmt.Errorf("hostname %q (from label %s or the container name) is already used by running container %s; give this container another %s", ep.hostname, tsopts.LabelHostname, o.containerName, tsopts.LabelHostname)
+			}
+		}
+		l, isLeaving := d.leaving[ep.hostname]
+		if !isLeaving {
+			d.endpoints[ep.id] = ep
+			d.mu.Unlock()
+			return nil
+		}
+		d.mu.Unlock()
+		t := time.NewTimer(time.Until(deadline))
+		select {
+		case <-l.done:
+			t.Stop()
+		case <-t.C:
+			return fmt.Errorf("hostname %q (from label %s or the container name) is still being released by stopped container %s; try again in a moment", ep.hostname, tsopts.LabelHostname, l.containerName)
+		}
+	}
+}
+
+// leaving is a hostname whose node is being stopped for good.
+type leaving struct {
+	containerName string
+	done          chan struct{} // closed when the node is closed and its dir removed
+}
+
+// takeLeaving is take for an endpoint stopped for good: ep leaves the
+// table, but its hostname stays reserved until the caller calls release,
+// after its node is closed and its dir removed, so that a new node with the
+// same hostname cannot take the dir meanwhile.
+func (d *Driver) takeLeaving(ep *endpoint) (release func(), ok bool) {
+	return d.holdHostname(ep.hostname, ep.containerName, ep)
+}
+
+// holdHostname reserves hostname for removing its node dir (recovery's
+// sweep): it reports false if an endpoint has the hostname or it is already
+// held. With ep set, it also takes ep from the table (ep's own hostname:
+// [Driver.takeLeaving]).
+func (d *Driver) holdHostname(hostname, holder string, ep *endpoint) (release func(), ok bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, o := range d.endpoints {
-		if o.containerID == ep.containerID && o.id != ep.id {
-			return fmt.Errorf("container %s is already on tslink network %s: a container can be on one tslink network only", ep.containerName, short(o.networkID))
+	if ep != nil {
+		if d.endpoints[ep.id] != ep {
+			return nil, false
+		}
+		delete(d.endpoints, ep.id)
+	} else {
+		for _, o := range d.endpoints {
+			if o.hostname == hostname {
+				return nil, false
+			}
 		}
 	}
-	for _, o := range d.endpoints {
-		if o.hostname == ep.hostname && o.id != ep.id {
-			return fmt.Errorf("hostname %q (from label %s or the container name) is already used by running container %s; give this container another %s", ep.hostname, tsopts.LabelHostname, o.containerName, tsopts.LabelHostname)
-		}
+	if _, held := d.leaving[hostname]; held {
+		return nil, false
 	}
-	d.endpoints[ep.id] = ep
-	return nil
+	l := leaving{containerName: holder, done: make(chan struct{})}
+	d.leaving[hostname] = l
+	return func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		delete(d.leaving, hostname)
+		close(l.done)
+	}, true
 }
 
 // unreserve removes ep from the table if it is still there.
@@ -148,10 +212,14 @@ func (d *Driver) startedEndpoints() []*endpoint {
 	return out
 }
 
-// hostnameInUse reports whether an endpoint in the table has hostname.
+// hostnameInUse reports whether an endpoint in the table, or one being
+// released, has hostname.
 func (d *Driver) hostnameInUse(hostname string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if _, ok := d.leaving[hostname]; ok {
+		return true
+	}
 	for _, ep := range d.endpoints {
 		if ep.hostname == hostname {
 			return true

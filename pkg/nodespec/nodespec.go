@@ -7,6 +7,7 @@ package nodespec
 import (
 	"errors"
 	"fmt"
+	"net/url"
 )
 
 // Serve protocols of ts.serve.<port>=<proto>:<target>[/<path>], named as
@@ -64,4 +65,19 @@ func CheckService(s Serve, tags []string) error {
 		return fmt.Errorf("label ts.service=%s: %w", s.Service, ErrUntaggedService)
 	}
 	return nil
+}
+
+// ControlDisplay is a control URL as logs and messages show it:
+// scheme://host[:port], without any path; "" for "" (Tailscale's default
+// control). Package tsopts has refused URLs with user info, a query or a
+// fragment already; this is the second guard.
+func ControlDisplay(controlURL string) string {
+	if controlURL == "" {
+		return ""
+	}
+	u, err := url.Parse(controlURL)
+	if err != nil || u.Host == "" {
+		return "(unparsable control URL)"
+	}
+	return u.Scheme + "://" + u.Host
 }

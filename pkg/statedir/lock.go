@@ -59,6 +59,21 @@ func (l *Lock) Release() {
 	l.f = nil
 }
 
+// RemoveNodeDir removes the node dir dir while holding its lock, so a dir
+// that a live node holds is never removed: the error then wraps [ErrInUse]
+// and names the holder. A missing dir is no error.
+func RemoveNodeDir(dir string) error {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	l, err := TakeLock(dir, "removal")
+	if err != nil {
+		return err
+	}
+	defer l.Release() // the unlinked lock file's fd: releasing it drops the flock
+	return os.RemoveAll(dir)
+}
+
 // RemoveAbandoned removes dir if its lock was abandoned: the lock
 // file still names a holder (a clean release empties it) but nobody holds
 // the flock (the kernel dropped it with the holder's process). It takes the

@@ -8,16 +8,21 @@
 //	    tailnet                    which tailnet the identity belongs to: [Tailnet]
 //	    lock                       flock of the node running from the dir: [Lock]
 //	keys/<name>                    auth key files (ts.authkey-file): [Dir.ReadKey]
+//	identity-secret                random HMAC key for inline key sources (0600): [Dir.KeySourceInline]
 //	endpoints/<endpoint ID>.json   joined endpoints, for recovery
 //	networks/<network ID>.json     network options, kept for Joins after a restart
 //	tslink-status.sock             the status socket (`tslink status`)
 //
 // Every path has an in-plugin form (for I/O) and a host form (for messages
 // to the user). Nothing here holds a secret except keys/, which it only
-// reads.
+// reads, and identity-secret, which it creates.
 package statedir
 
 import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -104,6 +109,62 @@ func (d Dir) ReadKey(name string) (string, error) {
 		return "", fmt.Errorf("option %s=%s: %s is empty", optAuthKeyFile, name, hostPath)
 	}
 	return key, nil
+}
+
+// identitySecretName is the random key of inline key sources' HMAC.
+const identitySecretName = "identity-secret"
+
+// KeySourceInline is the key source of an inline auth key (ts.authkey or
+// the plugin's TS_AUTHKEY): an HMAC-SHA256 of the key under a random
+// 32-byte secret that this state dir keeps (identity-secret, 0600, created
+// at first use), so that a tailnet record never holds anything from which
+// the key could be found, even by trying candidate keys.
+func (d Dir) KeySourceInline(key string) (string, error) {
+	secret, err := d.identitySecret()
+	if err != nil {
+		return "", err
+	}
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(key))
+	return keySourceHMAC + hex.EncodeToString(m.Sum(nil)), nil
+}
+
+func (d Dir) identitySecret() ([]byte, error) {
+	p := filepath.Join(d.Root, identitySecretName)
+	shown := filepath.Join(d.HostRoot, identitySecretName)
+	if b, err := os.ReadFile(p); err == nil && len(b) == 32 {
+		return b, nil
+	} else if err == nil || !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("reading %s: want 32 bytes (%v); removing it makes a new one, which unbinds the identities made with inline keys", shown, err)
+	}
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	if err := os.MkdirAll(d.Root, 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.CreateTemp(d.Root, identitySecretName+".tmp*") // 0600
+	if err != nil {
+		return nil, fmt.Errorf("creating %s: %w", shown, err)
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(secret)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		// Link fails if a concurrent Join created it first: use that one.
+		if lerr := os.Link(tmp.Name(), p); lerr != nil && !errors.Is(lerr, os.ErrExist) {
+			err = lerr
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("creating %s: %w", shown, err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || len(b) != 32 {
+		return nil, fmt.Errorf("reading %s: want 32 bytes (%v)", shown, err)
+	}
+	return b, nil
 }
 
 // EndpointsDir holds the endpoint records.

@@ -8,12 +8,15 @@ package tsopts
 import (
 	"errors"
 	"fmt"
+	"net/netip"
+	"net/url"
 	"path"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/tslink/tslink/pkg/nodespec"
 )
@@ -23,6 +26,13 @@ const (
 	OptAuthKey     = "ts.authkey"
 	OptAuthKeyFile = "ts.authkey-file"
 	OptControlURL  = "ts.controlurl"
+	// OptInsecureControl allows a plain http:// control URL to a host that
+	// is not loopback (test setups): the auth key then crosses the network
+	// in the clear.
+	OptInsecureControl = "ts.insecure-control"
+	// OptImageLabels obeys ts.* labels that a container gets from its
+	// image (see [CheckImageLabels]).
+	OptImageLabels = "ts.image-labels"
 	OptEphemeral   = "ts.ephemeral"
 	OptTags        = "ts.tags"
 	OptTimeout     = "ts.timeout"
@@ -47,11 +57,28 @@ const DefaultTimeout = 20 * time.Second
 // worse.
 const MaxTimeout = 25 * time.Second
 
+// Caps on list-valued input: every serve endpoint costs the shared plugin a
+// listener, a goroutine and a file descriptor, and the tag list is recorded
+// and logged at every Join, so one container (or image) must not be able to
+// ask for thousands.
+const (
+	// MaxServe bounds the ts.serve.<port> labels of one container.
+	MaxServe = 64
+	// MaxTags bounds the tags of a ts.tags label or option.
+	MaxTags = 32
+)
+
 // Network is a tslink network's parsed options, plugin env defaults applied.
 type Network struct {
 	AuthKey     string // secret; "" if AuthKeyFile is used
 	AuthKeyFile string // file name under the state dir's keys/ holding the key
-	ControlURL  string // "" = Tailscale's default
+	ControlURL  string // "" = Tailscale's default; else normalized by [ParseControlURL]
+	// InsecureControl (ts.insecure-control=true) allows plain http to a
+	// control server that is not on loopback.
+	InsecureControl bool
+	// ImageLabels (ts.image-labels=true) obeys ts.* labels that come from
+	// a container's image.
+	ImageLabels bool
 	Ephemeral   bool
 	Tags        []string
 	Timeout     time.Duration
@@ -97,11 +124,21 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 			n.AuthKeyFile = v
 			n.AuthKey = ""
 		case OptControlURL:
-			if !(strings.HasPrefix(v, "http://") || strings.HasPrefix(v, "https://")) || len(v) < len("http://x") {
-				errs = append(errs, fmt.Errorf("option %s=%q: want an http:// or https:// URL of the control server", k, v))
+			n.ControlURL = v // checked below, with the plugin's TS_CONTROL_URL
+		case OptInsecureControl:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s=%q: want true or false", k, v))
 				continue
 			}
-			n.ControlURL = strings.TrimRight(v, "/")
+			n.InsecureControl = b
+		case OptImageLabels:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("option %s=%q: want true or false", k, v))
+				continue
+			}
+			n.ImageLabels = b
 		case OptEphemeral:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
@@ -127,6 +164,17 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 			errs = append(errs, fmt.Errorf("unknown option %s: tslink accepts %s", k, strings.Join(networkKeys, ", ")))
 		}
 	}
+	if n.ControlURL != "" {
+		source := "option " + OptControlURL
+		if _, ok := opts[OptControlURL]; !ok {
+			source = "the plugin's TS_CONTROL_URL"
+		}
+		u, err := ParseControlURL(n.ControlURL, n.InsecureControl)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", source, err))
+		}
+		n.ControlURL = u
+	}
 	if _, hasKey := opts[OptAuthKey]; hasKey {
 		if _, hasFile := opts[OptAuthKeyFile]; hasFile {
 			errs = append(errs, fmt.Errorf("options %s and %s: give one, not both", OptAuthKey, OptAuthKeyFile))
@@ -138,7 +186,57 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 	return n, nil
 }
 
-var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptTags, OptTimeout}
+var networkKeys = []string{OptAuthKey, OptAuthKeyFile, OptControlURL, OptEphemeral, OptImageLabels, OptInsecureControl, OptTags, OptTimeout}
+
+// controlForm is the accepted form of a control URL, for error messages.
+const controlForm = "https://host[:port][/path] (http:// only to localhost or a loopback address, or with --opt " + OptInsecureControl + "=true)"
+
+// ParseControlURL checks a control server URL and returns it normalized
+// (lowercase scheme, no trailing "/"). The scheme must be http or https and
+// a host is required; user info (user:password@), a query, a fragment,
+// whitespace and control characters are refused, so the URL is safe to
+// record and its scheme://host[:port] safe to log
+// ([nodespec.ControlDisplay]). Plain http is accepted for a loopback host
+// (localhost, 127.0.0.0/8, ::1), else only if insecure is set: over plain
+// http the auth key goes to whoever answers. Errors never echo the URL: it
+// may hold a password.
+func ParseControlURL(raw string, insecure bool) (string, error) {
+	if strings.IndexFunc(raw, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+		return "", fmt.Errorf("the URL contains whitespace or control characters: want %s", controlForm)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("not a URL: want %s", controlForm)
+	}
+	scheme := strings.ToLower(u.Scheme)
+	switch {
+	case scheme != "http" && scheme != "https":
+		return "", fmt.Errorf("scheme %q: want %s", u.Scheme, controlForm)
+	case u.Opaque != "" || u.Host == "" || u.Hostname() == "":
+		return "", fmt.Errorf("no host: want %s", controlForm)
+	case u.User != nil:
+		return "", fmt.Errorf("user info (user:password@) is not accepted in a control URL, and would be logged: want %s", controlForm)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return "", fmt.Errorf("a ?query or #fragment is not accepted: want %s", controlForm)
+	}
+	if p := u.Port(); p != "" {
+		if _, ok := parsePort(p); !ok {
+			return "", fmt.Errorf("port %q is not a number 1-65535: want %s", p, controlForm)
+		}
+	}
+	if scheme == "http" && !insecure && !isLoopbackHost(u.Hostname()) {
+		return "", fmt.Errorf("plain http to %s, which is not loopback, sends the auth key unprotected: use https://, or add --opt %s=true (test setups)", u.Host, OptInsecureControl)
+	}
+	return scheme + "://" + u.Host + strings.TrimRight(u.EscapedPath(), "/"), nil
+}
+
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.Unmap().IsLoopback()
+}
 
 func validFileName(s string) bool {
 	return s != "" && s != "." && s != ".." && len(s) <= 255 && fileNameRE.MatchString(s)
@@ -162,6 +260,9 @@ func ParseTags(v string) ([]string, error) {
 		}
 		if !slices.Contains(tags, t) {
 			tags = append(tags, t)
+		}
+		if len(tags) > MaxTags {
+			return nil, fmt.Errorf("more than %d tags: tslink accepts at most %d tags per node (comma-separated tag:name)", MaxTags, MaxTags)
 		}
 	}
 	if len(tags) == 0 {
@@ -196,6 +297,9 @@ type (
 func ParseContainer(labels map[string]string, containerName string) (*Container, error) {
 	c := &Container{}
 	var errs []error
+	if n := countPrefix(labels, LabelServePrefix); n > MaxServe {
+		return nil, fmt.Errorf("labels %s<port>: %d given, tslink serves at most %d ports per container", LabelServePrefix, n, MaxServe)
+	}
 	for _, k := range sortedKeys(labels) {
 		v := labels[k]
 		if !strings.HasPrefix(k, "ts.") {
@@ -264,6 +368,48 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 		}
 	}
 	return c, nil
+}
+
+// ImageOnlyLabels returns the ts.* labels of a container that come from
+// its image, sorted: labels holds the container's labels as Docker merged
+// them (the image's, then the container's own over them), image the
+// image's own. Docker keeps no record of which were given to `docker run`,
+// so a label the image has with the same value counts as the image's.
+func ImageOnlyLabels(labels, image map[string]string) []string {
+	var out []string
+	for k, v := range labels {
+		if iv, ok := image[k]; ok && iv == v && strings.HasPrefix(k, "ts.") {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// CheckImageLabels refuses a container whose ts.* labels come from its
+// image (an image must not choose a node's hostname, serve ports, tags or
+// service: it could take over a persistent identity or open ports on the
+// tailnet from a plain `docker run`), unless its network has
+// ts.image-labels=true. imageErr is why the image's labels could not be
+// read: then a container with any ts.* label is refused, since nothing
+// tells its own labels from the image's. The error names the labels (up
+// to five) and the option.
+func CheckImageLabels(labels, image map[string]string, imageErr error) error {
+	if imageErr != nil {
+		if countPrefix(labels, "ts.") == 0 {
+			return nil
+		}
+		return fmt.Errorf("the container has ts.* labels and its image's labels cannot be read from the engine's state (%v), so tslink cannot tell the container's own labels from its image's: create the network with --opt %s=true to obey the image's", imageErr, OptImageLabels)
+	}
+	keys := ImageOnlyLabels(labels, image)
+	if len(keys) == 0 {
+		return nil
+	}
+	shown := strings.Join(keys[:min(len(keys), 5)], ", ")
+	if len(keys) > 5 {
+		shown += fmt.Sprintf(" and %d more", len(keys)-5)
+	}
+	return fmt.Errorf("label %s comes from the container's image, and tslink obeys the ts.* labels of images only on networks created with --opt %s=true (a docker run --label with the image's own value counts as the image's): use an image without ts.* labels, or create the network with that option", shown, OptImageLabels)
 }
 
 var (
@@ -352,6 +498,16 @@ func HostnameFromName(name string) string {
 		s = s[:63]
 	}
 	return strings.Trim(s, "-")
+}
+
+func countPrefix(m map[string]string, prefix string) int {
+	n := 0
+	for k := range m {
+		if strings.HasPrefix(k, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 func sortedKeys(m map[string]string) []string {

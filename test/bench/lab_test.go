@@ -92,7 +92,7 @@ func (l *lab) freshTailnet() {
 	}
 	l.laptop.Up(t, l.control.URL(), authKey)
 	l.laptopIP = l.laptop.IPv4(t).String()
-	l.docker("network", "create", "-d", plugin, "--opt", "ts.authkey="+authKey, "--opt", "ts.controlurl="+l.control.URL(), tslinkNet)
+	l.docker("network", "create", "-d", plugin, "--opt", "ts.authkey="+authKey, "--opt", "ts.controlurl="+l.control.URL(), "--opt", "ts.insecure-control=true", tslinkNet)
 }
 
 // addUpstream gives the lab netns a default route through an "internet"

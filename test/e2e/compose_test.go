@@ -20,6 +20,7 @@ const composeFile = `networks:
     driver_opts:
       ts.authkey: ${TS_AUTHKEY}
       ts.controlurl: ${TS_CONTROL_URL}
+      ts.insecure-control: "true"
 
 services:
   api:

@@ -58,7 +58,7 @@ func TestKeysRevokedRotatedAndExpired(t *testing.T) {
 		}
 	}
 	writeKey(testAuthKey)
-	l.docker("network", "create", "-d", plugin, "--opt", "ts.authkey-file=prod", "--opt", "ts.controlurl="+l.control.URL(), "--opt", "ts.ephemeral=false", "tn")
+	l.docker("network", "create", "-d", plugin, "--opt", "ts.authkey-file=prod", "--opt", "ts.controlurl="+l.control.URL(), "--opt", "ts.insecure-control=true", "--opt", "ts.ephemeral=false", "tn")
 	ip, _ := l.echoContainer("db", "tn", "first")
 
 	l.control.RevokeAuthKey(testAuthKey)

@@ -111,10 +111,11 @@ func (l *lab) docker(args ...string) string {
 	return l.engine.MustDocker(l.t, args...)
 }
 
-// createNetwork makes a tslink network on the lab's control server.
+// createNetwork makes a tslink network on the lab's control server (plain
+// http to an address that is not loopback: ts.insecure-control).
 func (l *lab) createNetwork(name string, extra ...string) {
 	l.t.Helper()
-	args := append([]string{"network", "create", "-d", plugin, "--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.controlurl=" + l.control.URL()}, extra...)
+	args := append([]string{"network", "create", "-d", plugin, "--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.controlurl=" + l.control.URL(), "--opt", "ts.insecure-control=true"}, extra...)
 	l.docker(append(args, name)...)
 }
 

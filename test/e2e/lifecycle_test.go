@@ -40,7 +40,8 @@ func TestTailscale0ReadyAtFirstInstruction(t *testing.T) {
 
 func TestPluginEnvDefaults(t *testing.T) {
 	l := newLab(t, "TS_AUTHKEY="+testAuthKey, "TS_CONTROL_URL=$CONTROL")
-	l.docker("network", "create", "-d", plugin, "envnet") // no --opt at all
+	// No key and no control URL: only the opt-in to the lab's plain http.
+	l.docker("network", "create", "-d", plugin, "--opt", "ts.insecure-control=true", "envnet")
 	out := l.docker("run", "--rm", "--network", "envnet", "--label", "ts.hostname=from-env", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0")
 	if !strings.Contains(out, "inet 100.") {
 		t.Fatalf("no tailnet address: %q", out)
