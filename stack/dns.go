@@ -3,17 +3,24 @@ package stack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/net/dns"
 	"tailscale.com/net/packet"
 	"tailscale.com/types/ipproto"
+	"tailscale.com/util/dnsname"
 )
 
 // MagicDNS inside the container, with no docker flag.
@@ -27,11 +34,23 @@ import (
 //     MagicDNS knows (peers' short names), from tsnet's own resolver (the one
 //     behind 100.100.100.100);
 //   - everything else from the resolver the query was addressed to, asked
-//     from the plugin's netns, so internet names resolve whether or not the
-//     tailnet's DNS config has upstream resolvers (with a custom TUN tsnet has
-//     no OS resolver to fall back on).
-// Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`) pass
-// to tsnet untouched.
+//     from the container's own netns with a socket mark the DNS rule skips
+//     ([forwardDNSIn]), so the query leaves as the container's own would
+//     (its routes, Docker's NAT, the host's firewall; nothing on an
+//     --internal network). Destinations the container could not reach
+//     itself (loopback, link-local, multicast, no unicast route) get
+//     REFUSED ([forwardable]). Internet names thus resolve whether or not
+//     the tailnet's DNS config has upstream resolvers (with a custom TUN
+//     tsnet has no OS resolver to fall back on).
+// Queries addressed to 100.100.100.100 itself (`--dns 100.100.100.100`, or a
+// host whose own resolver is Tailscale's MagicDNS) are taken out too: tailnet
+// names are answered by tsnet's resolver, every other name by the first
+// upstream that answers of: the nameservers control sends, else
+// [Config.DNSUpstreams] (TS_DNS_UPSTREAMS, else the host's resolvers), asked
+// from the container's netns like any forwarded query. tsnet's own forwarder
+// (net/dns/resolver in tailscale.com v1.102.5) sends UDP from a plain
+// net.ListenConfig, i.e. from the plugin's netns, with no per-node hook, so
+// it is never handed such names.
 
 // dnsRulePriority is the priority of the policy rule, and the number of the
 // routing table, that send the container's UDP DNS through tailscale0.
@@ -48,15 +67,20 @@ const maxDNSInFlight = 64
 // resolver (dns.Manager.Query); suffix is the tailnet's MagicDNS suffix.
 type dnsAnswerer struct {
 	query func(ctx context.Context, q []byte, family string, from netip.AddrPort) ([]byte, error)
-	// routable reports whether the container could reach dst itself
-	// (without the DNS rule): only then is a query forwarded for it.
-	routable func(dst netip.Addr) bool
-	suffix   func() string
-	inject   func(pkt []byte) error
-	logf     func(format string, args ...any)
-	slots    chan struct{}
-	ctx      context.Context // ends in stop
-	cancel   context.CancelFunc
+	// netns is the container's netns path ("" until attached): forwarded
+	// queries leave from there ([forwardDNSIn]).
+	netns func() string
+	// upstreams lists, in order, the resolvers asked for a name outside the
+	// tailnet queried at 100.100.100.100 (see [Node.dnsUpstreams]).
+	upstreams func(name string) []netip.AddrPort
+	// peerShortName reports whether name (one label) is a tailnet node's.
+	peerShortName func(ctx context.Context, name string) bool
+	suffix        func() string
+	inject        func(pkt []byte) error
+	logf          func(format string, args ...any)
+	slots         chan struct{}
+	ctx           context.Context // ends in stop
+	cancel        context.CancelFunc
 
 	mu      sync.Mutex // orders wg.Add before stop's Wait
 	stopped bool
@@ -79,6 +103,9 @@ func interceptable(p *packet.Parsed) bool {
 		return false
 	}
 	dst := p.Dst.Addr()
+	if isQuad100(dst) {
+		return true // answered here, so upstreams are asked from the container's netns
+	}
 	for _, r := range tailnetRoutes {
 		if r.Contains(dst) {
 			return false // MagicDNS's 100.100.100.100 or a tailnet node
@@ -134,21 +161,54 @@ func (a *dnsAnswerer) resolve(query []byte, from, to netip.AddrPort) ([]byte, er
 	switch {
 	case suffix != "" && (name == suffix || strings.HasSuffix(name, "."+suffix)), tailnetReverseName(name):
 		return a.query(ctx, query, "udp", from)
-	case name != "" && !strings.Contains(name, "."):
+	case name != "" && !strings.Contains(name, ".") && a.peerShortName(ctx, name):
 		// A peer's short name, for any record type, if MagicDNS has an
-		// address for it.
+		// address for it (only then: tsnet forwards names it does not
+		// know from the plugin's netns).
 		if probe, err := aQuery(q.Name); err == nil {
 			if resp, err := a.query(ctx, probe, "udp", from); err == nil && answered(resp) {
 				return a.query(ctx, query, "udp", from)
 			}
 		}
 	}
-	if !a.routable(to.Addr()) {
-		// e.g. an --internal network: the container could not have asked
-		// that resolver itself.
-		return nil, errNotForwarded
+	nsPath := a.netns()
+	if isQuad100(to.Addr()) {
+		return a.askUpstreams(ctx, nsPath, query, name)
 	}
-	return forwardDNS(ctx, query, to)
+	if err := forwardable(nsPath, to.Addr()); err != nil {
+		// e.g. an --internal network, or a packet crafted for the host's
+		// loopback: the container could not have asked that resolver.
+		return refusedAnswer(query)
+	}
+	return forwardDNSIn(ctx, nsPath, query, to)
+}
+
+// dnsUpstreamTimeout bounds the wait for one upstream of 100.100.100.100
+// before the next is asked.
+const dnsUpstreamTimeout = 2 * time.Second
+
+// askUpstreams answers a query for name (outside the tailnet) sent to
+// 100.100.100.100: the first of [dnsAnswerer.upstreams] that the container
+// could reach itself ([forwardable]) and that answers, asked from its netns.
+// None reachable (e.g. --internal, or no upstream known): REFUSED.
+func (a *dnsAnswerer) askUpstreams(ctx context.Context, nsPath string, query []byte, name string) ([]byte, error) {
+	var errs []error
+	for _, up := range a.upstreams(name) {
+		if err := forwardable(nsPath, up.Addr()); err != nil {
+			continue
+		}
+		upCtx, cancel := context.WithTimeout(ctx, dnsUpstreamTimeout)
+		resp, err := forwardDNSIn(upCtx, nsPath, query, up)
+		cancel()
+		if err == nil {
+			return resp, nil
+		}
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("no upstream of 100.100.100.100 answered: %w", errors.Join(errs...))
+	}
+	return refusedAnswer(query)
 }
 
 // parseQuery returns the first question of a standard DNS query message.
@@ -201,13 +261,84 @@ func answered(resp []byte) bool {
 	return err == nil
 }
 
-// forwardDNS asks the resolver the container addressed, from this process's
-// netns.
-func forwardDNS(ctx context.Context, query []byte, to netip.AddrPort) ([]byte, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "udp", to.String())
+// dnsForwardMark is the socket mark (SO_MARK) of forwarded queries: the DNS
+// rules of [routeDNS] match only packets without it, so a forwarded query
+// takes the container's ordinary routes instead of coming back through
+// tailscale0.
+const dnsForwardMark = 0x10000000
+
+// errRefusedDestination: the query's destination is one the device never
+// forwards to; the client gets REFUSED.
+var errRefusedDestination = errors.New("destination not forwarded")
+
+// forwardable reports why a query for dst must not be forwarded from the
+// netns at nsPath, or nil: loopback, link-local, multicast, broadcast,
+// unspecified and MagicDNS's own addresses are refused, and so is anything
+// the container's ordinary routing (a lookup without protocol or port, so
+// the DNS rules do not apply) does not send to a unicast next hop, e.g. an
+// --internal network without a default route, or its own addresses.
+func forwardable(nsPath string, dst netip.Addr) error {
+	dst = dst.Unmap()
+	switch {
+	case !dst.IsValid(), dst.IsUnspecified(), dst.IsLoopback(), dst.IsLinkLocalUnicast(),
+		dst.IsMulticast(), dst.IsLinkLocalMulticast(), dst.IsInterfaceLocalMulticast(),
+		dst == netip.AddrFrom4([4]byte{255, 255, 255, 255}), isQuad100(dst):
+		return fmt.Errorf("%w: %v", errRefusedDestination, dst)
+	case nsPath == "":
+		return fmt.Errorf("%w: %v (not attached to a netns)", errRefusedDestination, dst)
+	}
+	var rtype int
+	err := withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		routes, err := h.RouteGet(dst.AsSlice())
+		if err != nil {
+			return err
+		}
+		if len(routes) == 0 {
+			return errors.New("no route")
+		}
+		rtype = routes[0].Type
+		return nil
+	})
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("%w: %v (%v)", errRefusedDestination, dst, err)
+	}
+	if rtype != unix.RTN_UNICAST {
+		return fmt.Errorf("%w: %v (route type %d)", errRefusedDestination, dst, rtype)
+	}
+	return nil
+}
+
+// isQuad100 reports whether a is MagicDNS's resolver address.
+func isQuad100(a netip.Addr) bool {
+	return a == quad100v4 || a == quad100v6
+}
+
+var (
+	quad100v4 = netip.MustParseAddr("100.100.100.100")
+	quad100v6 = netip.MustParseAddr("fd7a:115c:a1e0::53")
+)
+
+// forwardDNSIn asks the resolver at to from inside the netns at nsPath, as
+// the container's own query would leave: a UDP socket opened there, marked
+// [dnsForwardMark], so the container's routes, Docker's NAT and the host's
+// firewall apply. The caller checks [forwardable] first.
+func forwardDNSIn(ctx context.Context, nsPath string, query []byte, to netip.AddrPort) ([]byte, error) {
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, dnsForwardMark)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	var c net.Conn
+	err := ns.WithNetNSPath(nsPath, func(ns.NetNS) (err error) {
+		c, err = d.DialContext(ctx, "udp", to.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("asking %v from the container's netns: %w", to, err)
 	}
 	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -222,6 +353,27 @@ func forwardDNS(ctx context.Context, query []byte, to netip.AddrPort) ([]byte, e
 		return nil, err
 	}
 	return buf[:n], nil
+}
+
+// refusedAnswer is a REFUSED response to query (header and question).
+func refusedAnswer(query []byte) ([]byte, error) {
+	var parser dnsmessage.Parser
+	h, err := parser.Start(query)
+	if err != nil {
+		return nil, err
+	}
+	q, err := parser.Question()
+	if err != nil {
+		return nil, err
+	}
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RecursionDesired: h.RecursionDesired, RCode: dnsmessage.RCodeRefused})
+	if err := b.StartQuestions(); err != nil {
+		return nil, err
+	}
+	if err := b.Question(q); err != nil {
+		return nil, err
+	}
+	return b.Finish()
 }
 
 // replyPacket builds the IP/UDP packet carrying resp back to the query's
@@ -251,15 +403,60 @@ func (n *Node) answerDNS(st *ipnstate.Status) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n.dev.dns.Store(&dnsAnswerer{
 		query: mgr.Query,
-		routable: func(dst netip.Addr) bool {
-			nsPath := n.netnsPath()
-			return nsPath != "" && routable(nsPath, dst)
+		netns: n.netnsPath,
+		upstreams: func(name string) []netip.AddrPort {
+			return n.dnsUpstreams(mgr, name)
 		},
-		suffix: n.dnsSuffix,
-		inject: n.dev.inject,
-		logf:   n.logf,
-		slots:  make(chan struct{}, maxDNSInFlight),
-		ctx:    ctx,
-		cancel: cancel,
+		peerShortName: n.peerShortName,
+		suffix:        n.dnsSuffix,
+		inject:        n.dev.inject,
+		logf:          n.logf,
+		slots:         make(chan struct{}, maxDNSInFlight),
+		ctx:           ctx,
+		cancel:        cancel,
 	})
+}
+
+// dnsUpstreams lists, in order, where a query for name (outside the tailnet)
+// sent to 100.100.100.100 goes: the nameservers control sends for it (plain
+// IP ones; tsnet's forwarder would pick the same, by
+// resolver.GetUpstreamResolvers), else [Config.DNSUpstreams].
+func (n *Node) dnsUpstreams(mgr *dns.Manager, name string) []netip.AddrPort {
+	var out []netip.AddrPort
+	if fqdn, err := dnsname.ToFQDN(name); err == nil {
+		for _, r := range mgr.Resolver().GetUpstreamResolvers(fqdn) {
+			if ap, ok := r.IPPort(); ok {
+				out = append(out, ap)
+			}
+		}
+	}
+	if len(out) == 0 && n.cfg.DNSUpstreams != nil {
+		out = n.cfg.DNSUpstreams()
+	}
+	return out
+}
+
+// peerShortName reports whether name is the first label of the MagicDNS
+// name of this node or one of its peers.
+func (n *Node) peerShortName(ctx context.Context, name string) bool {
+	st, err := n.lc.Status(ctx)
+	if err != nil {
+		return false
+	}
+	is := func(p *ipnstate.PeerStatus) bool {
+		if p == nil {
+			return false
+		}
+		first, _, _ := strings.Cut(p.DNSName, ".")
+		return strings.EqualFold(first, name)
+	}
+	if is(st.Self) {
+		return true
+	}
+	for _, p := range st.Peer {
+		if is(p) {
+			return true
+		}
+	}
+	return false
 }

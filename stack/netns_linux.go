@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -322,21 +323,47 @@ func dialIn(ctx context.Context, nsPath, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// fromThisProcess checks that the peer of the loopback connection c belongs
-// to this process's user (root for the plugin): sock_diag gives the peer
-// socket's owner. Unprivileged host processes are refused; root can enter
-// the container's netns anyway. (Matching the peer socket's inode against
-// /proc/self/fd races with dials the proxy abandons, e.g. when the client's
-// request is canceled.) The error says why.
+// fromThisProcess checks that the peer of the loopback connection c is a
+// socket this process holds: sock_diag gives the peer socket's inode, and
+// /proc/self/fd lists this process's sockets as "socket:[inode]". Any other
+// process is refused, root included (e.g. a --network host container is
+// uid 0 without being able to enter the container's netns). A dial this
+// process abandoned before the check (its socket already closed) is refused
+// too, which no one then waits for. The error says why.
 func fromThisProcess(c net.Conn) error {
 	peer, err := netlink.SocketGet(c.RemoteAddr(), c.LocalAddr())
 	if err != nil {
 		return fmt.Errorf("looking up the peer socket: %w", err)
 	}
-	if uid := uint32(os.Getuid()); peer.UID != uid {
-		return fmt.Errorf("peer socket belongs to uid %d, not the plugin's %d", peer.UID, uid)
+	own, err := holdsSocket(peer.INode)
+	if err != nil {
+		return err
+	}
+	if !own {
+		return fmt.Errorf("peer socket (inode %d, uid %d) belongs to another process", peer.INode, peer.UID)
 	}
 	return nil
+}
+
+// holdsSocket reports whether one of this process's fds is the socket with
+// the given inode.
+func holdsSocket(inode uint32) (bool, error) {
+	dir, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return false, fmt.Errorf("listing this process's fds: %w", err)
+	}
+	defer dir.Close()
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return false, fmt.Errorf("listing this process's fds: %w", err)
+	}
+	want := "socket:[" + strconv.FormatUint(uint64(inode), 10) + "]"
+	for _, name := range names {
+		if target, err := os.Readlink("/proc/self/fd/" + name); err == nil && target == want {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // routeDNS makes the netns at nsPath send UDP port 53 that would leave by its
@@ -364,8 +391,17 @@ func routeDNS(nsPath string, src netip.Addr) error {
 			return fmt.Errorf("listing rules: %w", err)
 		}
 		for _, want := range dnsRules() {
-			if slices.ContainsFunc(have, func(r netlink.Rule) bool { return r.Priority == want.Priority }) {
+			if slices.ContainsFunc(have, func(r netlink.Rule) bool { return sameDNSRule(r, want) }) {
 				continue
+			}
+			// A rule of an older plugin version (no mark match) at this
+			// priority would send forwarded queries back to tailscale0.
+			for _, r := range have {
+				if r.Priority == want.Priority {
+					if err := h.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+						return fmt.Errorf("replacing DNS rule: %w", err)
+					}
+				}
 			}
 			if err := h.RuleAdd(want); err != nil {
 				return fmt.Errorf("adding DNS rule: %w", err)
@@ -373,6 +409,13 @@ func routeDNS(nsPath string, src netip.Addr) error {
 		}
 		return nil
 	})
+}
+
+// sameDNSRule reports whether the listed rule have is want (priority and
+// mark match).
+func sameDNSRule(have netlink.Rule, want *netlink.Rule) bool {
+	return have.Priority == want.Priority && have.Mark == want.Mark &&
+		have.Mask != nil && want.Mask != nil && *have.Mask == *want.Mask
 }
 
 // unrouteDNS empties table [dnsRulePriority] in the netns at nsPath, so the
@@ -405,19 +448,9 @@ func dnsRules() []*netlink.Rule {
 		r.Family = netlink.FAMILY_V4
 		r.IPProto = unix.IPPROTO_UDP
 		r.Dport = netlink.NewRulePortRange(53, 53)
+		// Only packets without the mark of forwarded queries.
+		mask := uint32(dnsForwardMark)
+		r.Mark, r.Mask = 0, &mask
 	}
 	return []*netlink.Rule{viaMain, viaTUN}
-}
-
-// routable reports whether the netns at nsPath has a route to dst in its
-// ordinary routing (a lookup without protocol or port, so the DNS rule of
-// routeDNS does not apply).
-func routable(nsPath string, dst netip.Addr) bool {
-	ok := false
-	withNetNSHandle(nsPath, func(h *netlink.Handle) error {
-		routes, err := h.RouteGet(dst.AsSlice())
-		ok = err == nil && len(routes) > 0 && routes[0].Type != unix.RTN_UNREACHABLE && routes[0].Type != unix.RTN_BLACKHOLE && routes[0].Type != unix.RTN_PROHIBIT
-		return nil
-	})
-	return ok
 }

@@ -63,6 +63,11 @@ type Config struct {
 	// Start then keeps a little more time (finishReserve) for its remaining
 	// work, all within ctx's deadline. Zero: until near ctx's deadline.
 	Wait time.Duration
+	// DNSUpstreams, if set, lists the resolvers for names outside the
+	// tailnet asked of 100.100.100.100 when control sends no nameservers
+	// (the plugin's TS_DNS_UPSTREAMS, else the host's own resolvers). They
+	// are asked from the container's netns, like every forwarded query.
+	DNSUpstreams func() []netip.AddrPort `json:"-"`
 	// Serve is what the node serves on the tailnet (ts.serve.*, ts.service,
 	// ts.direct). A Service needs Tags ([nodespec.CheckService]).
 	Serve nodespec.Serve

@@ -30,9 +30,10 @@ var ErrUntaggedService = nodespec.ErrUntaggedService
 // netns, where the container's localhost is out of reach, and tsnet's
 // LocalAPI refuses unix-socket backends (its actor is not a local admin). So
 // each target port gets a listener on 127.0.0.1 of the plugin's netns, used as
-// the serve backend; it accepts connections from the plugin's user only (the
-// peer socket's owner, from sock_diag) and relays each to localhost:<port>
-// dialled inside the container's netns.
+// the serve backend; it accepts connections from this process's own sockets
+// only ([fromThisProcess]: the peer socket's inode, from sock_diag, among
+// /proc/self/fd) and relays each to localhost:<port> dialled inside the
+// container's netns.
 type relays struct {
 	netns func() string // the container's netns path; "" until attached
 	logf  func(format string, args ...any)

@@ -113,11 +113,19 @@ func TestServeReachesContainerLoopback(t *testing.T) {
 		t.Errorf("port 80 answers inside the container: the serve config leaked into the netns")
 	}
 
-	// The relay is the plugin's: another (unprivileged) process on the host
-	// is refused.
+	// The relay is the plugin's: another process on the host is refused,
+	// unprivileged or root (a --network host container is root in the
+	// host's netns).
 	relay := n.relays.backend(8080)
-	if out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "busybox", "sh", "-c", "echo GET / | nc "+strings.Replace(relay, ":", " ", 1)).CombinedOutput(); strings.Contains(string(out), "path=") {
+	get := "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc " + strings.Replace(relay, ":", " ", 1)
+	if out, err := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "busybox", "sh", "-c", get).CombinedOutput(); strings.Contains(string(out), "path=") {
 		t.Errorf("relay %s answered another process: %q (%v)", relay, out, err)
+	}
+	if out, err := exec.Command("busybox", "sh", "-c", get).CombinedOutput(); strings.Contains(string(out), "path=") {
+		t.Errorf("relay %s answered another root process: %q (%v)", relay, out, err)
+	}
+	if !strings.Contains(l.logs.String(), "belongs to another process") {
+		t.Errorf("the relay logged no refusal of another process:\n%s", l.logs.String())
 	}
 	n.Close(context.Background())
 	if c, err := net.Dial("tcp", relay); err == nil {

@@ -30,17 +30,20 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/dockerapi"
 	"github.com/tslink/tslink/pkg/engine"
+	"github.com/tslink/tslink/pkg/hostdns"
 	"github.com/tslink/tslink/pkg/hostpath"
 	"github.com/tslink/tslink/pkg/netdriver"
 	"github.com/tslink/tslink/pkg/nodespec"
@@ -106,6 +109,11 @@ func run(args []string) error {
 	}
 	defer docker.Close()
 
+	upstreams, err := hostdns.ParseUpstreams("TS_DNS_UPSTREAMS", os.Getenv("TS_DNS_UPSTREAMS"))
+	if err != nil {
+		return err
+	}
+
 	tracker := engine.NewTracker(docker, log)
 	d := netdriver.New(netdriver.Config{
 		StateRoot:     stateDir,
@@ -113,6 +121,7 @@ func run(args []string) error {
 		Env:           env,
 		Engine:        tracker,
 		ResolvePath:   hostpath.Path,
+		DNSUpstreams:  dnsUpstreams(upstreams),
 		Log:           log,
 	})
 
@@ -158,3 +167,36 @@ func logLevel(s string) slog.Level {
 	}
 	return l
 }
+
+// dnsUpstreams returns the upstreams of 100.100.100.100 for names outside the
+// tailnet when control sends none: TS_DNS_UPSTREAMS if set, else the host's
+// own resolvers as dockerd's root shows them (hostdns), re-read at most every
+// hostResolversTTL.
+func dnsUpstreams(setting []netip.AddrPort) func() []netip.AddrPort {
+	if len(setting) > 0 {
+		return func() []netip.AddrPort { return setting }
+	}
+	var (
+		mu      sync.Mutex
+		cached  []netip.AddrPort
+		readAt  time.Time
+		readOne = func(p string) ([]byte, error) {
+			rp, err := hostpath.InDockerd(p)
+			if err != nil {
+				return nil, err
+			}
+			return os.ReadFile(rp)
+		}
+	)
+	return func() []netip.AddrPort {
+		mu.Lock()
+		defer mu.Unlock()
+		if readAt.IsZero() || time.Since(readAt) > hostResolversTTL {
+			cached, readAt = hostdns.HostResolvers(readOne), time.Now()
+		}
+		return cached
+	}
+}
+
+// hostResolversTTL is how long the host's resolver list is reused.
+const hostResolversTTL = 30 * time.Second

@@ -52,6 +52,18 @@ func Resolve(p string) (string, error) {
 	return "", fmt.Errorf("%s: not found here nor under any dockerd's root (/proc/<pid>/root; the plugin needs pidhost and CAP_SYS_PTRACE): %w", p, os.ErrNotExist)
 }
 
+// InDockerd returns p under /proc/<pid>/root of dockerd (the one that calls
+// the plugin, once known), never this process's own view of p: for host files
+// the plugin's rootfs has a copy of (e.g. /etc/resolv.conf).
+func InDockerd(p string) (string, error) {
+	if pid, ok := dockerdHaving(p); ok {
+		if rp, ok := under(pid, p); ok {
+			return rp, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found under any dockerd's root: %w", p, os.ErrNotExist)
+}
+
 // Path returns where this process sees p as dockerd sees it, whether or not
 // it exists yet (for polling a path dockerd is about to create): p itself if
 // its parent directory exists here, else p under the root of the dockerd

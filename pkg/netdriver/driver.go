@@ -74,6 +74,10 @@ type Config struct {
 	// this process sees it, whether or not it exists yet; nil means identity.
 	ResolvePath func(string) (string, error)
 	Log         *slog.Logger
+	// DNSUpstreams lists the resolvers for names outside the tailnet asked
+	// of 100.100.100.100 when control sends none ([stack.Config.DNSUpstreams]);
+	// nil: none.
+	DNSUpstreams func() []netip.AddrPort
 	// Nodes starts the nodes; nil means [StackNodes].
 	Nodes NodeStarter
 }

@@ -139,6 +139,8 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		AdoptNetNS: adoptNS,
 		Wait:       wait,
 		Serve:      ep.serve,
+
+		DNSUpstreams: d.cfg.DNSUpstreams,
 	})
 	if err != nil {
 		ep.debugLog.Logf("tslink: node start failed: %v", err)

@@ -85,3 +85,47 @@ func TestMagicDNSInContainers(t *testing.T) {
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
 }
+
+// TestQuad100ResolvesInternetNames: an engine whose containers' resolver is
+// 100.100.100.100 (as on a host running Tailscale with MagicDNS) with the
+// plugin setting TS_DNS_UPSTREAMS: tailnet names come from the container's
+// node, internet names from the upstream (asked from the container's netns,
+// through Docker's NAT); on an --internal network internet names do not
+// resolve and the upstream is not asked.
+func TestQuad100ResolvesInternetNames(t *testing.T) {
+	l := newLabWith(t, []string{"--dns", "100.100.100.100"}, "TS_DNS_UPSTREAMS="+internetAddr)
+	l.createNetwork("tn")
+	l.createNetwork("iso", "--internal")
+	l.docker("run", "-d", "--name", "alpha", "--network", "tn", image, "sleep", "3600")
+	l.docker("run", "-d", "--name", "inner", "--network", "iso", image, "sleep", "3600")
+	laptop := l.laptop.IPv4(t).String()
+	for _, tc := range []struct{ ctr, name, want string }{
+		{"alpha", l.laptop.Hostname, laptop},
+		{"alpha", "quad100.example.test", internetAddr},
+		{"inner", l.laptop.Hostname, laptop},
+	} {
+		err := netnstest.WaitFor(10*time.Second, func() error {
+			out, err := l.engine.Docker(context.Background(), "exec", tc.ctr, "nslookup", tc.name)
+			if err == nil && !strings.Contains(out, tc.want) {
+				err = fmt.Errorf("answer lacks %s:\n%s", tc.want, out)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("nslookup %s in %s: %v", tc.name, tc.ctr, err)
+		}
+	}
+	if out, err := l.engine.Docker(context.Background(), "exec", "inner", "nslookup", "internal.example.test"); err == nil && strings.Contains(out, internetAddr) {
+		t.Errorf("a container on an --internal network resolved an internet name:\n%s", out)
+	}
+	internetQueries.Lock()
+	for _, name := range internetQueries.names {
+		if strings.HasPrefix(name, "internal.example.test") {
+			t.Errorf("the upstream was asked %s for a container on an --internal network", name)
+		}
+	}
+	internetQueries.Unlock()
+	l.docker("rm", "-f", "alpha", "inner")
+	l.docker("network", "rm", "tn", "iso")
+	l.noLeftovers()
+}
