@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
@@ -22,6 +23,12 @@ import (
 // before that.
 const joinBudget = 27 * time.Second
 
+// sandboxKeyForm is the sandbox key libnetwork gives a container: a netns
+// bind mount named by the sandbox ID's first 12 hex digits in the netns
+// directory of dockerd's exec-root. Nothing else (a /proc/<pid>/ns/net of
+// another process, say) may receive a node's tailscale0.
+var sandboxKeyForm = regexp.MustCompile(`^/([^/\x00]+/)*netns/[0-9a-f]{12}$`)
+
 // Join brings the container's node up and prepares tailscale0; a goroutine
 // moves it into the sandbox netns as soon as that exists. Failures (bad
 // labels, bad key, unreachable control, approval needed) are returned so
@@ -31,6 +38,9 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	nw, err := d.networkFor(req.NetworkID)
 	if err != nil {
 		return nil, err
+	}
+	if !sandboxKeyForm.MatchString(req.SandboxKey) {
+		return nil, fmt.Errorf("sandbox key %q is not of the form dockerd gives (<exec-root>/netns/<12 hex digits>)", req.SandboxKey)
 	}
 	restoring := d.cfg.Engine.Restoring()
 	info, err := d.cfg.Engine.ForJoin(req.NetworkID, req.EndpointID, req.SandboxKey)

@@ -121,7 +121,7 @@ func ctr(id, name string, labels map[string]string) *enginestate.Container {
 }
 
 func joinReq(ep string) *network.JoinRequest {
-	return &network.JoinRequest{NetworkID: "net1", EndpointID: ep, SandboxKey: "/nonexistent/sandbox"} // one container on two networks has one sandbox
+	return &network.JoinRequest{NetworkID: "net1", EndpointID: ep, SandboxKey: "/nonexistent/netns/0123456789ab"} // one container on two networks has one sandbox
 }
 
 // join runs Join in the background; its result arrives on the channel.
@@ -368,7 +368,7 @@ func TestPersistentIdentityStaysInItsTailnet(t *testing.T) {
 		t.Helper()
 		res := make(chan error, 1)
 		go func() {
-			_, err := h.d.Join(&network.JoinRequest{NetworkID: nw, EndpointID: ep, SandboxKey: "/nonexistent/sandbox"})
+			_, err := h.d.Join(&network.JoinRequest{NetworkID: nw, EndpointID: ep, SandboxKey: "/nonexistent/netns/0123456789ab"})
 			res <- err
 		}()
 		if start {
@@ -448,7 +448,7 @@ func TestImageLabelsNeedTheNetworksConsent(t *testing.T) {
 	h.d.setNetwork("net-img", &tsopts.Network{AuthKey: "tskey-auth-test", Ephemeral: true, ImageLabels: true, Timeout: 5 * time.Second})
 	res2 := make(chan error, 1)
 	go func() {
-		_, err := h.d.Join(&network.JoinRequest{NetworkID: "net-img", EndpointID: "ep3", SandboxKey: "/nonexistent/sandbox"})
+		_, err := h.d.Join(&network.JoinRequest{NetworkID: "net-img", EndpointID: "ep3", SandboxKey: "/nonexistent/netns/0123456789ab"})
 		res2 <- err
 	}()
 	if cfg := h.waitStart(t); cfg.Hostname != "db" || len(cfg.Serve.Endpoints) != 1 {
@@ -515,7 +515,7 @@ func TestRestartedContainerSupersedesItsOldEndpoint(t *testing.T) {
 	res := make(chan error, 1)
 	go func() {
 		req := joinReq("ep2")
-		req.SandboxKey = "/nonexistent/sandbox-after-restart"
+		req.SandboxKey = "/nonexistent/netns/ba9876543210"
 		_, err := h.d.Join(req)
 		res <- err
 	}()
@@ -626,5 +626,22 @@ func TestOlderNetworkKeepsPlainHTTPControl(t *testing.T) {
 	opts, err := h.d.loadNetwork("net1")
 	if err != nil || opts["ts.insecure-control"] != "true" {
 		t.Fatalf("recorded options %v, %v; want ts.insecure-control=true kept", opts, err)
+	}
+}
+
+// A sandbox key that is not a netns of dockerd's own form (another process's
+// /proc/<pid>/ns/net, say) never receives a node.
+func TestJoinRefusesForeignSandboxKeys(t *testing.T) {
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)})
+	for _, key := range []string{"/proc/1234/ns/net", "/run/docker/netns/../../proc/1/ns/net", "/run/docker/netns/xyz", "", "netns/0123456789ab"} {
+		_, err := h.d.Join(&network.JoinRequest{NetworkID: "net1", EndpointID: "ep1", SandboxKey: key})
+		if err == nil || !strings.Contains(err.Error(), "sandbox key") {
+			t.Errorf("sandbox key %q: err = %v", key, err)
+		}
+	}
+	select {
+	case <-h.nodes.started:
+		t.Fatal("a node started for a foreign sandbox key")
+	default:
 	}
 }
