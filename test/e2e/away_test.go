@@ -103,15 +103,20 @@ func TestPluginAwayKeepsInternetDNSAndTailnetOffNAT(t *testing.T) {
 
 	scenarios := []struct {
 		how  string
-		away func() // returns once the plugin is back (or restarting)
+		// away makes the plugin go away and returns when it was last told
+		// to come back (enable, or dockerd's restart after the last kill).
+		away func() (returning time.Time)
 	}{
-		{"disable -f, 30 s, enable", func() {
+		{"disable -f, 30 s, enable", func() time.Time {
 			l.docker("plugin", "disable", "-f", plugin)
 			awayChecks("disabled")
 			time.Sleep(30 * time.Second)
+			returning := time.Now()
 			l.docker("plugin", "enable", plugin)
+			return returning
 		}},
-		{"crash loop: killed 5 times, 2 s apart", func() {
+		{"crash loop: killed 5 times, 2 s apart", func() time.Time {
+			var lastKill time.Time
 			last := 0
 			for i := range 5 {
 				var pid int
@@ -125,16 +130,21 @@ func TestPluginAwayKeepsInternetDNSAndTailnetOffNAT(t *testing.T) {
 					t.Fatalf("kill %d: dockerd did not restart the plugin: %v", i+1, err)
 				}
 				syscall.Kill(pid, syscall.SIGKILL)
-				last = pid
-				time.Sleep(2 * time.Second)
+				last, lastKill = pid, time.Now()
+				if i < 4 {
+					time.Sleep(2 * time.Second)
+				}
 			}
+			return lastKill
 		}},
-		{"upgrade v1 -> v2", func() {
+		{"upgrade v1 -> v2", func() time.Time {
 			l.docker("plugin", "disable", "-f", plugin)
 			awayChecks("disabled for the upgrade")
 			l.docker("plugin", "upgrade", "--grant-all-permissions", "--skip-remote-check", plugin, ref("v2"))
 			l.docker(append([]string{"plugin", "set", plugin}, l.engine.Settings()...)...)
+			returning := time.Now()
 			l.docker("plugin", "enable", plugin)
+			return returning
 		}},
 	}
 	for _, sc := range scenarios {
@@ -142,8 +152,7 @@ func TestPluginAwayKeepsInternetDNSAndTailnetOffNAT(t *testing.T) {
 		time.Sleep(time.Second)
 		dnsOut := len(gwbridge.ToPort(syscall.IPPROTO_UDP, 53))
 		began := time.Now()
-		sc.away()
-		returned := time.Now()
+		returned := sc.away()
 		err := netnstest.WaitFor(60*time.Second, func() error { return echo("after " + sc.how) })
 		back := time.Now()
 		if err != nil {
@@ -151,7 +160,7 @@ func TestPluginAwayKeepsInternetDNSAndTailnetOffNAT(t *testing.T) {
 		}
 		time.Sleep(3 * time.Second) // DNS once the node answers it again
 		ok, total, failed := stop()
-		t.Logf("%s: %d of %d lookups answered (%v); tailnet traffic back %v after the plugin returned (%v after it went away)",
+		t.Logf("%s: %d of %d lookups answered (%v); tailnet traffic back %v after the plugin was told to return (enable, or the last kill), %v after it went away",
 			sc.how, ok, total, failed, back.Sub(returned).Round(100*time.Millisecond), back.Sub(began).Round(100*time.Millisecond))
 		if total < 30 || (total-ok)*30 > total {
 			t.Errorf("%s: %d of %d internet lookups answered; want at least 29 of 30 (failed: %v)", sc.how, ok, total, failed)
