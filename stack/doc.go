@@ -13,10 +13,12 @@
 //     (or, at the deadline, at least accepted by control; its addresses then
 //     follow from the netmap).
 //     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine.
-//   - [Node.Attach] (once the sandbox netns appears): moves the TUN into the
-//     netns, renames it tailscale0, assigns the node's IPv4 /32 and IPv6 /128,
-//     brings it up, routes 100.64.0.0/10 and fd7a:115c:a1e0::/48 through it
-//     and marks it persistent so it outlives a crash of the plugin.
+//   - [Node.Attach] (once the sandbox netns appears): installs an
+//     unreachable fallback route for each tailnet route in the netns, moves
+//     the TUN into the netns, renames it tailscale0, assigns the node's IPv4
+//     /32 and IPv6 /128, brings it up, routes 100.64.0.0/10 and
+//     fd7a:115c:a1e0::/48 through it and marks it persistent so it outlives
+//     a crash of the plugin.
 //   - [Node.KeepIPv6] (right after Attach, while the container starts):
 //     Docker disables IPv6 in containers of non-IPv6 networks, which removes
 //     tailscale0's IPv6 address; whenever it is missing, [Node.ReapplyIPv6]
@@ -27,6 +29,23 @@
 // After a plugin restart, [Start] with [Config.AdoptNetNS] set re-opens the
 // persistent tailscale0 that survived in the container's netns instead of
 // creating a new TUN, and brings the same node up from its state dir.
+//
+// # While tailscale0 cannot carry traffic
+//
+// The plugin away (disabled, upgraded, crashed), tailscale0 not attached yet,
+// or an attach that failed: every destination tslink routes to tailscale0 is
+// then unreachable in the container, never sent by its default route to
+// Docker's NAT, and only the DNS interception steps aside, so internet names
+// keep resolving through the container's normal path. Kernel behaviour this
+// relies on (measured in docs/reliability.md): a persistent TUN with no fd
+// attached has no carrier and its routes are marked linkdown; with
+// ignore_routes_with_linkdown set on tailscale0 the kernel skips them, so an
+// unreachable route with a larger metric for the same prefix answers
+// instead, and the DNS table, whose only route is through tailscale0, has no
+// match, so the policy-rule lookup goes on to the main table. Attach
+// installs the fallbacks before the TUN enters the netns; an adopting [Start]
+// empties the DNS table before it re-opens the TUN (which restores carrier)
+// and fills it again once the node answers DNS.
 //
 // While a node runs, its addresses follow the self node in the netmap (IPN
 // bus SelfChange): an address change from control is applied to tailscale0.

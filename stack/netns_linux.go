@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -23,6 +24,11 @@ var tailnetRoutes = []netip.Prefix{
 	netip.MustParsePrefix("100.64.0.0/10"),
 	netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
 }
+
+// fallbackMetric is the metric of the unreachable route that backs each route
+// through tailscale0: the largest, so a route through tailscale0 for the same
+// prefix always wins while the kernel uses it.
+const fallbackMetric = 0xffffffff
 
 // withNetNSHandle runs fn with a netlink handle opened in the netns at nsPath.
 func withNetNSHandle(nsPath string, fn func(h *netlink.Handle) error) error {
@@ -74,18 +80,75 @@ func moveTUN(hostName, nsPath string) error {
 	})
 }
 
+// installFallbacks adds, in the netns at nsPath, an unreachable route with
+// [fallbackMetric] for each of [tailnetRoutes]: while tailscale0 cannot carry
+// traffic (no carrier, see [ignoreRoutesWithoutCarrier]; not attached yet;
+// attach failed) the tailnet is unreachable in the container instead of
+// following its default route to Docker's NAT. Idempotent. IPv6 errors are
+// returned separately (Docker may have disabled IPv6 in the netns; that also
+// removes IPv6 routes, so [configureTUN] installs them again).
+func installFallbacks(nsPath string) (err6 error, err error) {
+	err = withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		for _, r := range tailnetRoutes {
+			rerr := h.RouteReplace(&netlink.Route{
+				Dst:      prefixToIPNet(r),
+				Type:     unix.RTN_UNREACHABLE,
+				Priority: fallbackMetric,
+			})
+			if rerr != nil {
+				rerr = fmt.Errorf("adding unreachable fallback route %s: %w", r, rerr)
+				if r.Addr().Is4() {
+					return rerr
+				}
+				err6 = errors.Join(err6, rerr)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return err6, nil
+}
+
+// ignoreRoutesWithoutCarrier sets ignore_routes_with_linkdown on tailscale0
+// in the netns at nsPath, for IPv4 and IPv6. A persistent TUN with no fd
+// attached (the plugin process is gone) has no carrier and the kernel marks
+// its routes linkdown; with this setting the kernel skips them, so the
+// [installFallbacks] routes answer for the tailnet, and the DNS table of
+// [routeDNS] has no route, which sends DNS back to the main table. Set per
+// device, so Docker's own links keep the kernel's default. IPv6 errors are
+// returned separately.
+func ignoreRoutesWithoutCarrier(nsPath string) (err6 error, err error) {
+	if err := writeSysctl(nsPath, "net/ipv4/conf/"+TUNName+"/ignore_routes_with_linkdown", "1"); err != nil {
+		return nil, err
+	}
+	return writeSysctl(nsPath, "net/ipv6/conf/"+TUNName+"/ignore_routes_with_linkdown", "1"), nil
+}
+
 // configureTUN makes tailscale0 in the netns at nsPath carry exactly addrs
-// (host prefixes), be up, and route [tailnetRoutes]. If only IPv6 failed,
-// the error wraps [errIPv6NotConfigured]: Docker may have disabled IPv6 in
-// the netns, and that must not fail the IPv4 setup.
+// (host prefixes), be up, and route [tailnetRoutes], backed by
+// [installFallbacks] routes that take over when it loses carrier
+// ([ignoreRoutesWithoutCarrier]; both are in place before the first route
+// through tailscale0). If only IPv6 failed, the error wraps
+// [errIPv6NotConfigured]: Docker may have disabled IPv6 in the netns, and
+// that must not fail the IPv4 setup.
 func configureTUN(nsPath string, addrs []netip.Prefix) error {
+	fallback6, err := installFallbacks(nsPath)
+	if err != nil {
+		return err
+	}
+	ignore6, err := ignoreRoutesWithoutCarrier(nsPath)
+	if err != nil {
+		return err
+	}
 	var err6 error
-	err := withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+	err = withNetNSHandle(nsPath, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(TUNName)
 		if err != nil {
 			return fmt.Errorf("finding %s: %w", TUNName, err)
 		}
-		err6 = syncAddrs(h, l, addrs)
+		err6 = errors.Join(fallback6, ignore6, syncAddrs(h, l, addrs))
 		if err := h.LinkSetUp(l); err != nil {
 			return fmt.Errorf("setting %s up: %w", TUNName, err)
 		}
@@ -152,20 +215,29 @@ func syncAddrs(h *netlink.Handle, l netlink.Link, addrs []netip.Prefix) error {
 // networks without IPv6, which applies to every existing link and drops
 // tailscale0's IPv6 address.
 func enableIPv6(nsPath string) error {
+	if err := writeSysctl(nsPath, "net/ipv6/conf/"+TUNName+"/disable_ipv6", "0"); err != nil {
+		return fmt.Errorf("enabling IPv6 on %s: %w", TUNName, err)
+	}
+	return nil
+}
+
+// writeSysctl writes value to the sysctl at /proc/sys/<name> of the netns at
+// nsPath, from a thread locked into that netns (/proc/sys/net resolves to the
+// netns of the thread that opens it).
+func writeSysctl(nsPath, name, value string) error {
 	return ns.WithNetNSPath(nsPath, func(ns.NetNS) error {
-		// /proc/sys/net resolves to the opening thread's netns.
-		rel := "sys/net/ipv6/conf/" + TUNName + "/disable_ipv6"
-		err := os.WriteFile("/proc/"+rel, []byte("0"), 0)
+		rel := "sys/" + name
+		err := os.WriteFile("/proc/"+rel, []byte(value), 0)
 		if errors.Is(err, unix.EROFS) {
 			// Inside a managed plugin /proc/sys is read-only (the OCI
 			// runtime's readonly paths); a procfs of our own is not.
 			var root string
 			if root, err = privateProc(); err == nil {
-				err = os.WriteFile(filepath.Join(root, rel), []byte("0"), 0)
+				err = os.WriteFile(filepath.Join(root, rel), []byte(value), 0)
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("enabling IPv6 on %s: %w", TUNName, err)
+			return fmt.Errorf("setting %s=%s: %w", strings.ReplaceAll(name, "/", "."), value, err)
 		}
 		return nil
 	})
@@ -284,6 +356,24 @@ func routeDNS(nsPath string, src netip.Addr) error {
 			}
 			if err := h.RuleAdd(want); err != nil {
 				return fmt.Errorf("adding DNS rule: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// unrouteDNS empties table [dnsRulePriority] in the netns at nsPath, so the
+// DNS rules of [routeDNS] fall through to the main table and the container's
+// DNS takes its normal path until routeDNS runs again.
+func unrouteDNS(nsPath string) error {
+	return withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: dnsRulePriority}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return fmt.Errorf("listing DNS routes: %w", err)
+		}
+		for _, r := range routes {
+			if err := h.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+				return fmt.Errorf("removing DNS route: %w", err)
 			}
 		}
 		return nil

@@ -182,6 +182,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}()
 
 	if cfg.AdoptNetNS != "" {
+		// Opening the TUN gives it carrier, which makes its DNS route
+		// count again; until this node answers DNS (answerDNS, then
+		// routeDNS), the container's DNS keeps its normal path.
+		if err := unrouteDNS(cfg.AdoptNetNS); err != nil {
+			n.logf("tslink: %v", err)
+		}
 		n.dev, err = openTUNIn(cfg.AdoptNetNS, TUNName)
 		if err == nil {
 			err = n.holdNetNS(cfg.AdoptNetNS)
@@ -261,6 +267,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if len(n.addrs) == 0 {
 		n.logf("tslink: no Tailscale address yet; tailscale0 gets it when the netmap arrives")
 	}
+	n.answerDNS(st)
 	if n.nsPath != "" {
 		if err := n.configureLocked(); err != nil {
 			return nil, err
@@ -281,7 +288,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 			return nil, err
 		}
 	}
-	n.answerDNS(st)
 
 	wctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
@@ -597,6 +603,16 @@ func (n *Node) Attach(nsPath string) error {
 		return fmt.Errorf("%s is already attached to netns %s", TUNName, n.nsShown)
 	}
 	if n.nsPath == "" {
+		// Before tailscale0 is there: whatever fails from here on, the
+		// tailnet stays unreachable in the container rather than routed
+		// to Docker's NAT.
+		err6, err := installFallbacks(nsPath)
+		if err != nil {
+			return err
+		}
+		if err6 != nil {
+			n.logf("tslink: IPv6 fallback route not installed yet: %v", err6)
+		}
 		if err := moveTUN(HostTUNName(n.cfg.EndpointID), nsPath); err != nil {
 			return err
 		}
