@@ -106,6 +106,10 @@ type Node struct {
 	keyless   bool      // started from state without the auth key (see Start)
 	keyUsed   bool      // the auth key was sent after control asked for a login
 	keyExpiry time.Time // the node key's expiry from the last self node; zero: none
+
+	peers      map[tailcfg.NodeID][]netip.Prefix // peers' routed addresses; nil until the first netmap
+	peersKnown chan struct{}                     // closed once peers is set
+	routed     map[netip.Prefix]bool             // peer routes in nsPath (true: both routes, false: one); nil: read them from the netns
 }
 
 func (n *Node) setDNSSuffix(st *ipnstate.Status) {
@@ -162,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		defer cancel()
 	}
 
-	n := &Node{cfg: cfg, state: ipn.NoState}
+	n := &Node{cfg: cfg, state: ipn.NoState, peersKnown: make(chan struct{})}
 	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
 
 	var err error
@@ -446,11 +450,12 @@ func (n *Node) setState(st ipn.State) {
 	n.state = st
 }
 
-// watch follows the IPN bus while the node runs: state for [Node.Status], and
-// self-node address changes, which it applies to tailscale0.
+// watch follows the IPN bus while the node runs: state for [Node.Status],
+// self-node address changes, which it applies to tailscale0, and the peers,
+// whose routes it keeps on tailscale0 (peers.go).
 func (n *Node) watch(ctx context.Context) {
 	for ctx.Err() == nil {
-		w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyNoNetMap)
+		w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyInitialNetMap|ipn.NotifyPeerPatches|ipn.NotifyNoNetMap)
 		if err != nil {
 			return
 		}
@@ -462,6 +467,15 @@ func (n *Node) watch(ctx context.Context) {
 			if nt.State != nil {
 				n.setState(*nt.State)
 			}
+			if nt.NetMap != nil {
+				n.setPeersFromNetMap(nt.NetMap)
+				select {
+				case <-n.peersKnown:
+				default:
+					close(n.peersKnown)
+				}
+			}
+			n.updatePeers(nt.PeersChanged, nt.PeersRemoved)
 			if nt.ErrMessage != nil {
 				n.mu.Lock()
 				n.lastErr = Redact(*nt.ErrMessage, n.cfg.AuthKey)
@@ -553,6 +567,18 @@ func (n *Node) Addrs() (v4, v6 netip.Addr) {
 	return v4, v6
 }
 
+// peersWait bounds how long Attach waits for the first netmap.
+const peersWait = 2 * time.Second
+
+// peerPrefixesLocked lists the known peers' routed prefixes. n.mu held.
+func (n *Node) peerPrefixesLocked() []netip.Prefix {
+	var out []netip.Prefix
+	for _, ps := range n.peers {
+		out = append(out, ps...)
+	}
+	return out
+}
+
 // Server returns the node's tsnet.Server, e.g. for Serve config. The Node
 // owns it: callers must not Close it.
 func (n *Node) Server() *tsnet.Server { return n.srv }
@@ -594,6 +620,13 @@ func (n *Node) Status() Status {
 // [Node.ReapplyIPv6]). Attaching again to the same netns re-applies the
 // configuration.
 func (n *Node) Attach(nsPath string) error {
+	// The peers' routes go in with the others; the first netmap follows
+	// Running at once (tsnet is in this process).
+	select {
+	case <-n.peersKnown:
+	case <-time.After(peersWait):
+		n.logf("tslink: attaching before the netmap arrived; peer routes follow it")
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -606,7 +639,7 @@ func (n *Node) Attach(nsPath string) error {
 		// Before tailscale0 is there: whatever fails from here on, the
 		// tailnet stays unreachable in the container rather than routed
 		// to Docker's NAT.
-		err6, err := installFallbacks(nsPath)
+		err6, err := installFallbacksFor(nsPath, append(slices.Clone(tailnetRoutes), n.peerPrefixesLocked()...))
 		if err != nil {
 			return err
 		}
@@ -632,6 +665,8 @@ func (n *Node) configureLocked() error {
 	} else if err != nil {
 		return err
 	}
+	n.routed = nil
+	n.syncPeerRoutesLocked()
 	for _, p := range n.addrs {
 		if p.Addr().Is4() {
 			if err := routeDNS(n.nsPath, p.Addr()); err != nil {

@@ -486,3 +486,19 @@ func serveSTUN(pc net.PacketConn) {
 		pc.WriteTo(stun.Response(txid, netip.AddrPortFrom(ap.Unmap(), uint16(ua.Port))), addr)
 	}
 }
+
+// RemovePeer tells the connected node with nodeKey (its "nodekey:…" form)
+// that the node with peerID left its netmap (a MapResponse with
+// PeersRemoved), as Tailscale's control does when a node is deleted or the
+// policy stops letting the two see each other. testcontrol sends that node
+// no automatic map responses afterwards, so the peer stays away for it.
+func (s *Server) RemovePeer(nodeKey string, peerID int64) error {
+	var k key.NodePublic
+	if err := k.UnmarshalText([]byte(nodeKey)); err != nil {
+		return fmt.Errorf("node key %q: %w", nodeKey, err)
+	}
+	if !s.control.AddRawMapResponse(k, &tailcfg.MapResponse{PeersRemoved: []tailcfg.NodeID{tailcfg.NodeID(peerID)}}) {
+		return fmt.Errorf("node %s is not connected", nodeKey)
+	}
+	return nil
+}

@@ -28,6 +28,7 @@ func TestBadInputThroughTheCLI(t *testing.T) {
 		{"unknown option", []string{"--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.bogus=1"}, []string{"unknown option ts.bogus", "ts.authkey"}},
 		{"timeout banana", []string{"--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.timeout=banana"}, []string{"ts.timeout", "want a duration"}},
 		{"tags notatag", []string{"--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.tags=notatag"}, []string{"ts.tags", "tag:name"}},
+		{"subnet in the tailnet's range", []string{"--opt", "ts.authkey=" + testAuthKey, "--subnet", "100.100.0.0/24"}, []string{"subnet 100.100.0.0/24", "overlaps the tailnet's 100.64.0.0/10"}},
 		{"missing key file", []string{"--opt", "ts.authkey-file=nope", "--opt", "ts.controlurl=" + url}, []string{"ts.authkey-file=nope", "does not exist"}},
 	}
 	for _, tc := range networkCases {
