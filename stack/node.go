@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"tailscale.com/client/local"
-	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/ipn/store"
@@ -127,8 +126,6 @@ func (n *Node) dnsSuffix() string {
 	return n.suffix
 }
 
-var disableLogUploadOnce sync.Once
-
 // finishReserve is the part of Start's time kept for the work after the
 // node is up (status, serve config): the wait for Running ends this much (at
 // most a quarter of the time left) before Start's deadline.
@@ -157,8 +154,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 	// tsnet uploads backend logs to log.tailscale.com unless told not to;
-	// tslink keeps them local (debug.log).
-	disableLogUploadOnce.Do(envknob.SetNoLogsNoSupport)
+	// tslink keeps them local (debug.log) unless the plugin setting allows it.
+	applyLogPolicy()
 
 	if cfg.Wait > 0 {
 		var cancel context.CancelFunc
@@ -336,6 +333,9 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			if looksLikeKeyRejection(msg) {
 				return n.nodeError(ErrAuthKeyRejected, msg)
 			}
+			if requiresLogging(msg) {
+				return n.nodeError(ErrLogsRequired, logsRequiredDetail)
+			}
 			return n.nodeError(ErrNotReady, msg)
 		}
 		if nt.LoginFinished != nil {
@@ -479,6 +479,9 @@ func (n *Node) watch(ctx context.Context) {
 			if nt.ErrMessage != nil {
 				n.mu.Lock()
 				n.lastErr = Redact(*nt.ErrMessage, n.cfg.AuthKey)
+				if requiresLogging(n.lastErr) {
+					n.lastErr = ErrLogsRequired.Error() + ": " + logsRequiredDetail
+				}
 				n.mu.Unlock()
 			}
 			if nt.BrowseToURL != nil && *nt.BrowseToURL != "" && !n.loginWithKey() {

@@ -1,0 +1,45 @@
+package stack
+
+import (
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"tailscale.com/envknob"
+)
+
+// LogUploadSetting is the plugin setting (an environment variable of the
+// plugin process) that allows log upload when set to "1".
+const LogUploadSetting = "TSLINK_LOG_UPLOAD"
+
+var (
+	logUploadAllowed atomic.Bool
+	logPolicyOnce    sync.Once
+)
+
+// AllowLogUpload lets every node of this process upload Tailscale's client
+// logs (tsnet's backend log and, where the tailnet turns them on, network
+// flow logs) to Tailscale's log service. Call it before the first [Start];
+// the choice is process-wide because tailscale's switch is (envknob
+// TS_NO_LOGS_NO_SUPPORT, read by ipnlocal, logpolicy and netlog). tsnet
+// sends the logs to log.tailscale.com: it does not read TS_LOG_TARGET.
+func AllowLogUpload() { logUploadAllowed.Store(true) }
+
+// applyLogPolicy turns log upload off for the process unless
+// [AllowLogUpload] was called: tslink keeps node logs local (debug.log).
+func applyLogPolicy() {
+	logPolicyOnce.Do(func() {
+		if !logUploadAllowed.Load() {
+			envknob.SetNoLogsNoSupport()
+		}
+	})
+}
+
+// requiresLogging reports whether an IPN bus error message is ipnlocal's
+// answer to the node capability tailcfg.CapabilityDataPlaneAuditLogs (the
+// tailnet has network flow logs on) while log upload is off: the backend
+// then saves WantRunning=false and stops. tsnet sets WantRunning=true at
+// every start, so the same state dir runs again once the capability is gone.
+func requiresLogging(msg string) bool {
+	return strings.Contains(msg, "tailnet requires logging")
+}
