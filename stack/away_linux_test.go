@@ -161,3 +161,26 @@ func TestFailedAttachLeavesTailnetUnreachable(t *testing.T) {
 		t.Errorf("tailnet packets left by eth1: %v", leaked)
 	}
 }
+
+// TestFallbackRoutesBeforeTheNode: a container netns whose node is not up
+// yet (a node started after its container) gets the tailnet unreachable,
+// not routed out of its default route.
+func TestFallbackRoutesBeforeTheNode(t *testing.T) {
+	netnstest.RequireRoot(t)
+	ctr := newCtr(t)
+	capture := netnstest.StartCapture(t, giveEth1(t, ctr, netip.MustParseAddr("10.239.0.99")))
+	if err := InstallFallbackRoutes(ctr.Path); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{"100.64.0.1:7001", "100.100.100.100:53", "[fd7a:115c:a1e0::1]:7001"} {
+		if err := dialUnreachable(ctr, netip.MustParseAddrPort(dst)); err != nil {
+			t.Error(err)
+		}
+	}
+	if out, err := nslookup(ctr, "www.example.test", outsideResolver); err != nil || !strings.Contains(out, "10.239.0.99") {
+		t.Errorf("DNS to the outside resolver: %v\n%s", err, out)
+	}
+	if leaked := capture.To(netnstest.TailnetPrefixes...); len(leaked) > 0 {
+		t.Errorf("tailnet packets left by eth1: %v", leaked)
+	}
+}

@@ -125,6 +125,22 @@ func installFallbacksFor(nsPath string, prefixes []netip.Prefix) (err6 error, er
 	return err6, nil
 }
 
+// InstallFallbackRoutes makes the tailnet unreachable in the container
+// netns at nsPath until a node's [Node.Attach] brings tailscale0 there: it
+// installs the unreachable routes that stand in for tailscale0's routes
+// whenever it cannot carry traffic. Attach installs them itself; call this
+// when a container's netns exists before its node is up (a node started
+// after the container), so the tailnet is not routed to Docker's NAT
+// meanwhile. Idempotent; an IPv6 failure (IPv6 disabled in the netns) is
+// returned too, after the IPv4 routes are in place.
+//
+// The peers are not known yet, so this covers all of 100.64.0.0/10; the
+// node's first peer-route sync replaces that with one route per peer.
+func InstallFallbackRoutes(nsPath string) error {
+	err6, err := installFallbacksFor(nsPath, append(slices.Clone(tailnetRoutes), cgnatRange))
+	return errors.Join(err, err6)
+}
+
 // ignoreRoutesWithoutCarrier sets ignore_routes_with_linkdown on tailscale0
 // in the netns at nsPath, for IPv4 and IPv6. A persistent TUN with no fd
 // attached (the plugin process is gone) has no carrier and the kernel marks

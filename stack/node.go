@@ -642,7 +642,12 @@ func (n *Node) Attach(nsPath string) error {
 		// Before tailscale0 is there: whatever fails from here on, the
 		// tailnet stays unreachable in the container rather than routed
 		// to Docker's NAT.
-		err6, err := installFallbacksFor(nsPath, append(slices.Clone(tailnetRoutes), n.peerPrefixesLocked()...))
+		fallbacks := append(slices.Clone(tailnetRoutes), n.peerPrefixesLocked()...)
+		if n.peers == nil {
+			// Until the netmap names the peers (the first sync removes it).
+			fallbacks = append(fallbacks, cgnatRange)
+		}
+		err6, err := installFallbacksFor(nsPath, fallbacks)
 		if err != nil {
 			return err
 		}

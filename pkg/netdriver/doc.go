@@ -58,7 +58,9 @@
 // node's error, so an interactive `docker run` reports it; during a restore
 // the wait is cut to [restoreJoinWait], the Join succeeds, and the node
 // follows in the background (retried until Leave; `tslink status` shows why
-// it is not up), because nobody would start the container again. Recovery
+// it is not up; meanwhile the tailnet is unreachable in the container, not
+// routed to Docker's NAT: [stack.InstallFallbackRoutes]), because nobody
+// would start the container again. Recovery
 // of a restarted plugin decides by the recorded sandbox (still a netns: the
 // container runs) and waits for a restore to settle, since without
 // live-restore the engine replaces the containers it finds running; a

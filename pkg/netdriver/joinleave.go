@@ -159,9 +159,12 @@ const restoreJoinWait = 5 * time.Second
 
 // backgroundAttempt bounds one attempt of a node started in the background;
 // backgroundRetry is the pause after a failed one (a variable for tests).
-const backgroundAttempt = 2 * time.Minute
+// Attempts are short because a connect to a control server whose packets
+// were dropped sits in the kernel's SYN back-off, and only a fresh attempt
+// notices at once that control is back.
+const backgroundAttempt = 20 * time.Second
 
-var backgroundRetry = 10 * time.Second
+var backgroundRetry = 5 * time.Second
 
 // startInBackground keeps trying to bring ep's node up after a Join that
 // returned without it (the engine was restoring; firstErr is why the node
@@ -177,6 +180,15 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 	d.saveRecord(ep)
 	ep.debugLog.Logf("tslink: the engine is restoring its containers: the container starts now and its node follows (%v)", firstErr)
 	d.log.Warn("engine restoring: container started without its node; retrying in the background", "container", ep.containerName, "hostname", ep.hostname, "err", firstErr)
+	go func() {
+		// The container runs before its node: keep its tailnet off
+		// Docker's NAT from the moment its netns exists.
+		if nsPath, err := d.waitSandbox(ctx, ep.sandboxKey); err == nil {
+			if err := stack.InstallFallbackRoutes(nsPath); err != nil {
+				ep.debugLog.Logf("tslink: %v", err)
+			}
+		}
+	}()
 	go func() {
 		for {
 			actx, acancel := context.WithTimeout(ctx, backgroundAttempt)
@@ -233,37 +245,12 @@ func (d *Driver) supersede(ep *endpoint) {
 // tailscale0 in, and re-applies IPv6 after Docker disables it.
 func (d *Driver) attach(ctx context.Context, ep *endpoint, sandboxKey string) {
 	defer close(ep.attached)
-	began := time.Now()
-	deadline := began.Add(2 * time.Minute)
-	// The netns directory exists already: resolve it once, so each poll is
-	// one statfs (many concurrent starts poll side by side).
-	resolve := func() (string, error) { return d.cfg.ResolvePath(sandboxKey) }
-	if dir, err := d.cfg.ResolvePath(filepath.Dir(sandboxKey)); err == nil {
-		p := filepath.Join(dir, filepath.Base(sandboxKey))
-		resolve = func() (string, error) { return p, nil }
+	nsPath, err := d.waitSandbox(ctx, sandboxKey)
+	if errors.Is(err, errNoSandbox) {
+		d.attachFailed(ep, err)
 	}
-	var nsPath string
-	for {
-		p, err := resolve()
-		if err == nil && isNetNS(p) {
-			nsPath = p
-			break
-		}
-		if time.Now().After(deadline) {
-			d.attachFailed(ep, fmt.Errorf("sandbox %s did not become a netns within 2m (last error: %v)", sandboxKey, err))
-			return
-		}
-		// Every 2 ms while the container is most likely about to start,
-		// then every 10 ms.
-		pause := 2 * time.Millisecond
-		if time.Since(began) > time.Second {
-			pause = 10 * time.Millisecond
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(pause):
-		}
+	if err != nil {
+		return
 	}
 	appeared := time.Now()
 	if err := ep.node.Attach(nsPath); err != nil {
@@ -273,6 +260,44 @@ func (d *Driver) attach(ctx context.Context, ep *endpoint, sandboxKey string) {
 	ep.debugLog.Logf("tslink: tailscale0 attached to %s in %v", sandboxKey, time.Since(appeared).Round(time.Microsecond))
 	d.log.Debug("attached", "hostname", ep.hostname, "took", time.Since(appeared))
 	ep.node.KeepIPv6(ctx)
+}
+
+// errNoSandbox: the sandbox key did not become a netns in time.
+var errNoSandbox = errors.New("no sandbox netns")
+
+// waitSandbox waits until the sandbox key is a netns and returns its path
+// as the plugin sees it; ctx's error if ctx ends first, an error wrapping
+// errNoSandbox after 2 minutes.
+func (d *Driver) waitSandbox(ctx context.Context, sandboxKey string) (string, error) {
+	began := time.Now()
+	deadline := began.Add(2 * time.Minute)
+	// The netns directory exists already: resolve it once, so each poll is
+	// one statfs (many concurrent starts poll side by side).
+	resolve := func() (string, error) { return d.cfg.ResolvePath(sandboxKey) }
+	if dir, err := d.cfg.ResolvePath(filepath.Dir(sandboxKey)); err == nil {
+		p := filepath.Join(dir, filepath.Base(sandboxKey))
+		resolve = func() (string, error) { return p, nil }
+	}
+	for {
+		p, err := resolve()
+		if err == nil && isNetNS(p) {
+			return p, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("%w: sandbox %s did not become a netns within 2m (last error: %v)", errNoSandbox, sandboxKey, err)
+		}
+		// Every 2 ms while the container is most likely about to start,
+		// then every 10 ms.
+		pause := 2 * time.Millisecond
+		if time.Since(began) > time.Second {
+			pause = 10 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(pause):
+		}
+	}
 }
 
 func (d *Driver) attachFailed(ep *endpoint, err error) {

@@ -102,7 +102,7 @@ func TestPluginAwayKeepsInternetDNSAndTailnetOffNAT(t *testing.T) {
 	}
 
 	scenarios := []struct {
-		how  string
+		how string
 		// away makes the plugin go away and returns when it was last told
 		// to come back (enable, or dockerd's restart after the last kill).
 		away func() (returning time.Time)

@@ -21,6 +21,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,9 +55,12 @@ func RequireEngine(t testing.TB) {
 type Engine struct {
 	Dir  string // short root of all its files (unix socket paths are limited to 108 bytes)
 	Host string // unix://…/d.sock, for DOCKER_HOST
-	cmd  *exec.Cmd
-	log  *os.File
-	args []string // extra dockerd flags
+	// Started is when the current dockerd process was started.
+	Started     time.Time
+	cmd         *exec.Cmd
+	log         *os.File
+	args        []string // extra dockerd flags
+	liveRestore bool     // start with --live-restore (SetLiveRestore)
 }
 
 // StartEngine starts a dockerd of its own and stops it (removing every
@@ -66,7 +71,14 @@ func StartEngine(t testing.TB, dockerdArgs ...string) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "d.sock"), args: dockerdArgs}
+	e := &Engine{Dir: dir, Host: "unix://" + filepath.Join(dir, "d.sock")}
+	for _, a := range dockerdArgs {
+		if a == "--live-restore" {
+			e.liveRestore = true // see SetLiveRestore
+		} else {
+			e.args = append(e.args, a)
+		}
+	}
 	e.log, err = os.Create(filepath.Join(dir, "dockerd.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -76,28 +88,80 @@ func StartEngine(t testing.TB, dockerdArgs ...string) *Engine {
 	return e
 }
 
+// ExecRoot is dockerd's --exec-root (its /var/run/docker): runtime state
+// and the containers' netns files.
+func (e *Engine) ExecRoot() string { return filepath.Join(e.Dir, "exec") }
+
+// DataRoot is dockerd's --data-root (its /var/lib/docker).
+func (e *Engine) DataRoot() string { return filepath.Join(e.Dir, "data") }
+
+// SetLiveRestore makes the next start of dockerd use --live-restore (on)
+// or not. The running dockerd keeps its setting: a restart stops under the
+// old one and restores under the new one.
+func (e *Engine) SetLiveRestore(on bool) { e.liveRestore = on }
+
+// start starts dockerd and waits until its API answers.
 func (e *Engine) start(t testing.TB) {
 	t.Helper()
+	e.launch(t)
+	if _, err := e.WaitAPI(60 * time.Second); err != nil {
+		t.Fatalf("dockerd did not come up: %v\n%s", err, e.LogTail(30))
+	}
+}
+
+// launch starts the dockerd process with the same flags, data-root and
+// exec-root every time, without waiting for anything, and records
+// [Engine.Started].
+func (e *Engine) launch(t testing.TB) {
+	t.Helper()
 	args := append([]string{
-		"--data-root", filepath.Join(e.Dir, "data"),
-		"--exec-root", filepath.Join(e.Dir, "exec"),
+		"--data-root", e.DataRoot(),
+		"--exec-root", e.ExecRoot(),
 		"--pidfile", filepath.Join(e.Dir, "dockerd.pid"),
 		"-H", e.Host,
 		"--bridge", "none",
 	}, e.args...)
+	if e.liveRestore {
+		args = append(args, "--live-restore")
+	}
+	fmt.Fprintf(e.log, "=== enginetest: starting dockerd %s\n", strings.Join(args, " "))
 	e.cmd = exec.Command("dockerd", args...)
 	e.cmd.Stdout, e.cmd.Stderr = e.log, e.log
 	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := e.cmd.Start(); err != nil {
 		t.Fatalf("starting dockerd: %v", err)
 	}
-	err := netnstest.WaitFor(60*time.Second, func() error {
-		_, err := e.Docker(context.Background(), "version", "--format", "{{.Server.Version}}")
-		return err
-	})
+	e.Started = time.Now()
+}
+
+// WaitAPI waits up to d for dockerd's API to serve a request (GET /_ping,
+// each try bounded to 2 s: while dockerd restores its containers it accepts
+// connections on its socket but answers nothing). It returns how long after
+// [Engine.Started] the API answered.
+func (e *Engine) WaitAPI(d time.Duration) (time.Duration, error) {
+	err := netnstest.WaitFor(d, func() error { return e.Ping(2 * time.Second) })
 	if err != nil {
-		t.Fatalf("dockerd did not come up: %v\n%s", err, e.LogTail(30))
+		return 0, fmt.Errorf("engine API did not answer within %v of dockerd's start: %w", d, err)
 	}
+	return time.Since(e.Started), nil
+}
+
+// Ping asks dockerd's API (GET /_ping) for an answer within timeout.
+func (e *Engine) Ping(timeout time.Duration) error {
+	sock := strings.TrimPrefix(e.Host, "unix://")
+	c := &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	res, err := c.Get("http://docker/_ping")
+	if err != nil {
+		return err
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET /_ping: %s", res.Status)
+	}
+	return nil
 }
 
 // Restart stops dockerd and starts it again on the same dirs.
@@ -153,12 +217,20 @@ func (e *Engine) MustDocker(t testing.TB, args ...string) string {
 	return strings.TrimSpace(out)
 }
 
-// Stop removes all containers and plugins and stops dockerd.
+// Stop removes all containers and plugins and stops dockerd. An engine
+// whose API does not answer (stuck restoring, or killed) is killed with
+// everything it started: containerd, shims, containers, the plugin.
 func (e *Engine) Stop(t testing.TB) {
+	defer e.killAll()
 	if e.cmd == nil || e.cmd.Process == nil {
 		return
 	}
-	ctx := context.Background()
+	if err := e.Ping(10 * time.Second); err != nil {
+		fmt.Fprintf(e.log, "=== enginetest: API not answering at cleanup (%v): killing the engine\n", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
 	if ids, err := e.Docker(ctx, "ps", "-aq"); err == nil && strings.TrimSpace(ids) != "" {
 		e.Docker(ctx, append([]string{"rm", "-f"}, strings.Fields(ids)...)...)
 	}
@@ -171,35 +243,33 @@ func (e *Engine) Stop(t testing.TB) {
 	e.stopDaemon()
 }
 
-func (e *Engine) stopDaemon() {
+// stopDaemon stops dockerd with SIGTERM, as `systemctl stop docker` does,
+// and waits for it to exit; after 30 s it kills dockerd's process group and
+// returns an error saying so.
+func (e *Engine) stopDaemon() error {
 	if e.cmd == nil || e.cmd.Process == nil {
-		return
+		return nil
 	}
+	fmt.Fprintf(e.log, "=== enginetest: SIGTERM to dockerd %d\n", e.cmd.Process.Pid)
 	e.cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { e.cmd.Wait(); close(done) }()
+	var err error
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
+		err = fmt.Errorf("dockerd %d did not exit within 30 s of SIGTERM: killed", e.cmd.Process.Pid)
 		syscall.Kill(-e.cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 	}
 	e.cmd = nil
+	return err
 }
 
 func (e *Engine) removeAll() {
 	// Unmount what dockerd left (netns files, overlay layers, plugin rootfs).
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	var mounts []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], e.Dir+"/") {
-			mounts = append(mounts, f[4])
-		}
-	}
-	for i := len(mounts) - 1; i >= 0; i-- {
-		syscall.Unmount(mounts[i], syscall.MNT_DETACH)
-	}
+	e.unmountAll()
+	deleteEngineLinks()
 	e.log.Close()
 	os.RemoveAll(e.Dir)
 }
