@@ -1,11 +1,14 @@
 package stack
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"tailscale.com/envknob"
+	"tailscale.com/ipn"
 )
 
 // LogUploadSetting is the plugin setting (an environment variable of the
@@ -42,4 +45,48 @@ func applyLogPolicy() {
 // every start, so the same state dir runs again once the capability is gone.
 func requiresLogging(msg string) bool {
 	return strings.Contains(msg, "tailnet requires logging")
+}
+
+// logsRetryInterval is how often a node stopped by [requiresLogging] asks
+// control again (a variable for tests).
+var logsRetryInterval = 30 * time.Second
+
+// resumeWhenLogsNotRequired starts, unless one runs, a goroutine that sets
+// WantRunning=true every [logsRetryInterval] while the node's last error is
+// [ErrLogsRequired]: a stopped backend no longer polls control, so it would
+// not learn that the tailnet stopped requiring logs. If it still does, the
+// backend stops again at once.
+func (n *Node) resumeWhenLogsNotRequired(ctx context.Context) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.logsRetrying || n.closed {
+		return
+	}
+	n.logsRetrying = true
+	n.wg.Go(func() {
+		defer func() {
+			n.mu.Lock()
+			n.logsRetrying = false
+			n.mu.Unlock()
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(logsRetryInterval):
+			}
+			n.mu.Lock()
+			still := strings.HasPrefix(n.lastErr, ErrLogsRequired.Error()) && !n.closed
+			n.mu.Unlock()
+			if !still {
+				return
+			}
+			ectx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err := n.lc.EditPrefs(ectx, &ipn.MaskedPrefs{WantRunningSet: true, Prefs: ipn.Prefs{WantRunning: true}})
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				n.logf("tslink: asking control again whether the tailnet still requires logs: %v", err)
+			}
+		}
+	})
 }

@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -58,6 +59,29 @@ func TestTailnetRequiringLogs(t *testing.T) {
 		t.Errorf("prefs WantRunning after restart: %v, %v", prefs != nil && prefs.WantRunning, err)
 	}
 	t.Logf("the same node started in %v once the requirement was gone", took.Round(time.Millisecond))
+
+	// While it runs: the requirement turned on stops it with the clear
+	// error; turned off, the node asks control again and runs.
+	defer func(d time.Duration) { logsRetryInterval = d }(logsRetryInterval)
+	logsRetryInterval = time.Second
+	l.control.SetRequireClientLogs(true)
+	if err := waitFor(10*time.Second, func() error {
+		if st := n.Status(); !strings.HasPrefix(st.LastErr, ErrLogsRequired.Error()) {
+			return fmt.Errorf("state %s, last error %q", st.State, st.LastErr)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("running node, requirement on: %v", err)
+	}
+	l.control.SetRequireClientLogs(false)
+	if err := waitFor(15*time.Second, func() error {
+		if st := n.Status(); st.State != ipn.Running.String() || st.LastErr != "" {
+			return fmt.Errorf("state %s, last error %q", st.State, st.LastErr)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("running node, requirement off again: %v", err)
+	}
 	n.Close(context.Background())
 
 	// Log upload allowed (tailscale's switch is process-wide; restored after).

@@ -106,9 +106,10 @@ type Node struct {
 	keyUsed   bool      // the auth key was sent after control asked for a login
 	keyExpiry time.Time // the node key's expiry from the last self node; zero: none
 
-	peers      map[tailcfg.NodeID][]netip.Prefix // peers' routed addresses; nil until the first netmap
-	peersKnown chan struct{}                     // closed once peers is set
-	routed     map[netip.Prefix]bool             // peer routes in nsPath (true: both routes, false: one); nil: read them from the netns
+	peers        map[tailcfg.NodeID][]netip.Prefix // peers' routed addresses; nil until the first netmap
+	peersKnown   chan struct{}                     // closed once peers is set
+	logsRetrying bool                              // resumeWhenLogsNotRequired runs
+	routed       map[netip.Prefix]bool             // peer routes in nsPath (true: both routes, false: one); nil: read them from the netns
 }
 
 func (n *Node) setDNSSuffix(st *ipnstate.Status) {
@@ -466,6 +467,13 @@ func (n *Node) watch(ctx context.Context) {
 			}
 			if nt.State != nil {
 				n.setState(*nt.State)
+				if *nt.State == ipn.Running {
+					n.mu.Lock()
+					if strings.HasPrefix(n.lastErr, ErrLogsRequired.Error()) {
+						n.lastErr = ""
+					}
+					n.mu.Unlock()
+				}
 			}
 			if nt.NetMap != nil {
 				n.setPeersFromNetMap(nt.NetMap)
@@ -479,10 +487,15 @@ func (n *Node) watch(ctx context.Context) {
 			if nt.ErrMessage != nil {
 				n.mu.Lock()
 				n.lastErr = Redact(*nt.ErrMessage, n.cfg.AuthKey)
-				if requiresLogging(n.lastErr) {
+				stopped := requiresLogging(n.lastErr)
+				if stopped {
 					n.lastErr = ErrLogsRequired.Error() + ": " + logsRequiredDetail
+					n.logf("tslink: %s", n.lastErr)
 				}
 				n.mu.Unlock()
+				if stopped {
+					n.resumeWhenLogsNotRequired(ctx)
+				}
 			}
 			if nt.BrowseToURL != nil && *nt.BrowseToURL != "" && !n.loginWithKey() {
 				n.mu.Lock()
