@@ -97,8 +97,10 @@ func (a *dnsAnswerer) stop() {
 }
 
 // interceptable reports whether the parsed packet is a DNS query the device
-// answers itself.
-func interceptable(p *packet.Parsed) bool {
+// answers itself: not one for MagicDNS's 100.100.100.100 or a peer, which
+// tsnet gets. A resolver at a non-peer 100.x address reaches tailscale0 only
+// through the DNS rule, like any other outside resolver.
+func interceptable(p *packet.Parsed, peers *peerSet) bool {
 	if p.IPProto != ipproto.UDP || p.Dst.Port() != 53 {
 		return false
 	}
@@ -106,12 +108,7 @@ func interceptable(p *packet.Parsed) bool {
 	if isQuad100(dst) {
 		return true // answered here, so upstreams are asked from the container's netns
 	}
-	for _, r := range tailnetRoutes {
-		if r.Contains(dst) {
-			return false // MagicDNS's 100.100.100.100 or a tailnet node
-		}
-	}
-	return true
+	return !peers.tailnetDst(dst) // MagicDNS and tailnet nodes are tsnet's
 }
 
 // answer handles one intercepted query packet (its own copy) asynchronously.

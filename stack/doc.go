@@ -16,7 +16,8 @@
 //   - [Node.Attach] (once the sandbox netns appears): installs an
 //     unreachable fallback route for each tailnet route in the netns, moves
 //     the TUN into the netns, renames it tailscale0, assigns the node's IPv4
-//     /32 and IPv6 /128, brings it up, routes 100.64.0.0/10 and
+//     /32 and IPv6 /128, brings it up, routes 100.100.100.100, each peer's
+//     IPv4 /32 (peers.go: kept in step with the netmap) and
 //     fd7a:115c:a1e0::/48 through it and marks it persistent so it outlives
 //     a crash of the plugin.
 //   - [Node.KeepIPv6] (right after Attach, while the container starts):

@@ -42,7 +42,13 @@ var (
 	ErrNoTUN = errors.New("no TUN to adopt")
 	// ErrClosed: the node was closed.
 	ErrClosed = errors.New("node closed")
+	// ErrLogsRequired: the tailnet has network flow logs on (node capability
+	// data-plane-audit-logs) and log upload is off; the node stopped.
+	ErrLogsRequired = errors.New("the tailnet requires client logging (network flow logs are on) and tslink's log upload is off")
 )
+
+// logsRequiredDetail says how to allow log upload.
+const logsRequiredDetail = "allow it with the plugin setting " + LogUploadSetting + "=1 (docker plugin disable, docker plugin set <plugin> " + LogUploadSetting + "=1, docker plugin enable), or turn network flow logs off for the tailnet"
 
 // NodeError is a failure to bring a node up, phrased for the user who ran
 // `docker run`. It never contains the auth key.

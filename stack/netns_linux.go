@@ -19,12 +19,21 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Routes that tailscale0 carries inside the container: Tailscale's CGNAT
-// range (which includes MagicDNS's 100.100.100.100) and its ULA range.
+// Routes that tailscale0 always carries inside the container: MagicDNS's
+// 100.100.100.100 and Tailscale's ULA range. Peers' IPv4 addresses get a /32
+// each ([updatePeerRoutes]), as tailscaled on Linux routes them: the rest of
+// 100.64.0.0/10 stays with the container's other routes, so resolvers and
+// hosts numbered in CGNAT space on the host's side stay reachable.
 var tailnetRoutes = []netip.Prefix{
-	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("100.100.100.100/32"),
 	netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
 }
+
+// cgnatRange is Tailscale's IPv4 range, 100.64.0.0/10.
+var cgnatRange = netip.MustParsePrefix("100.64.0.0/10")
+
+// quad100 is MagicDNS's address, always routed to tailscale0.
+var quad100 = netip.MustParsePrefix("100.100.100.100/32")
 
 // fallbackMetric is the metric of the unreachable route that backs each route
 // through tailscale0: the largest, so a route through tailscale0 for the same
@@ -89,8 +98,13 @@ func moveTUN(hostName, nsPath string) error {
 // returned separately (Docker may have disabled IPv6 in the netns; that also
 // removes IPv6 routes, so [configureTUN] installs them again).
 func installFallbacks(nsPath string) (err6 error, err error) {
+	return installFallbacksFor(nsPath, tailnetRoutes)
+}
+
+// installFallbacksFor is [installFallbacks] for the given prefixes.
+func installFallbacksFor(nsPath string, prefixes []netip.Prefix) (err6 error, err error) {
 	err = withNetNSHandle(nsPath, func(h *netlink.Handle) error {
-		for _, r := range tailnetRoutes {
+		for _, r := range prefixes {
 			rerr := h.RouteReplace(&netlink.Route{
 				Dst:      prefixToIPNet(r),
 				Type:     unix.RTN_UNREACHABLE,
@@ -120,8 +134,11 @@ func installFallbacks(nsPath string) (err6 error, err error) {
 // after the container), so the tailnet is not routed to Docker's NAT
 // meanwhile. Idempotent; an IPv6 failure (IPv6 disabled in the netns) is
 // returned too, after the IPv4 routes are in place.
+//
+// The peers are not known yet, so this covers all of 100.64.0.0/10; the
+// node's first peer-route sync replaces that with one route per peer.
 func InstallFallbackRoutes(nsPath string) error {
-	err6, err := installFallbacks(nsPath)
+	err6, err := installFallbacksFor(nsPath, append(slices.Clone(tailnetRoutes), cgnatRange))
 	return errors.Join(err, err6)
 }
 
@@ -189,6 +206,84 @@ func configureTUN(nsPath string, addrs []netip.Prefix) error {
 		return fmt.Errorf("%w: %w", errIPv6NotConfigured, err6)
 	}
 	return nil
+}
+
+// peerRoutesIn returns the IPv4 prefixes inside 100.64.0.0/10, other than
+// 100.100.100.100/32, that the main table of the netns at nsPath routes to
+// tailscale0 or backs with an unreachable [fallbackMetric] route: the peer
+// routes a plugin process installed (or 100.64.0.0/10 from a tslink that
+// routed the whole range), for a process that adopts tailscale0. A prefix
+// maps to true if both its routes are there, false if only one is.
+func peerRoutesIn(nsPath string) (map[netip.Prefix]bool, error) {
+	found := map[netip.Prefix]int{}
+	err := withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(TUNName)
+		if err != nil {
+			return fmt.Errorf("finding %s: %w", TUNName, err)
+		}
+		routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if errors.Is(err, netlink.ErrDumpInterrupted) {
+			routes, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		}
+		if err != nil {
+			return fmt.Errorf("listing routes: %w", err)
+		}
+		for _, r := range routes {
+			p, ok := ipNetToPrefix(r.Dst)
+			if !ok || !cgnatRange.Overlaps(p) || p.Bits() < cgnatRange.Bits() || p == quad100 {
+				continue
+			}
+			switch {
+			case r.LinkIndex == l.Attrs().Index:
+				found[p] |= 1
+			case r.Type == unix.RTN_UNREACHABLE && r.Priority == fallbackMetric:
+				found[p] |= 2
+			}
+		}
+		return nil
+	})
+	have := map[netip.Prefix]bool{}
+	for p, bits := range found {
+		have[p] = bits == 3
+	}
+	return have, err
+}
+
+// updatePeerRoutes, in the netns at nsPath, routes each prefix of add
+// through tailscale0 (after its unreachable [fallbackMetric] route, so the
+// rule of [installFallbacks] holds for peers too) and removes both routes
+// of each prefix of del. Missing routes to delete are not an error.
+func updatePeerRoutes(nsPath string, add, del []netip.Prefix) error {
+	if len(add) == 0 && len(del) == 0 {
+		return nil
+	}
+	return withNetNSHandle(nsPath, func(h *netlink.Handle) error {
+		l, err := h.LinkByName(TUNName)
+		if err != nil {
+			return fmt.Errorf("finding %s: %w", TUNName, err)
+		}
+		var errs []error
+		for _, p := range del {
+			for _, r := range []*netlink.Route{
+				{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK},
+				{Dst: prefixToIPNet(p), Type: unix.RTN_UNREACHABLE, Priority: fallbackMetric},
+			} {
+				if err := h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+					errs = append(errs, fmt.Errorf("removing route %s: %w", p, err))
+				}
+			}
+		}
+		for _, p := range add {
+			err := h.RouteReplace(&netlink.Route{Dst: prefixToIPNet(p), Type: unix.RTN_UNREACHABLE, Priority: fallbackMetric})
+			if err == nil {
+				err = h.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: prefixToIPNet(p), Scope: netlink.SCOPE_LINK})
+			}
+			if err != nil {
+				errs = append(errs, fmt.Errorf("adding route %s via %s: %w", p, TUNName, err))
+			}
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // errIPv6NotConfigured: tailscale0's IPv4 setup is done, its IPv6 is not.

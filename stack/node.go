@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"tailscale.com/client/local"
-	"tailscale.com/envknob"
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
@@ -113,6 +112,11 @@ type Node struct {
 	keyless   bool      // started from state without the auth key (see Start)
 	keyUsed   bool      // the auth key was sent after control asked for a login
 	keyExpiry time.Time // the node key's expiry from the last self node; zero: none
+
+	peers        map[tailcfg.NodeID][]netip.Prefix // peers' routed addresses; nil until the first netmap
+	peersKnown   chan struct{}                     // closed once peers is set
+	logsRetrying bool                              // resumeWhenLogsNotRequired runs
+	routed       map[netip.Prefix]bool             // peer routes in nsPath (true: both routes, false: one); nil: read them from the netns
 }
 
 func (n *Node) setDNSSuffix(st *ipnstate.Status) {
@@ -129,8 +133,6 @@ func (n *Node) dnsSuffix() string {
 	defer n.mu.Unlock()
 	return n.suffix
 }
-
-var disableLogUploadOnce sync.Once
 
 // finishReserve is the part of Start's time kept for the work after the
 // node is up (status, serve config): the wait for Running ends this much (at
@@ -160,8 +162,8 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 	// tsnet uploads backend logs to log.tailscale.com unless told not to;
-	// tslink keeps them local (debug.log).
-	disableLogUploadOnce.Do(envknob.SetNoLogsNoSupport)
+	// tslink keeps them local (debug.log) unless the plugin setting allows it.
+	applyLogPolicy()
 
 	if cfg.Wait > 0 {
 		var cancel context.CancelFunc
@@ -169,7 +171,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		defer cancel()
 	}
 
-	n := &Node{cfg: cfg, state: ipn.NoState}
+	n := &Node{cfg: cfg, state: ipn.NoState, peersKnown: make(chan struct{})}
 	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
 
 	var err error
@@ -346,6 +348,9 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			if looksLikeKeyRejection(msg) {
 				return n.nodeError(ErrAuthKeyRejected, msg)
 			}
+			if requiresLogging(msg) {
+				return n.nodeError(ErrLogsRequired, logsRequiredDetail)
+			}
 			return n.nodeError(ErrNotReady, msg)
 		}
 		if nt.LoginFinished != nil {
@@ -458,11 +463,12 @@ func (n *Node) setState(st ipn.State) {
 	n.state = st
 }
 
-// watch follows the IPN bus while the node runs: state for [Node.Status], and
-// self-node address changes, which it applies to tailscale0.
+// watch follows the IPN bus while the node runs: state for [Node.Status],
+// self-node address changes, which it applies to tailscale0, and the peers,
+// whose routes it keeps on tailscale0 (peers.go).
 func (n *Node) watch(ctx context.Context) {
 	for ctx.Err() == nil {
-		w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyNoNetMap)
+		w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyInitialNetMap|ipn.NotifyPeerPatches|ipn.NotifyNoNetMap)
 		if err != nil {
 			return
 		}
@@ -473,11 +479,35 @@ func (n *Node) watch(ctx context.Context) {
 			}
 			if nt.State != nil {
 				n.setState(*nt.State)
+				if *nt.State == ipn.Running {
+					n.mu.Lock()
+					if strings.HasPrefix(n.lastErr, ErrLogsRequired.Error()) {
+						n.lastErr = ""
+					}
+					n.mu.Unlock()
+				}
 			}
+			if nt.NetMap != nil {
+				n.setPeersFromNetMap(nt.NetMap)
+				select {
+				case <-n.peersKnown:
+				default:
+					close(n.peersKnown)
+				}
+			}
+			n.updatePeers(nt.PeersChanged, nt.PeersRemoved)
 			if nt.ErrMessage != nil {
 				n.mu.Lock()
 				n.lastErr = Redact(*nt.ErrMessage, n.cfg.AuthKey)
+				stopped := requiresLogging(n.lastErr)
+				if stopped {
+					n.lastErr = ErrLogsRequired.Error() + ": " + logsRequiredDetail
+					n.logf("tslink: %s", n.lastErr)
+				}
 				n.mu.Unlock()
+				if stopped {
+					n.resumeWhenLogsNotRequired(ctx)
+				}
 			}
 			if nt.BrowseToURL != nil && *nt.BrowseToURL != "" && !n.loginWithKey() {
 				n.mu.Lock()
@@ -604,6 +634,18 @@ func (n *Node) Addrs() (v4, v6 netip.Addr) {
 	return v4, v6
 }
 
+// peersWait bounds how long Attach waits for the first netmap.
+const peersWait = 2 * time.Second
+
+// peerPrefixesLocked lists the known peers' routed prefixes. n.mu held.
+func (n *Node) peerPrefixesLocked() []netip.Prefix {
+	var out []netip.Prefix
+	for _, ps := range n.peers {
+		out = append(out, ps...)
+	}
+	return out
+}
+
 // Server returns the node's tsnet.Server, e.g. for Serve config. The Node
 // owns it: callers must not Close it.
 func (n *Node) Server() *tsnet.Server { return n.srv }
@@ -652,6 +694,13 @@ func (n *Node) Status() Status {
 // [Node.ReapplyIPv6]). Attaching again to the same netns re-applies the
 // configuration.
 func (n *Node) Attach(nsPath string) error {
+	// The peers' routes go in with the others; the first netmap follows
+	// Running at once (tsnet is in this process).
+	select {
+	case <-n.peersKnown:
+	case <-time.After(peersWait):
+		n.logf("tslink: attaching before the netmap arrived; peer routes follow it")
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
@@ -664,7 +713,12 @@ func (n *Node) Attach(nsPath string) error {
 		// Before tailscale0 is there: whatever fails from here on, the
 		// tailnet stays unreachable in the container rather than routed
 		// to Docker's NAT.
-		err6, err := installFallbacks(nsPath)
+		fallbacks := append(slices.Clone(tailnetRoutes), n.peerPrefixesLocked()...)
+		if n.peers == nil {
+			// Until the netmap names the peers (the first sync removes it).
+			fallbacks = append(fallbacks, cgnatRange)
+		}
+		err6, err := installFallbacksFor(nsPath, fallbacks)
 		if err != nil {
 			return err
 		}
@@ -690,6 +744,8 @@ func (n *Node) configureLocked() error {
 	} else if err != nil {
 		return err
 	}
+	n.routed = nil
+	n.syncPeerRoutesLocked()
 	for _, p := range n.addrs {
 		if p.Addr().Is4() {
 			if err := routeDNS(n.nsPath, p.Addr()); err != nil {

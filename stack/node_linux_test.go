@@ -59,8 +59,8 @@ func TestNodeReachesLaptopBothWays(t *testing.T) {
 		}
 	}
 	routes, _ := ctr.Exec(context.Background(), "ip", "-4", "route")
-	if !strings.Contains(string(routes), "100.64.0.0/10 dev tailscale0") {
-		t.Errorf("no tailnet route:\n%s", routes)
+	if !strings.Contains(string(routes), "100.100.100.100 dev tailscale0") || !strings.Contains(string(routes), l.laptop.IPv4(t).String()+" dev tailscale0") {
+		t.Errorf("no route for MagicDNS or the laptop:\n%s", routes)
 	}
 
 	laptop4, laptop6 := l.laptop.IPv4(t), l.laptop.IPv6(t)

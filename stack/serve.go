@@ -34,12 +34,22 @@ var ErrUntaggedService = nodespec.ErrUntaggedService
 // only ([fromThisProcess]: the peer socket's inode, from sock_diag, among
 // /proc/self/fd) and relays each to localhost:<port> dialled inside the
 // container's netns.
+//
+// Plain tcp endpoints served on the node itself (not only through a Service)
+// skip tailscale's serve code: its TCP forwarder (ipnlocal) returns when the
+// first direction ends and closes both connections, which cuts a server's
+// answer to a client that half-closed at once (`printf 'stats\n' | nc`).
+// Each such port gets a listener on the node's tailnet addresses
+// ([tsnet.Server.Listen]; with a TUN, tsnet listens in its netstack and
+// takes that port's packets before they reach tailscale0) whose connections
+// are relayed with half-close ([pipe]).
 type relays struct {
 	netns func() string // the container's netns path; "" until attached
 	logf  func(format string, args ...any)
 
 	mu    sync.Mutex
 	lns   map[uint16]net.Listener // by target port
+	tcp   []net.Listener          // tailnet listeners of plain tcp endpoints
 	conns map[net.Conn]struct{}
 	done  bool
 	wg    sync.WaitGroup
@@ -57,6 +67,31 @@ func startRelays(targets []uint16, netns func() string, logf func(string, ...any
 		r.wg.Go(func() { r.accept(ln, port) })
 	}
 	return r, nil
+}
+
+// listenTailnet accepts connections to the node's tailnet port on ln and
+// relays each to the container's port target, with half-close both ways.
+// ln is closed by [relays.close].
+func (r *relays) listenTailnet(ln net.Listener, target uint16) {
+	r.mu.Lock()
+	r.tcp = append(r.tcp, ln)
+	r.mu.Unlock()
+	r.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !r.track(c, true) {
+				c.Close()
+				return
+			}
+			r.wg.Go(func() {
+				defer r.track(c, false)
+				r.relay(c, target)
+			})
+		}
+	})
 }
 
 // backend is the serve backend address relaying to the container's port.
@@ -145,6 +180,9 @@ func (r *relays) close() {
 	for _, ln := range r.lns {
 		ln.Close()
 	}
+	for _, ln := range r.tcp {
+		ln.Close()
+	}
 	for c := range r.conns {
 		c.Close()
 	}
@@ -169,7 +207,12 @@ func dialLocalhostIn(ctx context.Context, nsPath string, port uint16) (net.Conn,
 
 // serveConfig builds the node's ipn.ServeConfig from cfg.Serve: node
 // endpoints under its FQDN (unless ServiceOnly) and service endpoints under
-// the service's name. Plain-HTTP endpoints also answer requests addressed to
+// the service's name. Plain tcp endpoints on the node are left out: they
+// have their own listeners ([directTCP]). A Service's plain tcp endpoint
+// stays here: traffic to a Service VIP reaches the node's netstack only
+// for ports in the serve config, and ipnlocal then takes it before any tsnet
+// listener (tsnet's own ListenService forwards through the serve config
+// too), so through a Service a half-close still closes both directions. Plain-HTTP endpoints also answer requests addressed to
 // the node's IPs: ipnlocal looks a plain-HTTP request up by its Host header
 // plus the MagicDNS suffix, so "<ip>.<suffix>:<port>" entries are added.
 func serveConfig(cfg *Config, st *ipnstate.Status, backend func(port uint16) string) *ipn.ServeConfig {
@@ -199,8 +242,8 @@ func serveConfig(cfg *Config, st *ipnstate.Status, backend func(port uint16) str
 			}
 			continue
 		}
-		if !cfg.Serve.ServiceOnly {
-			sc.SetTCPForwarding(ep.Port, to, ep.TLS(), 0, fqdn)
+		if !cfg.Serve.ServiceOnly && ep.TLS() {
+			sc.SetTCPForwarding(ep.Port, to, true, 0, fqdn)
 		}
 		if svc != "" {
 			sc.SetTCPForwardingForService(ep.Port, to, ep.TLS(), svc, 0, suffix)
@@ -236,6 +279,13 @@ func (n *Node) applyServe(ctx context.Context, st *ipnstate.Status) error {
 			return err
 		}
 		n.relays = r
+		for _, ep := range directTCP(&n.cfg) {
+			ln, err := n.srv.Listen("tcp", ":"+strconv.Itoa(int(ep.Port)))
+			if err != nil {
+				return fmt.Errorf("serve: listening on tailnet port %d: %w", ep.Port, err)
+			}
+			r.listenTailnet(ln, ep.Target)
+		}
 	}
 	sc := serveConfig(&n.cfg, st, func(port uint16) string { return n.relays.backend(port) })
 	// Both calls are skipped when they would change nothing (the common
@@ -265,6 +315,21 @@ func (n *Node) applyServe(ctx context.Context, st *ipnstate.Status) error {
 		n.logf("tslink: advertising %s (the service needs approval in the admin console or an auto-approver)", advertise[0])
 	}
 	return nil
+}
+
+// directTCP lists the plain tcp endpoints served on the node's own
+// addresses (every one unless ts.direct=false).
+func directTCP(cfg *Config) []nodespec.ServeEndpoint {
+	if cfg.Serve.ServiceOnly {
+		return nil
+	}
+	var eps []nodespec.ServeEndpoint
+	for _, ep := range cfg.Serve.Endpoints {
+		if ep.Proto == nodespec.ProtoTCP {
+			eps = append(eps, ep)
+		}
+	}
+	return eps
 }
 
 func serveWhere(cfg *Config) string {

@@ -49,8 +49,9 @@ func isHex(s string) bool {
 // thread's netns, which stops being the TUN's netns once it moves.
 type device struct {
 	tun.Device
-	file *os.File
-	dns  atomic.Pointer[dnsAnswerer] // nil: DNS queries pass to tsnet
+	file  *os.File
+	dns   atomic.Pointer[dnsAnswerer] // nil: DNS queries pass to tsnet
+	peers atomic.Pointer[peerSet]     // nil until the netmap is known
 }
 
 // Read reads packets from the container for tsnet, taking out the DNS
@@ -68,7 +69,7 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			if mayBeDNSQuery(pkt) {
 				var p packet.Parsed
 				p.Decode(pkt)
-				if interceptable(&p) {
+				if interceptable(&p, d.peers.Load()) {
 					a.answer(bytes.Clone(pkt))
 					continue
 				}

@@ -21,6 +21,8 @@
 //	TSLINK_HOST_STATE_DIR  the same dir as the host sees it, for messages
 //	                       (default /var/lib/docker-plugins/tailscale)
 //	TSLINK_HEAP_PROFILE    1: sample allocations for /debug/pprof/heap (off by default)
+//	TSLINK_LOG_UPLOAD      1: let every node upload Tailscale's client logs (off by default;
+//	                       a tailnet with network flow logs on requires it)
 package main
 
 import (
@@ -49,6 +51,7 @@ import (
 	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
+	"github.com/tslink/tslink/stack"
 )
 
 // version is set at build time (-ldflags "-X main.version=…").
@@ -96,6 +99,15 @@ func run(args []string) error {
 	env := tsopts.Env{AuthKey: strings.TrimSpace(os.Getenv("TS_AUTHKEY")), ControlURL: strings.TrimSpace(os.Getenv("TS_CONTROL_URL"))}
 	for _, k := range []string{"TS_AUTHKEY", "TS_AUTH_KEY", "TS_CONTROL_URL", "TS_CLIENT_SECRET"} {
 		os.Unsetenv(k)
+	}
+
+	switch v := os.Getenv(stack.LogUploadSetting); v {
+	case "1":
+		stack.AllowLogUpload()
+		log.Info("Tailscale log upload allowed for every node", "setting", stack.LogUploadSetting)
+	case "", "0":
+	default:
+		return fmt.Errorf("plugin setting %s=%q: want 1 (allow Tailscale log upload) or empty", stack.LogUploadSetting, v)
 	}
 
 	stateDir := cmp.Or(os.Getenv("TSLINK_STATE_DIR"), "/data")

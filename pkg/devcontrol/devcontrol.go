@@ -26,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -535,5 +536,50 @@ func serveSTUN(pc net.PacketConn) {
 		ua := addr.(*net.UDPAddr)
 		ap, _ := netip.AddrFromSlice(ua.IP)
 		pc.WriteTo(stun.Response(txid, netip.AddrPortFrom(ap.Unmap(), uint16(ua.Port))), addr)
+	}
+}
+
+// RemovePeer tells the connected node with nodeKey (its "nodekey:…" form)
+// that the node with peerID left its netmap (a MapResponse with
+// PeersRemoved), as Tailscale's control does when a node is deleted or the
+// policy stops letting the two see each other. testcontrol sends that node
+// no automatic map responses afterwards, so the peer stays away for it.
+func (s *Server) RemovePeer(nodeKey string, peerID int64) error {
+	var k key.NodePublic
+	if err := k.UnmarshalText([]byte(nodeKey)); err != nil {
+		return fmt.Errorf("node key %q: %w", nodeKey, err)
+	}
+	if !s.control.AddRawMapResponse(k, &tailcfg.MapResponse{PeersRemoved: []tailcfg.NodeID{tailcfg.NodeID(peerID)}}) {
+		return fmt.Errorf("node %s is not connected", nodeKey)
+	}
+	return nil
+}
+
+// defaultNodeCaps are testcontrol's default node capabilities (its
+// serveRegister), which [Server.SetRequireClientLogs] extends.
+func defaultNodeCaps() tailcfg.NodeCapMap {
+	return tailcfg.NodeCapMap{
+		tailcfg.CapabilityHTTPS:                           []tailcfg.RawMessage{},
+		tailcfg.NodeAttrFunnel:                            []tailcfg.RawMessage{},
+		tailcfg.CapabilityFileSharing:                     []tailcfg.RawMessage{},
+		tailcfg.CapabilityFunnelPorts + "?ports=8080,443": []tailcfg.RawMessage{},
+	}
+}
+
+// SetRequireClientLogs models a tailnet with network flow logs on (on) or
+// off: control then gives every node, registered or yet to register, the
+// node capability tailcfg.CapabilityDataPlaneAuditLogs, as Tailscale's
+// control does. A client that does not upload logs (tailscaled
+// --no-logs-no-support, envknob TS_NO_LOGS_NO_SUPPORT) stops on seeing it:
+// ipnlocal reports "tailnet requires logging to be enabled" and saves
+// WantRunning=false in its prefs.
+func (s *Server) SetRequireClientLogs(on bool) {
+	caps := defaultNodeCaps()
+	if on {
+		caps[tailcfg.CapabilityDataPlaneAuditLogs] = []tailcfg.RawMessage{}
+	}
+	s.control.DefaultNodeCapabilities = &caps
+	for _, n := range s.control.AllNodes() {
+		s.control.SetNodeCapMap(n.Key, maps.Clone(caps))
 	}
 }

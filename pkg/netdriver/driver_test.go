@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 )
@@ -42,5 +43,30 @@ func TestCheckTailnet(t *testing.T) {
 	}
 	if _, err := os.Stat(ep.stateDir); !os.IsNotExist(err) {
 		t.Errorf("stale ephemeral dir not removed: %v", err)
+	}
+}
+
+func TestCreateNetworkRefusesTailnetSubnets(t *testing.T) {
+	for _, tc := range []struct {
+		v4, v6 string
+		bad    string // "" : accepted
+	}{
+		{"172.30.0.0/16", "", ""},
+		{"100.100.0.0/24", "", "100.64.0.0/10"},
+		{"100.0.0.0/8", "", "100.64.0.0/10"},
+		{"100.128.0.0/16", "", ""},
+		{"172.30.0.0/16", "fd7a:115c:a1e0:1::/64", "fd7a:115c:a1e0::/48"},
+	} {
+		req := &network.CreateNetworkRequest{IPv4Data: []*network.IPAMData{{Pool: tc.v4}}}
+		if tc.v6 != "" {
+			req.IPv6Data = []*network.IPAMData{{Pool: tc.v6}}
+		}
+		err := checkSubnets(req)
+		switch {
+		case tc.bad == "" && err != nil:
+			t.Errorf("%s %s: %v", tc.v4, tc.v6, err)
+		case tc.bad != "" && (err == nil || !strings.Contains(err.Error(), tc.bad) || !strings.Contains(err.Error(), "--subnet")):
+			t.Errorf("%s %s: %v, want an error naming --subnet and %s", tc.v4, tc.v6, err, tc.bad)
+		}
 	}
 }

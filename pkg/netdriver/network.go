@@ -3,7 +3,9 @@ package netdriver
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
@@ -23,9 +25,41 @@ func genericOptions(opts map[string]any) map[string]string {
 	return out
 }
 
+// tailnetRanges are the ranges a tslink container routes (in part) to
+// tailscale0: Tailscale's CGNAT range and its ULA range.
+var tailnetRanges = []netip.Prefix{
+	netip.MustParsePrefix("100.64.0.0/10"),
+	netip.MustParsePrefix("fd7a:115c:a1e0::/48"),
+}
+
+// checkSubnets refuses a network whose address pools (the IPAM data Docker
+// sends in CreateNetwork, from `--subnet` or its default pools) overlap a
+// tailnet range: its containers' peers and addresses would collide with
+// the tailnet's.
+func checkSubnets(req *network.CreateNetworkRequest) error {
+	for _, data := range append(slices.Clone(req.IPv4Data), req.IPv6Data...) {
+		if data == nil || data.Pool == "" {
+			continue
+		}
+		pool, err := netip.ParsePrefix(data.Pool)
+		if err != nil {
+			continue // Docker validated it; nothing of ours to check
+		}
+		for _, r := range tailnetRanges {
+			if r.Overlaps(pool) {
+				return fmt.Errorf("subnet %s (--subnet) overlaps the tailnet's %s (where Tailscale numbers its nodes): choose a subnet outside 100.64.0.0/10 and fd7a:115c:a1e0::/48", pool, r)
+			}
+		}
+	}
+	return nil
+}
+
 // CreateNetwork validates the options and creates the network's parent
 // device.
 func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	if err := checkSubnets(req); err != nil {
+		return err
+	}
 	opts := genericOptions(req.Options)
 	nw, err := d.parseNetwork(opts)
 	if err != nil {

@@ -34,6 +34,7 @@ func TestBadInputThroughTheCLI(t *testing.T) {
 		{"control URL with password", []string{"--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.controlurl=https://admin:s3cret@hs.example.com"}, []string{"option ts.controlurl: user info", "https://host[:port][/path]"}},
 		{"control URL without host", []string{"--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.controlurl=https://"}, []string{"option ts.controlurl: no host", "https://host[:port][/path]"}},
 		{"control URL with newline", []string{"--opt", "ts.authkey=" + testAuthKey, "--opt", "ts.controlurl=https://hs.example.com\ntags: none"}, []string{"option ts.controlurl: the URL contains whitespace or control characters"}},
+		{"subnet in the tailnet's range", []string{"--opt", "ts.authkey=" + testAuthKey, "--subnet", "100.100.0.0/24"}, []string{"subnet 100.100.0.0/24", "overlaps the tailnet's 100.64.0.0/10"}},
 	}
 	for _, tc := range networkCases {
 		out, err := l.engine.Docker(ctx, append(append([]string{"network", "create", "-d", plugin}, tc.args...), "badnet")...)
@@ -154,4 +155,36 @@ func manyTags(n int) string {
 		out = append(out, fmt.Sprintf("tag:t%d", i))
 	}
 	return strings.Join(out, ",")
+}
+
+// TestTailnetRequiringLogsFailsRun: a tailnet with network flow logs on
+// (devcontrol gives the data-plane-audit-logs capability) and the plugin's
+// log upload off (the default): `docker run` fails fast, saying the tailnet
+// requires client logging and naming the setting; with the requirement
+// gone the next run works.
+func TestTailnetRequiringLogsFailsRun(t *testing.T) {
+	l := newLab(t)
+	l.createNetwork("tn")
+	l.control.SetRequireClientLogs(true)
+	began := time.Now()
+	out, err := l.engine.Docker(context.Background(), "run", "--rm", "--network", "tn", "--label", "ts.hostname=logged", image, "true")
+	took := time.Since(began)
+	if err == nil {
+		t.Fatalf("docker run succeeded in a tailnet requiring logs")
+	}
+	for _, w := range []string{"requires client logging", "TSLINK_LOG_UPLOAD=1"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("error %q lacks %q", strings.TrimSpace(out), w)
+		}
+	}
+	if took > 10*time.Second {
+		t.Errorf("docker run failed after %v, want fast", took)
+	}
+	t.Logf("failed after %v: %s", took.Round(time.Millisecond), strings.TrimSpace(out))
+	l.control.SetRequireClientLogs(false)
+	if out := l.docker("run", "--rm", "--network", "tn", "--label", "ts.hostname=logged", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0"); !strings.Contains(out, "inet 100.") {
+		t.Errorf("run after the requirement was lifted: %q", out)
+	}
+	l.docker("network", "rm", "tn")
+	l.noLeftovers()
 }

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +16,11 @@ import (
 // 127.0.0.1:8080 only (index "hello"), a line echo on 9000, and a one-shot
 // request recorder on 8082 writing /tmp/request (busybox nc cannot bind an
 // address, so those two listen on all of the container's addresses).
-const loopbackApp = `nc -ll -p 9000 -e cat & nc -l -p 8082 > /tmp/request & exec httpd -f -p 127.0.0.1:8080 -h /www`
+// A status-port-like server on 7001 speaks first ("banner"), reads until the
+// client's EOF and then answers "reply:<what it read>".
+const loopbackApp = `nc -ll -p 9000 -e cat & nc -l -p 8082 > /tmp/request & ` +
+	`nc -ll -p 7001 -e sh -c 'echo banner; r=$(cat); sleep 0.2; echo "reply:$r"' & ` +
+	`exec httpd -f -p 127.0.0.1:8080 -h /www`
 
 // laptopHTTP GETs url from the laptop with the given Host header and
 // returns "<status> <body start>".
@@ -44,6 +50,27 @@ func (l *lab) laptopDial(addr string) error {
 	return nil
 }
 
+// laptopHalfClose dials addr from the laptop, sends req, closes its sending
+// side at once (as `printf req | nc host port` does) and returns all it reads.
+func (l *lab) laptopHalfClose(addr, req string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := l.laptop.NS.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		return "", err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return "", err
+	}
+	got, err := io.ReadAll(c)
+	return string(got), err
+}
+
 // TestServeLabels: the README's ts.serve.* labels on a container whose app
 // listens on its localhost only, reached from the laptop.
 func TestServeLabels(t *testing.T) {
@@ -54,6 +81,7 @@ func TestServeLabels(t *testing.T) {
 		"--label", "ts.serve.81=http:8080/app",
 		"--label", "ts.serve.82=http:8082",
 		"--label", "ts.serve.7000=tcp:9000",
+		"--label", "ts.serve.7002=tcp:7001",
 		image, "sh", "-c", loopbackApp)
 	ip := l.tsIP("web", "-4")
 	cases := []struct{ name, url, host, want string }{
@@ -80,6 +108,16 @@ func TestServeLabels(t *testing.T) {
 	if err := l.laptopDial(ip + ":7000"); err != nil {
 		t.Errorf("tcp serve 7000 -> 127.0.0.1:9000: %v", err)
 	}
+	// A half-close travels through tcp serve, and the server's side keeps
+	// flowing until it closes too.
+	for _, tc := range []struct{ req, want string }{
+		{"", "banner\nreply:\n"},             // nc host 7002 </dev/null
+		{"stats\n", "banner\nreply:stats\n"}, // printf 'stats\n' | nc host 7002
+	} {
+		if got, err := l.laptopHalfClose(ip+":7002", tc.req); err != nil || got != tc.want {
+			t.Errorf("tcp serve 7002, send %q then half-close: %q, %v; want %q", tc.req, got, err, tc.want)
+		}
+	}
 	if got, err := l.laptopHTTP("http://"+ip+":8080/", "", 3*time.Second); err == nil {
 		t.Errorf("the container's localhost-only port 8080 answers on its tailnet IP: %q", got)
 	}
@@ -97,7 +135,7 @@ func TestServeLabels(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
-	if status := l.tslinkStatus(); !strings.Contains(status, "80=http:8080,81=http:8080/app,82=http:8082,7000=tcp:9000") {
+	if status := l.tslinkStatus(); !strings.Contains(status, "80=http:8080,81=http:8080/app,82=http:8082,7000=tcp:9000,7002=tcp:7001") {
 		t.Errorf("tslink status lacks the serve endpoints:\n%s", status)
 	}
 	l.docker("rm", "-f", "web")

@@ -1,0 +1,65 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"tailscale.com/envknob"
+	"tailscale.com/ipn"
+)
+
+// TestTailnetRequiringLogs: with network flow logs on in the tailnet
+// (devcontrol gives the data-plane-audit-logs capability) and log upload
+// off, Start fails fast with an error naming the plugin setting; with log
+// upload allowed the node runs under the requirement. (tsnet uploads nothing from a test binary, and
+// sends logs to log.tailscale.com regardless of TS_LOG_TARGET, so where
+// the logs go is not tested here.)
+func TestTailnetRequiringLogs(t *testing.T) {
+	l := newLab(t)
+	l.control.SetRequireClientLogs(true)
+	cfg := l.config("logged")
+	cfg.Ephemeral = false
+	start := func() (*Node, time.Duration, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cfg.EndpointID = randomID()
+		began := time.Now()
+		n, err := Start(ctx, cfg)
+		return n, time.Since(began), err
+	}
+
+	applyLogPolicy()
+	n, took, err := start()
+	if err == nil {
+		n.Close(context.Background())
+		t.Fatalf("node started in a tailnet requiring logs with log upload off")
+	}
+	if !errors.Is(err, ErrLogsRequired) || !strings.Contains(err.Error(), "requires client logging") || !strings.Contains(err.Error(), LogUploadSetting+"=1") {
+		t.Errorf("error %q: want ErrLogsRequired naming %s=1", err, LogUploadSetting)
+	}
+	if took > 5*time.Second {
+		t.Errorf("failed after %v, want fast", took)
+	}
+	t.Logf("failed after %v: %v", took.Round(time.Millisecond), err)
+
+	// Not yet asserted (issue 15 item 6 open): the same persistent state
+	// dir starting again once the requirement is gone still fails with the
+	// logs error, and the running node's resume is untested with it.
+
+	// Log upload allowed (tailscale's switch is process-wide; restored after).
+	envknob.Setenv("TS_NO_LOGS_NO_SUPPORT", "")
+	t.Cleanup(func() { envknob.SetNoLogsNoSupport() })
+	l.control.SetRequireClientLogs(true)
+	n, _, err = start()
+	if err != nil {
+		t.Fatalf("with log upload allowed: %v", err)
+	}
+	defer n.Close(context.Background())
+	time.Sleep(time.Second) // the capability arrives with the netmap; give it a moment
+	if st := n.Status(); st.State != ipn.Running.String() {
+		t.Errorf("with log upload allowed, node state %s (last error %q), want Running", st.State, st.LastErr)
+	}
+}
