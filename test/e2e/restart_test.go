@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/tslink/tslink/pkg/devcontrol"
-	"github.com/tslink/tslink/test/enginetest"
 	"github.com/tslink/tslink/test/netnstest"
 )
 
@@ -469,7 +468,7 @@ func TestEngineRestartControlUnreachable(t *testing.T) {
 					}
 				}
 			} else {
-				controlBack = enginetest.DropTCPPortFromLab(t, port)
+				controlBack = netnstest.DropLocalTCPPort(t, port)
 			}
 			t.Cleanup(controlBack) // idempotent; a failed subtest leaves control up
 			sl.controlUnreachableAtBoot(form, cs, controlBack)

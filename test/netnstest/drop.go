@@ -22,9 +22,26 @@ import (
 // process, over lo) alike.
 func DropTCPPort(t testing.TB, port int) (undo func()) {
 	t.Helper()
+	return dropTCP(t, fmt.Sprintf("tslink_drop_%d", port), fmt.Sprintf("tcp dport %d drop", port))
+}
+
+// DropLocalTCPPort is DropTCPPort for the lab netns's own processes only
+// (the engine's and the plugin's: a Docker host that cannot reach its
+// control server, a dead uplink at boot): packets from other namespaces
+// (the laptop) pass, so the outage is the host's, not control's. Its table
+// hooks input on lo, where a local process's packets to a local address
+// arrive.
+func DropLocalTCPPort(t testing.TB, port int) (undo func()) {
+	t.Helper()
+	return dropTCP(t, fmt.Sprintf("tslink_lab_drop_%d", port), fmt.Sprintf("iifname \"lo\" tcp dport %d drop", port))
+}
+
+// dropTCP adds an nftables table of its own with rule on the input hook
+// and returns undo, which deletes it (also when t ends; idempotent).
+func dropTCP(t testing.TB, table, rule string) (undo func()) {
+	t.Helper()
 	RequireRoot(t)
-	table := fmt.Sprintf("tslink_drop_%d", port)
-	rules := fmt.Sprintf("table inet %s {\n chain input {\n  type filter hook input priority filter; policy accept;\n  tcp dport %d drop\n }\n}\n", table, port)
+	rules := fmt.Sprintf("table inet %s {\n chain input {\n  type filter hook input priority filter; policy accept;\n  %s\n }\n}\n", table, rule)
 	cmd := exec.Command("nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(rules)
 	if out, err := cmd.CombinedOutput(); err != nil {
