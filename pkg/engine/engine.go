@@ -21,6 +21,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,10 +46,12 @@ type Tracker struct {
 
 	mu       sync.Mutex
 	pid      int                 // the calling dockerd; 0 until its first connection
+	since    time.Time           // when pid first called
 	state    *enginestate.Engine // pid's on-disk state; nil until first needed
 	served   bool                // pid's API has answered
 	watching bool                // a ping loop runs for pid
 	pings    atomic.Uint64
+	warned   atomic.Bool // the API-not-answering warning was logged
 }
 
 // pingInterval and pingTimeout pace the wait for the API to serve.
@@ -107,9 +112,10 @@ func peerPID(c net.Conn) (int, error) {
 	return int(cred.Pid), nil
 }
 
-// Caller records pid as the calling dockerd. A new pid is a new engine:
-// its state is found afresh and it counts as restoring until its API
-// answers.
+// Caller records pid as the calling dockerd, unless the dockerd already
+// known still runs (then pid is some other root process on the socket). A
+// new pid is a new engine: its state is found afresh and it counts as
+// restoring until its API answers.
 func (t *Tracker) Caller(pid int) {
 	if pid <= 0 {
 		return
@@ -119,10 +125,15 @@ func (t *Tracker) Caller(pid int) {
 	if pid == t.pid {
 		return
 	}
+	if t.pid != 0 && alive(t.pid) {
+		// Another root process on the plugin's socket (a probe, a curl):
+		// the engine that loaded the plugin is still there.
+		return
+	}
 	if t.pid != 0 {
 		t.log.Info("a new dockerd calls the plugin", "pid", pid, "was", t.pid)
 	}
-	t.pid, t.state, t.served = pid, nil, false
+	t.pid, t.state, t.served, t.since = pid, nil, false, time.Now()
 	hostpath.Prefer(pid)
 	if !t.watching {
 		t.watching = true
@@ -149,16 +160,36 @@ func (t *Tracker) waitServed() {
 			return
 		}
 		t.mu.Unlock()
+		if warned := time.Since(began) > maxRestore; warned && !t.warned.Swap(true) {
+			t.log.Warn("the Docker API has not answered for a long time; check the plugin's DOCKER_HOST setting", "dockerd_pid", pid, "err", err)
+		}
 		time.Sleep(pingInterval)
 	}
 }
 
+// maxRestore bounds how long an engine whose API never answers counts as
+// restoring (a wrong DOCKER_HOST, say): after it, plugin calls behave as
+// outside a restore.
+const maxRestore = 5 * time.Minute
+
 // Restoring reports whether the calling engine has not yet served its API
-// since it started (or since this process learnt of it).
+// since it started (or since this process learnt of it), for at most
+// [maxRestore].
 func (t *Tracker) Restoring() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return !t.served
+	return !t.served && (t.pid == 0 || time.Since(t.since) < maxRestore)
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: the state follows the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z' && b[i+2] != 'X'
 }
 
 // APIRequests counts the requests made to the Docker API (pings).

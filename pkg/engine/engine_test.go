@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -51,11 +52,33 @@ func TestRestoringUntilTheAPIAnswers(t *testing.T) {
 	if tr.APIRequests() != n {
 		t.Fatal("pings went on after the API answered")
 	}
-	// A new dockerd (an engine restart with live-restore) restores again.
+}
+
+// A new dockerd (an engine restart with live-restore keeps the plugin) is
+// taken once the known one is gone, and restores again; another root
+// process on the socket while the known dockerd runs changes nothing.
+func TestNewDockerdOnlyWhenTheOldIsGone(t *testing.T) {
+	api := &fakeAPI{}
+	api.serve.Store(true)
+	tr := NewTracker(api, nil)
+	old := exec.Command("sleep", "30")
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tr.Caller(old.Process.Pid)
+	waitFor(t, "the first engine serves", func() bool { return !tr.Restoring() })
+
+	tr.Caller(os.Getpid()) // a curl on the plugin socket, say
+	if tr.PID() != old.Process.Pid || tr.Restoring() {
+		t.Fatalf("another process on the socket replaced the running dockerd: pid %d, restoring %v", tr.PID(), tr.Restoring())
+	}
+
+	old.Process.Kill()
+	old.Wait()
 	api.serve.Store(false)
-	tr.Caller(os.Getppid())
-	if !tr.Restoring() {
-		t.Fatal("a new dockerd must count as restoring until its API answers")
+	tr.Caller(os.Getpid())
+	if tr.PID() != os.Getpid() || !tr.Restoring() {
+		t.Fatalf("the dockerd after the old one's exit: pid %d, restoring %v", tr.PID(), tr.Restoring())
 	}
 	api.serve.Store(true)
 	waitFor(t, "the new engine serves", func() bool { return !tr.Restoring() })

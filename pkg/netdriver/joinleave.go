@@ -267,6 +267,7 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 				return
 			}
 			d.setStartErr(ep, err)
+			d.scheduleMemoryRelease() // a failed start leaves a node's worth of garbage
 			select {
 			case <-ctx.Done():
 				close(ep.attached)

@@ -645,3 +645,22 @@ func TestJoinRefusesForeignSandboxKeys(t *testing.T) {
 	default:
 	}
 }
+
+// A damaged network record (a truncated file) does not keep the network's
+// containers off the tailnet: the options come from the engine's store.
+func TestDamagedNetworkRecordFallsBackToTheEngine(t *testing.T) {
+	h := newHarness(t, nil)
+	if err := h.d.saveNetwork("net1", map[string]string{"ts.authkey": "k"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.d.dir.NetworkRecord("net1"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nw, err := h.d.networkFor("net1")
+	if err != nil || nw.ControlURL != "http://127.0.0.1:1" {
+		t.Fatalf("networkFor with a damaged record = %+v, %v; want the engine's options", nw, err)
+	}
+	if opts, err := h.d.loadNetwork("net1"); err != nil || opts["ts.authkey"] != "tskey-auth-test" {
+		t.Fatalf("record not rewritten from the engine: %v, %v", opts, err)
+	}
+}

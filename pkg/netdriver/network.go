@@ -115,7 +115,12 @@ func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
 		return nw, nil
 	}
 	opts, err := d.loadNetwork(networkID)
-	if errors.Is(err, os.ErrNotExist) {
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			// A damaged record must not keep the network's containers
+			// off the tailnet: the engine's store has the options too.
+			d.log.Error("unreadable network record; reading the options from the engine's store", "network", short(networkID), "err", err)
+		}
 		if opts, err = d.cfg.Engine.NetworkOptions(networkID); err == nil {
 			d.keepOlderBehaviour(networkID, opts)
 			if serr := d.saveNetwork(networkID, opts); serr != nil {
