@@ -487,8 +487,9 @@ func (n *Node) watch(ctx context.Context) {
 					n.mu.Unlock()
 				}
 			}
-			if nt.NetMap != nil {
-				n.setPeersFromNetMap(nt.NetMap)
+			//lint:ignore SA1019 v1.102.5 delivers the first netmap here (NotifyInitialNetMap) on Linux too; later changes come as PeersChanged/PeersRemoved
+			if nm := nt.NetMap; nm != nil {
+				n.setPeersFromNetMap(nm)
 				select {
 				case <-n.peersKnown:
 				default:
