@@ -125,9 +125,10 @@ func (t *Tracker) Caller(pid int) {
 	if pid == t.pid {
 		return
 	}
-	if t.pid != 0 && alive(t.pid) {
+	if t.pid != 0 && alive(t.pid) && (namedDockerd(t.pid) || !namedDockerd(pid)) {
 		// Another root process on the plugin's socket (a probe, a curl):
-		// the engine that loaded the plugin is still there.
+		// the engine that loaded the plugin is still there. (A process
+		// that is not even named dockerd gives way to one that is.)
 		return
 	}
 	if t.pid != 0 {
@@ -179,6 +180,12 @@ func (t *Tracker) Restoring() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return !t.served && (t.pid == 0 || time.Since(t.since) < maxRestore)
+}
+
+// namedDockerd reports whether process pid's command name is dockerd.
+func namedDockerd(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	return err == nil && strings.TrimSpace(string(b)) == "dockerd"
 }
 
 // alive reports whether process pid exists and is not a zombie.

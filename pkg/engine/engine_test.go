@@ -113,3 +113,40 @@ func TestListenerNamesThePeer(t *testing.T) {
 		t.Fatalf("ForJoin on a process that is no dockerd: err = %v", err)
 	}
 }
+
+// A process that got to the socket first but is not named dockerd gives way
+// to a dockerd.
+func TestDockerdDisplacesAnEarlierImpostor(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("no sleep binary")
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake := filepath.Join(t.TempDir(), "dockerd")
+	if err := os.WriteFile(fake, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	impostor := exec.Command("sleep", "30")
+	dockerd := exec.Command(fake, "30")
+	for _, c := range []*exec.Cmd{impostor, dockerd} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { c.Process.Kill(); c.Wait() }()
+	}
+	api := &fakeAPI{}
+	api.serve.Store(true)
+	tr := NewTracker(api, nil)
+	tr.Caller(impostor.Process.Pid)
+	tr.Caller(dockerd.Process.Pid)
+	if tr.PID() != dockerd.Process.Pid {
+		t.Fatalf("PID = %d, want the dockerd %d over the earlier %d", tr.PID(), dockerd.Process.Pid, impostor.Process.Pid)
+	}
+	tr.Caller(impostor.Process.Pid)
+	if tr.PID() != dockerd.Process.Pid {
+		t.Fatal("a process not named dockerd displaced the dockerd")
+	}
+}
