@@ -31,12 +31,12 @@ func TestContainerIsATailnetNode(t *testing.T) {
 	logs := ""
 	netnstest.WaitFor(5*time.Second, func() error {
 		logs = l.docker("logs", "web")
-		if !strings.Contains(logs, "100.64.0.0/10") {
+		if !strings.Contains(logs, "100.100.100.100 dev tailscale0") {
 			return context.DeadlineExceeded
 		}
 		return nil
 	})
-	if !strings.Contains(logs, "inet 100.") || !strings.Contains(logs, "100.64.0.0/10") {
+	if !strings.Contains(logs, "inet 100.") || !strings.Contains(logs, "100.100.100.100 dev tailscale0") {
 		t.Fatalf("at the first instruction tailscale0 had no 100.x address and route:\n%s", logs)
 	}
 	ip4 := l.tsIP("web", "-4")

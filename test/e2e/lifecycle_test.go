@@ -42,13 +42,14 @@ func TestPluginEnvDefaults(t *testing.T) {
 	l := newLab(t, "TS_AUTHKEY="+testAuthKey, "TS_CONTROL_URL=$CONTROL")
 	// No key and no control URL: only the opt-in to the lab's plain http.
 	l.docker("network", "create", "-d", plugin, "--opt", "ts.insecure-control=true", "envnet")
-	out := l.docker("run", "--rm", "--network", "envnet", "--label", "ts.hostname=from-env", image, "ip", "-4", "-o", "addr", "show", "dev", "tailscale0")
-	if !strings.Contains(out, "inet 100.") {
+	l.docker("run", "-d", "--name", "envc", "--network", "envnet", "--label", "ts.hostname=from-env", image, "sleep", "300")
+	if out := l.docker("exec", "envc", "ip", "-4", "-o", "addr", "show", "dev", "tailscale0"); !strings.Contains(out, "inet 100.") {
 		t.Fatalf("no tailnet address: %q", out)
 	}
 	if n := l.control.NodesByHostname("from-env"); len(n) != 1 {
 		t.Errorf("control has %d nodes named from-env; want 1", len(n))
 	}
+	l.docker("rm", "-f", "envc")
 	inspect := l.docker("network", "inspect", "envnet")
 	if strings.Contains(inspect, testAuthKey) {
 		t.Errorf("key from the plugin env shows in network inspect")
