@@ -15,6 +15,7 @@ import (
 
 	"tailscale.com/ipn"
 
+	"github.com/tslink/tslink/pkg/devcontrol"
 	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/test/netnstest"
 )
@@ -136,8 +137,7 @@ func TestServeReachesContainerLoopback(t *testing.T) {
 }
 
 func TestServiceOnlyAndWithdrawal(t *testing.T) {
-	l := newLab(t)
-	l.control.SetTagOwners(map[string][]string{"tag:web": {"tag:web"}})
+	l := newLabWith(t, devcontrol.Options{TagOwners: map[string][]string{"tag:web": {"tag:web"}}})
 	for _, direct := range []bool{true, false} {
 		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
 			host := fmt.Sprintf("svcnode-%v", direct)

@@ -73,6 +73,9 @@ type Options struct {
 	// node's netmap offers a certificate for "<hostname>.<domain>" (as
 	// testcontrol does), though nothing here can issue one (no ACME).
 	NoHTTPSCerts bool
+	// TagOwners, if non-nil, turns on testcontrol's tag-ownership model
+	// from the start (see testcontrol.Server.TagOwners).
+	TagOwners map[string][]string
 }
 
 // Server is a running local tailnet. Its methods are safe for concurrent use.
@@ -185,6 +188,7 @@ func Start(opts Options) (_ *Server, retErr error) {
 		HoldMapRequest:         s.holdMapRequest,
 		ModifyFirstMapResponse: s.modifyFirstMapResponse,
 		ExplicitBaseURL:        s.url,
+		TagOwners:              opts.TagOwners,
 	}
 	if opts.NoHTTPSCerts {
 		// testcontrol adds a cert domain per node whenever it knows the
@@ -450,7 +454,9 @@ func (s *Server) SetDNSConfig(cfg *tailcfg.DNSConfig) {
 }
 
 // SetTagOwners enables testcontrol's tag-ownership model; see
-// testcontrol.Server.TagOwners.
+// testcontrol.Server.TagOwners. testcontrol reads it without a lock while
+// it serves map requests: call it before nodes connect, or prefer
+// [Options.TagOwners].
 func (s *Server) SetTagOwners(owners map[string][]string) {
 	s.control.TagOwners = owners
 }
