@@ -91,6 +91,7 @@ type Server struct {
 	domain  string
 
 	registers atomic.Int64
+	controlMu *sync.Mutex // testcontrol's own: findControlLock
 
 	mu        sync.Mutex
 	authKeys  map[string]bool         // keys control accepts; empty: any not revoked
@@ -198,6 +199,9 @@ func Start(opts Options) (_ *Server, retErr error) {
 		s.control.DefaultNodeCapabilities = &tailcfg.NodeCapMap{tailcfg.CapabilityFileSharing: nil}
 	}
 	if err := s.checkRegisterRequests(); err != nil {
+		return nil, err
+	}
+	if s.controlMu, err = s.findControlLock(); err != nil {
 		return nil, err
 	}
 	s.serveControl()
@@ -425,11 +429,9 @@ func (s *Server) RenameNode(nodeKey, name string) error {
 }
 
 // SetRequireMachineAuth makes newly registered nodes wait for
-// [Server.ApproveNode], as a tailnet with device approval does. Like the
-// other testcontrol field setters (DNS config, tag owners) it writes a field
-// testcontrol reads under its own lock: call it while no node registers.
+// [Server.ApproveNode], as a tailnet with device approval does.
 func (s *Server) SetRequireMachineAuth(v bool) {
-	s.control.RequireMachineAuth = v // read by testcontrol at register time
+	s.withControlLocked(func() { s.control.RequireMachineAuth = v })
 }
 
 // ApproveNode approves the node with the given node key (as in [Node.NodeKey]).
@@ -449,16 +451,17 @@ func (s *Server) ApproveNode(nodeKey string) error {
 // response on. Resolvers empty models the common tailnet that sets no
 // global nameservers.
 func (s *Server) SetDNSConfig(cfg *tailcfg.DNSConfig) {
-	s.control.DNSConfig = cfg
+	s.withControlLocked(func() { s.control.DNSConfig = cfg })
 	s.pushAll()
 }
 
 // SetTagOwners enables testcontrol's tag-ownership model; see
-// testcontrol.Server.TagOwners. testcontrol reads it without a lock while
-// it serves map requests: call it before nodes connect, or prefer
-// [Options.TagOwners].
+// testcontrol.Server.TagOwners. testcontrol reads it under its lock at
+// register time and in map requests, but also while it checks a tag
+// change: prefer [Options.TagOwners] for a tailnet that has tags from the
+// start.
 func (s *Server) SetTagOwners(owners map[string][]string) {
-	s.control.TagOwners = owners
+	s.withControlLocked(func() { s.control.TagOwners = owners })
 }
 
 // SetPacketFilter replaces the allow-all packet filter with rules, for every
@@ -584,7 +587,7 @@ func (s *Server) SetRequireClientLogs(on bool) {
 	if on {
 		caps[tailcfg.CapabilityDataPlaneAuditLogs] = []tailcfg.RawMessage{}
 	}
-	s.control.DefaultNodeCapabilities = &caps
+	s.withControlLocked(func() { s.control.DefaultNodeCapabilities = &caps })
 	for _, n := range s.control.AllNodes() {
 		s.control.SetNodeCapMap(n.Key, maps.Clone(caps))
 	}
