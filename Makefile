@@ -12,7 +12,7 @@ ENGINE_PKGS = ./test/e2e ./test/bench
 RACE_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/bench)
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
+.PHONY: release demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
 
 all: build
 
@@ -74,6 +74,13 @@ soak:
 # docs/benchmarks.md and docs/bench/. `make test` runs a smoke size.
 bench:
 	TSLINK_BENCH=full $(GO) test -count=1 -timeout 80m -run '^TestBench$$' -v ./test/bench
+
+# Release: the plugin for amd64 and arm64, pushed as
+# $(REGISTRY)/tslink:$(VERSION)-<arch> (scripts/release.sh).
+ARCHES ?= amd64 arm64
+DIST ?= dist
+release:
+	REGISTRY='$(REGISTRY)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' DIST='$(DIST)' GO='$(GO)' bash scripts/release.sh
 
 fmt:
 	gofmt -l -w $$(git ls-files '*.go')

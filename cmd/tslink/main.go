@@ -85,6 +85,9 @@ func run(args []string) error {
 		case "serve":
 		case "status":
 			return runStatus(args[1:])
+		case "version", "--version":
+			fmt.Println(version)
+			return nil
 		case "help", "-h", "-help", "--help":
 			fmt.Println(errUsage)
 			return nil
