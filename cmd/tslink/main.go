@@ -5,8 +5,9 @@
 //
 //	tslink [serve]                                  the plugin (run by Docker)
 //	tslink status [--json] [--state-dir DIR]        one line per endpoint: container,
-//	                                                hostname, Tailscale IPs, node state,
-//	                                                last error, debug.log path
+//	       [--watch [--interval 2s]]                hostname, Tailscale IPs, node state,
+//	                                                last error, debug.log path; --watch
+//	                                                refreshes it until Ctrl-C
 //
 // Run by Docker as a managed plugin (config.json), it serves the
 // docker.networkdriver/1.0 protocol on /run/docker/plugins/tslink.sock.
@@ -23,6 +24,9 @@
 //	TSLINK_HEAP_PROFILE    1: sample allocations for /debug/pprof/heap (off by default)
 //	TSLINK_LOG_UPLOAD      1: let every node upload Tailscale's client logs (off by default;
 //	                       a tailnet with network flow logs on requires it)
+//	TSLINK_METRICS         where to serve /metrics (Prometheus) and /healthz: a port (on
+//	                       127.0.0.1) or IP:port; off by default. Both are always on the
+//	                       status socket.
 package main
 
 import (
@@ -128,6 +132,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	metricsAddr, err := parseMetricsAddr(strings.TrimSpace(os.Getenv(metricsSetting)))
+	if err != nil {
+		return err
+	}
 
 	tracker := engine.NewTracker(docker, log)
 	d := netdriver.New(netdriver.Config{
@@ -149,11 +157,20 @@ func run(args []string) error {
 		return err
 	}
 	ln = tracker.Listen(ln)
-	statusLn, err := serveStatus(stateDir, d, tracker)
+	metrics := metricsHandler(d)
+	statusLn, err := serveStatus(stateDir, d, tracker, metrics)
 	if err != nil {
 		return err
 	}
 	defer statusLn.Close()
+	if metricsAddr != "" {
+		metricsLn, err := serveMetrics(metricsAddr, metrics)
+		if err != nil {
+			return err
+		}
+		defer metricsLn.Close()
+		log.Info("serving metrics", "setting", metricsSetting, "addr", metricsAddr, "paths", "/metrics /healthz")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	errc := make(chan error, 1)

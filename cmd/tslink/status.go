@@ -1,17 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"os/signal"
 	"runtime"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 	"unicode"
@@ -23,8 +27,9 @@ import (
 
 // serveStatus answers `tslink status` (GET /status, JSON) on the state
 // dir's status socket ([statedir.Dir.StatusSocket]) until the returned
-// listener is closed. Only root can reach it (0600).
-func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker) (net.Listener, error) {
+// listener is closed, and serves metrics' /metrics and /healthz there too.
+// Only root can reach it (0600).
+func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker, metrics http.Handler) (net.Listener, error) {
 	p := statedir.New(stateDir, "").StatusSocket()
 	os.Remove(p)
 	ln, err := net.Listen("unix", p)
@@ -46,22 +51,33 @@ func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker) 
 		json.NewEncoder(w).Encode(v)
 	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.Handle("GET /metrics", metrics)
+	mux.Handle("GET /healthz", metrics)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	go srv.Serve(ln)
 	return ln, nil
 }
 
-// runStatus is `tslink status [--json] [--state-dir DIR]`, run on the host
-// (or in a container with the state dir mounted).
+// runStatus is `tslink status [--json] [--state-dir DIR] [--watch
+// [--interval D]]`, run on the host (or in a container with the state dir
+// mounted).
 func runStatus(args []string) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON")
 	stateDir := fs.String("state-dir", "/var/lib/docker-plugins/tailscale", "the plugin's state dir as this process sees it")
+	watch := fs.Bool("watch", false, "refresh the status every --interval until interrupted (Ctrl-C); with --json, one JSON document per line")
+	interval := fs.Duration("interval", 2*time.Second, "with --watch: time between refreshes, at least "+minWatchInterval.String())
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q; %w", fs.Arg(0), errUsage)
+	}
+	if *interval < minWatchInterval {
+		return fmt.Errorf("--interval %v: want a duration of at least %v, e.g. 2s", *interval, minWatchInterval)
 	}
 	if _, err := os.Stat(*stateDir); err != nil {
 		return statusError(*asJSON, fmt.Errorf("no plugin state dir %s (--state-dir: the plugin's state.source as this process sees it): %w", *stateDir, err))
@@ -74,25 +90,98 @@ func runStatus(args []string) error {
 			return d.DialContext(ctx, "unix", sock)
 		}},
 	}
-	res, err := client.Get("http://tslink/status")
+	if !*watch {
+		eps, err := fetchStatus(context.Background(), client, sock)
+		if err != nil {
+			return statusError(*asJSON, err)
+		}
+		if *asJSON {
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(eps)
+		}
+		return writeStatusTable(os.Stdout, eps)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return watchStatus(ctx, os.Stdout, isTerminal(os.Stdout), *interval, *asJSON, func(ctx context.Context) ([]netdriver.EndpointStatus, error) {
+		return fetchStatus(ctx, client, sock)
+	})
+}
+
+// minWatchInterval is the shortest --interval.
+const minWatchInterval = 100 * time.Millisecond
+
+// watchStatus prints the status every interval until ctx ends (Ctrl-C),
+// then returns nil. On a terminal each refresh replaces the screen;
+// otherwise refreshes follow each other, each under a timestamped header
+// (with asJSON: one JSON document per line). A plugin that does not answer
+// is reported and asked again at the next refresh.
+func watchStatus(ctx context.Context, w io.Writer, terminal bool, interval time.Duration, asJSON bool, fetch func(context.Context) ([]netdriver.EndpointStatus, error)) error {
+	for {
+		eps, err := fetch(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var b bytes.Buffer
+		switch {
+		case asJSON && err != nil:
+			json.NewEncoder(&b).Encode(struct {
+				Running bool   `json:"running"`
+				Error   string `json:"error"`
+			}{false, err.Error()})
+		case asJSON:
+			json.NewEncoder(&b).Encode(eps)
+		default:
+			if terminal {
+				b.WriteString("\x1b[H\x1b[2J") // cursor home, clear screen
+			}
+			fmt.Fprintf(&b, "tslink status every %v, %s (Ctrl-C to stop)\n\n", interval, time.Now().Format("15:04:05"))
+			if err != nil {
+				fmt.Fprintf(&b, "tslink: %v\n", err)
+			} else {
+				writeStatusTable(&b, eps)
+			}
+			if !terminal {
+				b.WriteString("\n")
+			}
+		}
+		if _, err := w.Write(b.Bytes()); err != nil {
+			return err // stdout closed (e.g. a pipe to head)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(interval):
+		}
+	}
+}
+
+// fetchStatus asks the plugin for its status over the status socket.
+func fetchStatus(ctx context.Context, client *http.Client, sock string) ([]netdriver.EndpointStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://tslink/status", nil)
 	if err != nil {
-		return statusError(*asJSON, fmt.Errorf("the tslink plugin is not running (no answer on %s): check `docker plugin ls`", sock))
+		return nil, err
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("the tslink plugin is not running (no answer on %s): check `docker plugin ls`", sock)
 	}
 	defer res.Body.Close()
 	var eps []netdriver.EndpointStatus
 	if err := json.NewDecoder(res.Body).Decode(&eps); err != nil {
-		return fmt.Errorf("reading status: %w", err)
+		return nil, fmt.Errorf("reading status: %w", err)
 	}
-	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(eps)
-	}
+	return eps, nil
+}
+
+// writeStatusTable prints the status as `tslink status` shows it.
+func writeStatusTable(w io.Writer, eps []netdriver.EndpointStatus) error {
 	if len(eps) == 0 {
-		fmt.Println("tslink plugin running; no containers on tslink networks")
-		return nil
+		_, err := fmt.Fprintln(w, "tslink plugin running; no containers on tslink networks")
+		return err
 	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CONTAINER\tHOSTNAME\tMAGICDNS NAME\tTAILSCALE IPS\tSTATE\tSERVE\tLAST ERROR\tDEBUG LOG")
 	for _, ep := range eps {
 		state := ep.State
@@ -105,6 +194,12 @@ func runStatus(args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ep.Container, ep.Hostname, dash(ep.Name), strings.Join(ep.IPs, ","), state, dash(ep.Serve), dash(printable(ep.LastError)), ep.DebugLog)
 	}
 	return tw.Flush()
+}
+
+// isTerminal reports whether f is a character device (a terminal).
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // statusError returns err; with --json it first prints it on stdout as
@@ -137,7 +232,7 @@ func dash(s string) string {
 	return s
 }
 
-var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--state-dir DIR]")
+var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--state-dir DIR] [--watch [--interval 2s]]")
 
 // ProcessVars are the plugin's resource counters, for leak checks and soak
 // tests (GET /debug/vars on the status socket).

@@ -98,6 +98,8 @@ type Driver struct {
 
 	releases   atomic.Uint64 // releaseMemory runs
 	collecting atomic.Bool   // a collectStoppedNodes is pending
+
+	metrics *driverMetrics // metrics.go
 }
 
 var _ network.Driver = (*Driver)(nil)
@@ -125,6 +127,7 @@ func New(cfg Config) *Driver {
 		endpoints:   map[string]*endpoint{},
 		unrecovered: map[string]unrecovered{},
 		leaving:     map[string]leaving{},
+		metrics:     newDriverMetrics(),
 	}
 }
 

@@ -29,46 +29,47 @@ const joinBudget = 27 * time.Second
 // another process, say) may receive a node's tailscale0.
 var sandboxKeyForm = regexp.MustCompile(`^/([^/\x00]+/)*netns/[0-9a-f]{12}$`)
 
-// Join brings the container's node up and prepares tailscale0; a goroutine
-// moves it into the sandbox netns as soon as that exists. Failures (bad
-// labels, bad key, unreachable control, approval needed) are returned so
-// `docker run` fails with them; nothing is left behind.
-func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr error) {
+// join is [Driver.Join]: it brings the container's node up and prepares
+// tailscale0; a goroutine moves it into the sandbox netns as soon as that
+// exists. Failures (bad labels, bad key, unreachable control, approval
+// needed) are returned so `docker run` fails with them; nothing is left
+// behind. Errors not from the node are marked with their reason (failed).
+func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr error) {
 	began := time.Now()
 	nw, err := d.networkFor(req.NetworkID)
 	if err != nil {
-		return nil, err
+		return nil, failed(ReasonNetwork, err)
 	}
 	if !sandboxKeyForm.MatchString(req.SandboxKey) {
-		return nil, fmt.Errorf("sandbox key %q is not of the form dockerd gives (<exec-root>/netns/<12 hex digits>)", req.SandboxKey)
+		return nil, failed(ReasonBadRequest, fmt.Errorf("sandbox key %q is not of the form dockerd gives (<exec-root>/netns/<12 hex digits>)", req.SandboxKey))
 	}
 	restoring := d.cfg.Engine.Restoring()
 	info, err := d.cfg.Engine.ForJoin(req.NetworkID, req.EndpointID, req.SandboxKey)
 	if err != nil {
-		return nil, fmt.Errorf("finding the container of endpoint %s in the engine's state: %w", short(req.EndpointID), err)
+		return nil, failed(ReasonContainerNotFound, fmt.Errorf("finding the container of endpoint %s in the engine's state: %w", short(req.EndpointID), err))
 	}
 	if !nw.ImageLabels {
 		if err := tsopts.CheckImageLabels(info.Labels, info.ImageLabels, info.ImageLabelsErr); err != nil {
-			return nil, err
+			return nil, failed(ReasonBadLabel, err)
 		}
 	}
 	ct, err := tsopts.ParseContainer(info.Labels, info.Name)
 	if err != nil {
-		return nil, err
+		return nil, failed(ReasonBadLabel, err)
 	}
 	tags := nodespec.Tags(ct.Tags, nw.Tags)
 	if err := nodespec.CheckService(ct.Serve, tags); err != nil {
-		return nil, fmt.Errorf("tslink: %w", err)
+		return nil, failed(ReasonBadLabel, fmt.Errorf("tslink: %w", err))
 	}
 
 	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ID, info.Name, req.SandboxKey, ct.Hostname, ct.Serve)
 	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
-		return nil, err
+		return nil, failed(ReasonAuthKey, err)
 	}
 	d.supersede(ep)
 	if err := d.reserve(ep, began.Add(reserveWait)); err != nil {
-		return nil, err
+		return nil, failed(ReasonHostnameInUse, err)
 	}
 	defer func() {
 		if retErr != nil {
@@ -79,13 +80,13 @@ func (d *Driver) Join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	_, statErr := os.Stat(ep.stateDir)
 	newDir := errors.Is(statErr, os.ErrNotExist)
 	if err := d.checkTailnet(ep, nw, tags); err != nil {
-		return nil, err
+		return nil, failed(ReasonIdentityMismatch, err)
 	}
 	if err := os.MkdirAll(ep.stateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating state dir: %w", err)
+		return nil, failed(ReasonStateDir, fmt.Errorf("creating state dir: %w", err))
 	}
 	if err := d.openDebugLog(ep); err != nil {
-		return nil, err
+		return nil, failed(ReasonStateDir, err)
 	}
 	ep.debugLog.Logf("tslink: join: container %s endpoint %s network %s control %s ephemeral=%v tags=%v (container found in %v)",
 		info.Name, short(req.EndpointID), short(req.NetworkID), controlName(nw.ControlURL), nw.Ephemeral, tags, time.Since(began).Round(time.Millisecond))
@@ -166,7 +167,7 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 	if err := have.CheckName(want.Name, ep.hostname, d.dir.HostNode(ep.hostname)); err != nil {
 		node.Close(context.Background())
 		ep.debugLog.Logf("tslink: %v", err)
-		return err
+		return failed(ReasonIdentityMismatch, err)
 	}
 	if !d.setNode(ep, node, nw.Ephemeral, tags) {
 		// dockerd called Leave (or gave up on Join and rolled back) while
@@ -256,6 +257,7 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 			err := d.startWithKey(actx, ep, nw, tags)
 			acancel()
 			if err == nil {
+				d.countRecovery(RecoveryEngineRestore, nil)
 				d.setStartErr(ep, nil)
 				v4, _ := ep.node.Addrs()
 				d.log.Info("node up", "container", ep.containerName, "hostname", ep.hostname, "ipv4", v4, "in_background", true)
@@ -266,6 +268,7 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 				close(ep.attached)
 				return
 			}
+			d.countRecovery(RecoveryEngineRestore, err)
 			d.setStartErr(ep, err)
 			d.scheduleMemoryRelease() // a failed start leaves a node's worth of garbage
 			select {

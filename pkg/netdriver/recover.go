@@ -100,6 +100,7 @@ func (d *Driver) sweepOrphanStateDirs(recs []record) {
 // for `tslink status` until a later attempt succeeds. It returns false: try
 // again.
 func (d *Driver) recoveryFailed(rec record, err error) bool {
+	d.countRecovery(RecoveryPluginRestart, err)
 	d.log.Error("recovering endpoint", "container", rec.ContainerName, "err", err)
 	d.setUnrecovered(rec, err)
 	return false
@@ -182,6 +183,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		d.unreserve(ep)
 		return d.recoveryFailed(rec, err)
 	}
+	d.countRecovery(RecoveryPluginRestart, nil)
 	v4, _ := ep.node.Addrs()
 	ep.debugLog.Logf("tslink: recovered in %v", time.Since(began).Round(time.Millisecond))
 	d.log.Info("endpoint recovered", "container", rec.ContainerName, "hostname", rec.Hostname, "ipv4", v4, "took", time.Since(began).Round(time.Millisecond))
