@@ -73,8 +73,9 @@ const (
 // states (ipn.State) and ours.
 var knownStates = []string{"NoState", "InUseOtherUser", "NeedsLogin", "NeedsMachineAuth", "Stopped", StateStarting, stateRunning, StateNotRecovered, StateUnresponsive}
 
-// nodeReadTimeout bounds one node's answer to a scrape or a health check.
-const nodeReadTimeout = 2 * time.Second
+// nodeReadTimeout bounds one node's answer to a scrape or a health check
+// (a variable for tests).
+var nodeReadTimeout = 2 * time.Second
 
 // maxConcurrentReads bounds the nodes read at once in one scrape.
 const maxConcurrentReads = 16
