@@ -92,11 +92,33 @@ type driverMetrics struct {
 	recoveryFailures *prometheus.CounterVec
 	readsSkipped     *prometheus.CounterVec
 
-	reading sync.Map // Node → struct{}: a read of it is running (perhaps wedged)
+	readsMu sync.Mutex
+	reads   map[Node]time.Time // when the oldest unfinished read of a node began
+}
+
+// beginRead notes a read of n starting. It reports whether this read owns
+// the note (and must call endRead), and whether n looks wedged: a read of
+// it began more than nodeReadTimeout ago and has not ended. Concurrent
+// reads of an answering node (a scrape and a health check) all go ahead.
+func (m *driverMetrics) beginRead(n Node) (owner, wedged bool) {
+	m.readsMu.Lock()
+	defer m.readsMu.Unlock()
+	if began, ok := m.reads[n]; ok {
+		return false, time.Since(began) > nodeReadTimeout
+	}
+	m.reads[n] = time.Now()
+	return true, false
+}
+
+func (m *driverMetrics) endRead(n Node) {
+	m.readsMu.Lock()
+	defer m.readsMu.Unlock()
+	delete(m.reads, n)
 }
 
 func newDriverMetrics() *driverMetrics {
 	m := &driverMetrics{
+		reads: map[Node]time.Time{},
 		joins: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tslink_joins_total", Help: "Joins that succeeded: containers started on a tslink network (including those whose node follows in the background during an engine restore).",
 		}),
@@ -113,7 +135,7 @@ func newDriverMetrics() *driverMetrics {
 			Name: "tslink_recovery_failures_total", Help: "Failed attempts to bring a node back (each is retried), by kind as tslink_recoveries_total.",
 		}, []string{"kind"}),
 		readsSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tslink_scrape_nodes_skipped_total", Help: "Nodes left out of a scrape or health check: timeout (no answer in time), busy (an earlier read of it has not ended).",
+			Name: "tslink_scrape_nodes_skipped_total", Help: "Nodes left out of a scrape or health check: timeout (no answer in time), busy (an earlier read of it has hung for longer than that).",
 		}, []string{"reason"}),
 	}
 	for _, r := range joinFailureReasons {
@@ -217,7 +239,7 @@ type trafficNode interface {
 // readNodes reads every endpoint's node: its state, and its traffic if
 // withTraffic is set. Each node is read in its own goroutine, outside d.mu,
 // for at most nodeReadTimeout; a node that does not answer is
-// StateUnresponsive (and its goroutine is not started again until it ends).
+// StateUnresponsive (and while that read hangs, later ones skip the node).
 func (d *Driver) readNodes(ctx context.Context, read func(ctx context.Context, n Node, r *NodeReading)) []NodeReading {
 	type pending struct {
 		i    int
@@ -249,7 +271,8 @@ func (d *Driver) readNodes(ctx context.Context, read func(ctx context.Context, n
 	sem := make(chan struct{}, maxConcurrentReads)
 	started := 0
 	for _, p := range todo {
-		if _, busy := d.metrics.reading.LoadOrStore(p.node, struct{}{}); busy {
+		owner, wedged := d.metrics.beginRead(p.node)
+		if wedged {
 			d.metrics.readsSkipped.WithLabelValues("busy").Inc()
 			out[p.i].State = StateUnresponsive
 			continue
@@ -257,7 +280,9 @@ func (d *Driver) readNodes(ctx context.Context, read func(ctx context.Context, n
 		started++
 		r := out[p.i]
 		go func() {
-			defer d.metrics.reading.Delete(p.node)
+			if owner {
+				defer d.metrics.endRead(p.node)
+			}
 			select {
 			case sem <- struct{}{}:
 				defer func() { <-sem }()

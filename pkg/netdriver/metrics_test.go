@@ -23,6 +23,7 @@ type metricNode struct {
 	state   string
 	traffic stack.Traffic
 	wedge   chan struct{}
+	delay   time.Duration // how long Traffic takes
 }
 
 func (n *metricNode) Addrs() (v4, v6 netip.Addr) {
@@ -42,6 +43,7 @@ func (n *metricNode) Traffic(ctx context.Context) (stack.Traffic, error) {
 	if n.wedge != nil {
 		<-n.wedge // ignores ctx, as a wedged backend would
 	}
+	time.Sleep(n.delay)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.traffic, nil
@@ -293,4 +295,32 @@ func waitFor(d time.Duration, ok func() bool) error {
 		}
 	}
 	return nil
+}
+
+// Concurrent reads of a node that answers (a scrape and health checks at
+// once) all see it; none is turned away as busy.
+func TestConcurrentReadsOfASlowNode(t *testing.T) {
+	slow := &metricNode{state: "Running", delay: 100 * time.Millisecond}
+	d := newMetricsDriver(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", nil)},
+		&metricNodes{nodes: map[string]*metricNode{"web": slow}})
+	if _, err := d.Join(joinReq("ep1")); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Leave(&network.LeaveRequest{EndpointID: "ep1"})
+	var wg sync.WaitGroup
+	healthy := make(chan bool, 4)
+	for range 4 {
+		wg.Go(func() { healthy <- d.Health(context.Background()).Healthy })
+	}
+	m := gather(t, d)
+	wg.Wait()
+	close(healthy)
+	for h := range healthy {
+		if !h {
+			t.Error("a health check during a scrape found the slow node not Running")
+		}
+	}
+	if m["tslink_node_running{container=web,node=web}"] != 1 || m["tslink_scrape_nodes_skipped_total{reason=busy}"] != 0 {
+		t.Errorf("scrape during health checks: running %v, skipped{busy} %v", m["tslink_node_running{container=web,node=web}"], m["tslink_scrape_nodes_skipped_total{reason=busy}"])
+	}
 }
