@@ -75,4 +75,10 @@
 // Outside Docker's calls: [Driver.Recover] runs once in the background at
 // plugin start (recover.go) and [Driver.Shutdown] at SIGTERM leaves the
 // nodes' tailscale0 in place for the next plugin process.
+//
+// Metrics (metrics.go): [Driver.Join] counts each Join's outcome (failures
+// by a fixed set of reasons) and latency; [Driver.MetricsCollector] and
+// [Driver.Health] read every node when asked, each in its own goroutine,
+// outside the driver's lock and for at most a bounded time, so a node that
+// hangs cannot hang a scrape or the driver.
 package netdriver
