@@ -239,4 +239,19 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	l.docker("network", "rm", "tn")
 	l.noLeftovers()
+
+	// A bad address fails the plugin's start, naming the setting and the form.
+	l.docker("plugin", "disable", plugin)
+	l.docker("plugin", "set", plugin, "TSLINK_METRICS=localhost:9595")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	began := time.Now()
+	out, err := l.engine.Docker(ctx, "plugin", "enable", plugin)
+	t.Logf("docker plugin enable with TSLINK_METRICS=localhost:9595: %v after %v: %s", err, time.Since(began).Round(time.Millisecond), strings.TrimSpace(out))
+	if err == nil {
+		t.Errorf("the plugin started with TSLINK_METRICS=localhost:9595")
+	}
+	if log := l.engine.Log(); !strings.Contains(log, `plugin setting TSLINK_METRICS=\"localhost:9595\"`) && !strings.Contains(log, `plugin setting TSLINK_METRICS="localhost:9595"`) || !strings.Contains(log, "want a port") {
+		t.Errorf("dockerd's log does not have the plugin's error naming TSLINK_METRICS and the accepted form:\n%s", l.engine.LogTail(20))
+	}
 }
