@@ -232,7 +232,7 @@ func dash(s string) string {
 	return s
 }
 
-var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--state-dir DIR] [--watch [--interval 2s]]")
+var errUsage = errors.New("usage: tslink [serve] | tslink status [--json] [--state-dir DIR] [--watch [--interval 2s]] | tslink version")
 
 // ProcessVars are the plugin's resource counters, for leak checks and soak
 // tests (GET /debug/vars on the status socket).
