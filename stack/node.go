@@ -328,6 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	n.cancel = cancel
 	n.prefetchCert(wctx, st)
 	n.wg.Go(func() { n.watch(wctx) })
+	n.wg.Go(func() { n.probeBackend(wctx) })
 	return n, nil
 }
 
