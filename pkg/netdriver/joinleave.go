@@ -412,6 +412,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 		return
 	}
 	defer release() // a new node may take the hostname once the dir is gone
+	began := time.Now()
 	d.stopAttach(ep)
 	if ep.node != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
@@ -430,7 +431,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 		// its dir would only pile up one per container name.
 		d.removeNodeDir(ep)
 	}
-	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
+	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName, "took", time.Since(began).Round(time.Millisecond))
 	d.scheduleMemoryRelease()
 }
 
