@@ -371,6 +371,9 @@ func (n *Node) waitRunning(ctx context.Context) error {
 				return n.nodeError(ErrAuthKeyRejected, msg)
 			}
 			if requiresLogging(msg) {
+				// ipnlocal says so only after applying the netmap
+				// that carries the requirement.
+				n.markSelfSeen()
 				return n.nodeError(ErrLogsRequired, logsRequiredDetail)
 			}
 			return n.nodeError(ErrNotReady, msg)

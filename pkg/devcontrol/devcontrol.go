@@ -104,7 +104,7 @@ type Server struct {
 	hijacked  map[net.Conn]bool       // Noise connections, which http.Server forgets once upgraded
 	stopped   bool                    // control (not DERP/STUN) is down: StopControl
 	online    map[key.NodePublic]int  // streaming polls in flight per node
-	mapped    map[key.NodePublic]bool // nodes whose first map request came (HoldFirstMapResponse)
+	mapped    map[key.NodePublic]bool // nodes whose first map poll came (HoldFirstMapResponse)
 	filter    []tailcfg.FilterRule    // nil: testcontrol's allow-all
 	closed    bool
 	closeWG   sync.WaitGroup
@@ -522,8 +522,9 @@ func (s *Server) modifyFirstMapResponse(res *tailcfg.MapResponse, _ *tailcfg.Map
 // HoldFirstMapResponse makes control answer each node's first map request
 // d later than it would (0: at once again), as a control server under load
 // does: the node is registered (logged in, state Starting) but has no
-// netmap, no addresses and no peers meanwhile. Only the first map request
-// a node key ever makes is held; later polls are answered at once.
+// netmap, no addresses and no peers meanwhile. Only the first streaming
+// map request (the poll that brings the netmap) a node key ever makes is
+// held; later polls and non-streaming requests are answered at once.
 func (s *Server) HoldFirstMapResponse(d time.Duration) {
 	s.firstMapHold.Store(int64(d))
 }
@@ -532,6 +533,9 @@ func (s *Server) HoldFirstMapResponse(d time.Duration) {
 // HoldFirstMapResponse is set. testcontrol calls HoldMapRequest before it
 // builds the response, without holding its lock.
 func (s *Server) holdFirstMap(req *tailcfg.MapRequest) {
+	if !req.Stream {
+		return // endpoint updates, which race the first poll, carry no netmap
+	}
 	s.mu.Lock()
 	first := !s.mapped[req.NodeKey]
 	s.mapped[req.NodeKey] = true

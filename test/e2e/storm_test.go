@@ -76,6 +76,9 @@ func TestTimeoutStormWhileControlHoldsMaps(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		if p := l.pluginPID(); p != pid {
+			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted; its stderr:\n%s", round, p, pid, lastLines(grepLines(l.engine.Log(), "level=error plugin="), 120))
+		}
 		var slowestFail time.Duration
 		for i := range n {
 			name := fmt.Sprintf("st%02d", i)
@@ -119,7 +122,7 @@ func TestTimeoutStormWhileControlHoldsMaps(t *testing.T) {
 		}
 		l.docker(append([]string{"rm", "-f"}, names...)...)
 		if p := l.pluginPID(); p != pid {
-			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted\n%s", round, p, pid, grepLines(l.engine.Log(), "panic", "goroutine "))
+			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted; its stderr:\n%s", round, p, pid, lastLines(grepLines(l.engine.Log(), "level=error plugin="), 120))
 		}
 	}
 	if log := l.engine.Log(); strings.Contains(log, "panic") {
@@ -130,3 +133,4 @@ func TestTimeoutStormWhileControlHoldsMaps(t *testing.T) {
 	l.docker("network", "rm", "quick", "patient")
 	l.noLeftovers()
 }
+
