@@ -3,7 +3,6 @@ package stack
 import (
 	"context"
 	"errors"
-	"sync"
 	"time"
 
 	"tailscale.com/ipn"
@@ -26,8 +25,12 @@ import (
 //     the IPN bus has shown its self node (SelfChange, sent by LocalBackend
 //     after the netmap reached magicsock and the filter), bounded by
 //     [firstNetmapWait];
-//   - tsnet.Server.Close runs one at a time in the process, so a burst of
-//     removals does not starve the status queues the closes wait on;
+//   - at most [maxConcurrentCloses] tsnet.Server.Close run at once in the
+//     process, so a burst of removals does not starve the status queues
+//     the closes wait on, while a queue of 100 removals still fits in
+//     dockerd's 30 s per Leave (a close costs ~0.15 s of a loaded 2-core
+//     host: docs/bench/notes.md). Closes of one node are ordered by its
+//     state-dir lock, which a close releases last;
 //   - a failed [Start] returns at once and does that in the background; the
 //     caller learns when it is done from [TeardownDone], and the state-dir
 //     lock is held until then, so a later Start of the same node cannot
@@ -37,14 +40,18 @@ import (
 // It stays well inside the plugin's close budget (Leave, 30 s at dockerd).
 const firstNetmapWait = 8 * time.Second
 
-// tsnetCloseMu serialises tsnet.Server.Close across the process.
-var tsnetCloseMu sync.Mutex
+// maxConcurrentCloses bounds the tsnet.Server.Close calls in flight in the
+// process.
+const maxConcurrentCloses = 4
 
-// closeTSNet closes the node's tsnet server, one at a time in the process.
+var tsnetCloseSlots = make(chan struct{}, maxConcurrentCloses)
+
+// closeTSNet closes the node's tsnet server, waiting for a slot among
+// maxConcurrentCloses.
 func (n *Node) closeTSNet() {
 	queued := time.Now()
-	tsnetCloseMu.Lock()
-	defer tsnetCloseMu.Unlock()
+	tsnetCloseSlots <- struct{}{}
+	defer func() { <-tsnetCloseSlots }()
 	began := time.Now()
 	n.srv.Close() // closes the TUN through wgengine
 	n.logf("tslink: tsnet closed in %v (after %v behind other closes)", time.Since(began).Round(time.Millisecond), began.Sub(queued).Round(time.Millisecond))

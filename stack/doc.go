@@ -28,8 +28,8 @@
 //     tailscale0's IPv6 address; whenever it is missing, [Node.ReapplyIPv6]
 //     enables IPv6 on tailscale0 alone and re-adds it.
 //   - [Node.Close] (Leave/DeleteEndpoint): waits (bounded) for a pending first
-//     netmap, logs an ephemeral node out, stops tsnet (one tsnet close at a
-//     time in the process), deletes the TUN wherever it is, releases the
+//     netmap, logs an ephemeral node out, stops tsnet (a few tsnet closes at
+//     a time in the process), deletes the TUN wherever it is, releases the
 //     lock. Idempotent.
 //
 // After a plugin restart, [Start] with [Config.AdoptNetNS] set re-opens the

@@ -853,8 +853,8 @@ func (n *Node) Close(ctx context.Context) error {
 	_, netmapApplied := n.awaitFirstNetmap()
 	var logoutErr error
 	// tsnet's LocalBackend.Shutdown also logs ephemeral nodes out, best
-	// effort (under the process-wide close lock); logging out first makes
-	// it bounded by ctx and reported.
+	// effort (in a close slot, closeTSNet); logging out first makes it
+	// bounded by ctx and reported.
 	if n.cfg.Ephemeral && (running || netmapApplied) {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := n.lc.Logout(lctx); err != nil {
