@@ -77,7 +77,7 @@ func TestTimeoutStormWhileControlHoldsMaps(t *testing.T) {
 		}
 		wg.Wait()
 		if p := l.pluginPID(); p != pid {
-			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted; its stderr:\n%s", round, p, pid, lastLines(grepLines(l.engine.Log(), "level=error plugin="), 120))
+			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted; its stderr:\n%s", round, p, pid, lastLines(grepLines(l.engine.Log(), "panic", "goroutine ", ".go:", "level=error plugin="), 150))
 		}
 		var slowestFail time.Duration
 		for i := range n {
@@ -122,7 +122,7 @@ func TestTimeoutStormWhileControlHoldsMaps(t *testing.T) {
 		}
 		l.docker(append([]string{"rm", "-f"}, names...)...)
 		if p := l.pluginPID(); p != pid {
-			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted; its stderr:\n%s", round, p, pid, lastLines(grepLines(l.engine.Log(), "level=error plugin="), 120))
+			t.Fatalf("round %d: plugin pid %d, was %d: the plugin restarted; its stderr:\n%s", round, p, pid, lastLines(grepLines(l.engine.Log(), "panic", "goroutine ", ".go:", "level=error plugin="), 150))
 		}
 	}
 	if log := l.engine.Log(); strings.Contains(log, "panic") {
