@@ -64,10 +64,11 @@ test: vet staticcheck
 	$(GO) test -run '^$$' -fuzz FuzzParseContainer -fuzztime 10s ./pkg/tsopts
 
 # Full-size soak: 300 create/start/stop/remove cycles on one network, then
-# leak checks on the plugin (goroutines, fds, RSS within 10%). `make test`
-# runs a small count.
+# leak checks on the plugin (goroutines, fds, RSS within 10%); and 10 rounds
+# of 30 starts, half timing out, while control holds first map responses.
+# `make test` runs small counts.
 soak:
-	TSLINK_SOAK_CYCLES=$${TSLINK_SOAK_CYCLES:-300} $(GO) test -count=1 -timeout 60m -run 'TestSoak$$' -v ./test/e2e
+	TSLINK_SOAK_CYCLES=$${TSLINK_SOAK_CYCLES:-300} TSLINK_STORM_ROUNDS=$${TSLINK_STORM_ROUNDS:-10} $(GO) test -count=1 -timeout 60m -run 'TestSoak$$|TestTimeoutStormWhileControlHoldsMaps$$' -v ./test/e2e
 
 # Side-by-side benchmarks (start time, memory, throughput, scale) of tslink,
 # a tailscaled per container and a plain bridge, in one run: writes

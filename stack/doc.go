@@ -12,7 +12,10 @@
 //     that TUN and waits, bounded by the context, until the node is Running
 //     (or, at the deadline, at least accepted by control; its addresses then
 //     follow from the netmap).
-//     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine.
+//     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine;
+//     a node control had already accepted is torn down in the background once
+//     its first netmap has been applied (closing.go), and [TeardownDone] says
+//     when.
 //   - [Node.Attach] (once the sandbox netns appears): installs an
 //     unreachable fallback route for each tailnet route in the netns, moves
 //     the TUN into the netns, renames it tailscale0, assigns the node's IPv4
@@ -24,8 +27,10 @@
 //     Docker disables IPv6 in containers of non-IPv6 networks, which removes
 //     tailscale0's IPv6 address; whenever it is missing, [Node.ReapplyIPv6]
 //     enables IPv6 on tailscale0 alone and re-adds it.
-//   - [Node.Close] (Leave/DeleteEndpoint): logs an ephemeral node out, stops
-//     tsnet, deletes the TUN wherever it is, releases the lock. Idempotent.
+//   - [Node.Close] (Leave/DeleteEndpoint): waits (bounded) for a pending first
+//     netmap, logs an ephemeral node out, stops tsnet (a few tsnet closes at
+//     a time in the process), deletes the TUN wherever it is, releases the
+//     lock. Idempotent.
 //
 // After a plugin restart, [Start] with [Config.AdoptNetNS] set re-opens the
 // persistent tailscale0 that survived in the container's netns instead of

@@ -242,6 +242,7 @@ func TestStartFailuresLeaveNothing(t *testing.T) {
 			if strings.Contains(err.Error(), cfg.AuthKey) || strings.Contains(l.logs.String(), cfg.AuthKey) {
 				t.Errorf("auth key leaked into the error or the log")
 			}
+			<-TeardownDone(err) // a node control accepted closes once its first netmap landed
 			noLeaks(t, baseline, cfg.StateDir)
 		})
 	}

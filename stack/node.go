@@ -117,6 +117,11 @@ type Node struct {
 	peersKnown   chan struct{}                     // closed once peers is set
 	logsRetrying bool                              // resumeWhenLogsNotRequired runs
 	routed       map[netip.Prefix]bool             // peer routes in nsPath (true: both routes, false: one); nil: read them from the netns
+
+	loggedIn     bool          // control accepted the node (LoginFinished, or Starting/Running seen)
+	loginRefused bool          // control refused the login: no netmap can follow (closing.go)
+	selfSeen     chan struct{} // closed once the IPN bus showed the self node: the first netmap was applied
+	selfOnce     sync.Once
 }
 
 func (n *Node) setDNSSuffix(st *ipnstate.Status) {
@@ -146,7 +151,10 @@ const finishReserve = 3 * time.Second
 // CPU) is returned rather than failed: tailscale0 gets its addresses when the
 // netmap arrives and peers reach it once it is connected. On error nothing
 // is left behind: no TUN, lock or goroutine; the error is a [*NodeError] for
-// failures of the node itself.
+// failures of the node itself. A node control had accepted whose first
+// netmap was not applied yet is the exception: it is torn down in the
+// background once that netmap was applied (at most [firstNetmapWait]), and
+// [TeardownDone] of the error says when it is gone.
 //
 // A node whose state dir holds a logged-in node (a node key, not logged
 // out) starts without cfg.AuthKey: tsnet would send the key in the register
@@ -171,7 +179,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		defer cancel()
 	}
 
-	n := &Node{cfg: cfg, state: ipn.NoState, peersKnown: make(chan struct{})}
+	n := &Node{cfg: cfg, state: ipn.NoState, peersKnown: make(chan struct{}), selfSeen: make(chan struct{})}
 	n.logf = redactingLogf(cfg.Logf, cfg.AuthKey)
 
 	var err error
@@ -180,14 +188,26 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 	defer func() {
-		if retErr != nil {
-			if cfg.AdoptNetNS != "" {
-				n.teardownKeepingTUN() // a failed adoption keeps tailscale0 for the next attempt
-			} else {
-				n.teardown()
-			}
-			n.wg.Wait() // a login with the key (loginWithKey) ends with tsnet
+		if retErr == nil {
+			return
 		}
+		// A failed adoption keeps tailscale0 for the next attempt.
+		keepTUN := cfg.AdoptNetNS != ""
+		if !n.firstNetmapPending() {
+			n.safeTeardown(keepTUN)
+			n.wg.Wait() // a login with the key (loginWithKey) ends with tsnet
+			return
+		}
+		// Logged in, netmap not applied yet: closing now could race it
+		// (closing.go). The caller gets the error now; TeardownDone
+		// tells it when the node is gone.
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			n.safeTeardown(keepTUN)
+			n.wg.Wait()
+		}()
+		retErr = &pendingTeardown{err: retErr, done: done}
 	}()
 
 	if cfg.AdoptNetNS != "" {
@@ -308,6 +328,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	n.cancel = cancel
 	n.prefetchCert(wctx, st)
 	n.wg.Go(func() { n.watch(wctx) })
+	n.wg.Go(func() { n.probeBackend(wctx) })
 	return n, nil
 }
 
@@ -346,23 +367,30 @@ func (n *Node) waitRunning(ctx context.Context) error {
 		if nt.ErrMessage != nil {
 			msg := *nt.ErrMessage
 			if looksLikeKeyRejection(msg) {
+				n.markLoginRefused()
 				return n.nodeError(ErrAuthKeyRejected, msg)
 			}
 			if requiresLogging(msg) {
+				// ipnlocal says so only after applying the netmap
+				// that carries the requirement.
+				n.markSelfSeen()
 				return n.nodeError(ErrLogsRequired, logsRequiredDetail)
 			}
 			return n.nodeError(ErrNotReady, msg)
 		}
 		if nt.LoginFinished != nil {
 			loggedIn = true
+			n.setLoggedIn()
 		}
 		if nt.SelfChange != nil {
 			n.self = nt.SelfChange
+			n.markSelfSeen()
 		}
 		if nt.BrowseToURL != nil && *nt.BrowseToURL != "" {
 			if n.loginWithKey() {
 				continue
 			}
+			n.markLoginRefused()
 			if n.cfg.AuthKey == "" {
 				return n.nodeError(ErrNeedsLogin, "no auth key was given")
 			}
@@ -377,6 +405,7 @@ func (n *Node) waitRunning(ctx context.Context) error {
 				return n.nodeError(ErrNeedsApproval, "approve "+n.cfg.Hostname+", then start the container again")
 			case ipn.Starting:
 				loggedIn = true
+				n.setLoggedIn()
 			}
 		}
 	}
@@ -461,6 +490,28 @@ func (n *Node) setState(st ipn.State) {
 		n.logf("tslink: node state %v -> %v", n.state, st)
 	}
 	n.state = st
+	if st == ipn.Starting || st == ipn.Running {
+		n.loggedIn = true
+	}
+}
+
+func (n *Node) setLoggedIn() {
+	n.mu.Lock()
+	n.loggedIn = true
+	n.mu.Unlock()
+}
+
+// firstNetmapPending reports whether control accepted the node but its
+// first netmap has not been seen applied: one may be in flight.
+func (n *Node) firstNetmapPending() bool {
+	select {
+	case <-n.selfSeen:
+		return false
+	default:
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.srv != nil && n.lc != nil && n.loggedIn && !n.loginRefused
 }
 
 // watch follows the IPN bus while the node runs: state for [Node.Status],
@@ -489,6 +540,9 @@ func (n *Node) watch(ctx context.Context) {
 			}
 			//lint:ignore SA1019 v1.102.5 delivers the first netmap here (NotifyInitialNetMap) on Linux too; later changes come as PeersChanged/PeersRemoved
 			if nm := nt.NetMap; nm != nil {
+				if nm.SelfNode.Valid() {
+					n.markSelfSeen()
+				}
 				n.setPeersFromNetMap(nm)
 				select {
 				case <-n.peersKnown:
@@ -516,6 +570,7 @@ func (n *Node) watch(ctx context.Context) {
 				n.mu.Unlock()
 			}
 			if nt.SelfChange != nil {
+				n.markSelfSeen()
 				if n.setName(nt.SelfChange.Name) {
 					n.reapplyServe(ctx)
 				}
@@ -775,10 +830,11 @@ func (n *Node) ReapplyIPv6() error {
 	return configureTUN(n.nsPath, n.addrs)
 }
 
-// Close stops the node: an ephemeral node is logged out first (so control
-// removes it now), then tsnet stops, tailscale0 is deleted wherever it lives,
-// and the state-dir lock is released. ctx bounds the logout. Close is
-// idempotent and safe on a node whose container never started.
+// Close stops the node: it waits for a first netmap that may be in flight
+// (up to [firstNetmapWait], closing.go), an ephemeral node is logged out (so
+// control removes it now), then tsnet stops, tailscale0 is deleted wherever
+// it lives, and the state-dir lock is released. ctx bounds the logout. Close
+// is idempotent and safe on a node whose container never started.
 func (n *Node) Close(ctx context.Context) error {
 	n.mu.Lock()
 	if n.closed {
@@ -792,10 +848,14 @@ func (n *Node) Close(ctx context.Context) error {
 	if running {
 		n.withdrawService(ctx)
 	}
+	// Before the logout: a node that logs out before its first netmap
+	// was applied gets none afterwards, but one in flight still lands.
+	_, netmapApplied := n.awaitFirstNetmap()
 	var logoutErr error
 	// tsnet's LocalBackend.Shutdown also logs ephemeral nodes out, best
-	// effort; logging out first makes it bounded by ctx and reported.
-	if n.cfg.Ephemeral && running {
+	// effort (in a close slot, closeTSNet); logging out first makes it
+	// bounded by ctx and reported.
+	if n.cfg.Ephemeral && (running || netmapApplied) {
 		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		if err := n.lc.Logout(lctx); err != nil {
 			logoutErr = fmt.Errorf("logging out ephemeral node %s: %w", n.cfg.Hostname, err)
@@ -855,7 +915,7 @@ func (n *Node) teardownKeepingTUN() {
 		}
 	}
 	if n.srv != nil {
-		n.srv.Close() // closes the TUN through wgengine
+		n.closeTSNet()
 	}
 	if n.dev != nil {
 		n.dev.Close() // no-op if wgengine already closed it

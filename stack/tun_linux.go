@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -49,16 +50,20 @@ func isHex(s string) bool {
 // thread's netns, which stops being the TUN's netns once it moves.
 type device struct {
 	tun.Device
-	file  *os.File
-	dns   atomic.Pointer[dnsAnswerer] // nil: DNS queries pass to tsnet
-	peers atomic.Pointer[peerSet]     // nil until the netmap is known
+	file *os.File
+	// closed is closed by Close: until then a failing read waits for it
+	// (readUntilClosed).
+	closed    chan struct{}
+	closeOnce sync.Once
+	dns       atomic.Pointer[dnsAnswerer] // nil: DNS queries pass to tsnet
+	peers     atomic.Pointer[peerSet]     // nil until the netmap is known
 }
 
 // Read reads packets from the container for tsnet, taking out the DNS
 // queries the device answers itself (see dns.go).
 func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for {
-		n, err := d.Device.Read(bufs, sizes, offset)
+		n, err := d.readUntilClosed(bufs, sizes, offset)
 		a := d.dns.Load()
 		if a == nil || n == 0 {
 			return n, err
@@ -84,6 +89,28 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			return kept, err
 		}
 	}
+}
+
+// readUntilClosed reads from the kernel TUN. When the TUN fails for good
+// (deleted with the container's netns, as after a failed Join) before the
+// node closed it, the read waits for Close instead of returning the error:
+// wireguard-go closes its device on a TUN read error, wgengine then closes
+// magicsock, and tailscale.com v1.102.5 panics when the node's first netmap
+// is applied to a closed magicsock (stack/closing.go). The node stays
+// whole until its own teardown, which waits for that netmap.
+func (d *device) readUntilClosed(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.Device.Read(bufs, sizes, offset)
+	if err == nil || n > 0 || errors.Is(err, tun.ErrTooManySegments) {
+		return n, err
+	}
+	<-d.closed
+	return 0, os.ErrClosed
+}
+
+// Close closes the TUN and ends a read waiting in readUntilClosed.
+func (d *device) Close() error {
+	d.closeOnce.Do(func() { close(d.closed) })
+	return d.Device.Close()
 }
 
 // mayBeDNSQuery is a cheap check for UDP to port 53 (IPv4 with any header
@@ -153,7 +180,7 @@ func wrapTUN(dev tun.Device) (*device, error) {
 		dev.Close()
 		return nil, errors.New("TUN device has no file")
 	}
-	return &device{Device: dev, file: nt.File()}, nil
+	return &device{Device: dev, file: nt.File(), closed: make(chan struct{})}, nil
 }
 
 // setPersist sets or clears TUNSETPERSIST on the TUN. A persistent TUN stays

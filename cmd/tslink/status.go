@@ -23,6 +23,7 @@ import (
 	"github.com/tslink/tslink/pkg/engine"
 	"github.com/tslink/tslink/pkg/netdriver"
 	"github.com/tslink/tslink/pkg/statedir"
+	"github.com/tslink/tslink/stack"
 )
 
 // serveStatus answers `tslink status` (GET /status, JSON) on the state
@@ -48,6 +49,7 @@ func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker, 
 		v.MemoryReleases = d.MemoryReleases()
 		v.DockerAPIRequests = tracker.APIRequests()
 		v.EngineRestoring = tracker.Restoring()
+		v.BackendCallMaxMs = stack.BackendCallMax().Milliseconds()
 		json.NewEncoder(w).Encode(v)
 	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -269,6 +271,11 @@ type ProcessVars struct {
 	DockerAPIRequests uint64 `json:"dockerAPIRequests"`
 	// EngineRestoring: the calling engine has not served its API yet.
 	EngineRestoring bool `json:"engineRestoring"`
+	// BackendCallMaxMs is the longest a node's LocalBackend call took, in
+	// milliseconds, since the plugin started: every running node times one
+	// call that takes its backend's mutex each second (stack.BackendCallMax).
+	// tailscale's deadlock watchdog panics the process at about 35 s.
+	BackendCallMaxMs int64 `json:"backendCallMaxMs"`
 }
 
 func processVars() ProcessVars {

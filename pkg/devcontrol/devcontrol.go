@@ -93,6 +93,8 @@ type Server struct {
 	registers atomic.Int64
 	controlMu *sync.Mutex // testcontrol's own: findControlLock
 
+	firstMapHold atomic.Int64 // HoldFirstMapResponse, in nanoseconds
+
 	mu        sync.Mutex
 	authKeys  map[string]bool         // keys control accepts; empty: any not revoked
 	revoked   map[string]bool         // keys control refuses from now on: RevokeAuthKey
@@ -102,6 +104,7 @@ type Server struct {
 	hijacked  map[net.Conn]bool       // Noise connections, which http.Server forgets once upgraded
 	stopped   bool                    // control (not DERP/STUN) is down: StopControl
 	online    map[key.NodePublic]int  // streaming polls in flight per node
+	mapped    map[key.NodePublic]bool // nodes whose first map poll came (HoldFirstMapResponse)
 	filter    []tailcfg.FilterRule    // nil: testcontrol's allow-all
 	closed    bool
 	closeWG   sync.WaitGroup
@@ -117,6 +120,7 @@ func Start(opts Options) (_ *Server, retErr error) {
 	}
 	s := &Server{
 		online:    map[key.NodePublic]int{},
+		mapped:    map[key.NodePublic]bool{},
 		authKeys:  map[string]bool{},
 		revoked:   map[string]bool{},
 		replaced:  map[key.NodePublic]bool{},
@@ -515,9 +519,36 @@ func (s *Server) modifyFirstMapResponse(res *tailcfg.MapResponse, _ *tailcfg.Map
 	s.withoutDeletedLocked(res)
 }
 
+// HoldFirstMapResponse makes control answer each node's first map request
+// d later than it would (0: at once again), as a control server under load
+// does: the node is registered (logged in, state Starting) but has no
+// netmap, no addresses and no peers meanwhile. Only the first streaming
+// map request (the poll that brings the netmap) a node key ever makes is
+// held; later polls and non-streaming requests are answered at once.
+func (s *Server) HoldFirstMapResponse(d time.Duration) {
+	s.firstMapHold.Store(int64(d))
+}
+
+// holdFirstMap delays req if it is the first map request of its node and
+// HoldFirstMapResponse is set. testcontrol calls HoldMapRequest before it
+// builds the response, without holding its lock.
+func (s *Server) holdFirstMap(req *tailcfg.MapRequest) {
+	if !req.Stream {
+		return // endpoint updates, which race the first poll, carry no netmap
+	}
+	s.mu.Lock()
+	first := !s.mapped[req.NodeKey]
+	s.mapped[req.NodeKey] = true
+	s.mu.Unlock()
+	if d := time.Duration(s.firstMapHold.Load()); first && d > 0 {
+		time.Sleep(d)
+	}
+}
+
 // holdMapRequest tracks streaming polls (a node is online while one is open)
 // and re-pushes custom filters after endpoint updates.
 func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
+	s.holdFirstMap(req)
 	if req.Stream { // MapRequest.ReadOnly is always false since capability version 68
 		s.mu.Lock()
 		s.online[req.NodeKey]++

@@ -107,14 +107,11 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		}, nil
 	}
 	if err != nil {
-		ep.debugLog.Close()
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
 		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
 			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
-		if newDir {
-			d.removeFailedDir(ep) // a first attempt that failed leaves no identity behind
-		}
+		d.finishFailedJoin(ep, stack.TeardownDone(err), newDir)
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
 	v4, v6 := ep.node.Addrs()
@@ -190,18 +187,35 @@ const reserveWait = closeTimeout + 3*time.Second
 // withdrawal and an ephemeral node's logout).
 const closeTimeout = 10 * time.Second
 
-// removeFailedDir removes the dir a failed Join of ep created, holding ep's
-// hostname meanwhile: ep's own reservation if it still has it, else (a
-// Leave came during the Join and freed it) a new hold, unless another
-// endpoint has taken the hostname since.
-func (d *Driver) removeFailedDir(ep *endpoint) {
-	release, ok := d.takeLeaving(ep)
-	if !ok {
-		release, ok = d.holdHostname(ep.hostname, ep.containerName, nil)
+// finishFailedJoin cleans up after a Join of ep that failed: once its node
+// is gone (teardown: [stack.TeardownDone], which a node control had
+// accepted closes only after its first netmap), it closes ep's debug log and
+// removes the dir a first attempt created (newDir). Meanwhile it holds ep's
+// hostname (ep's own reservation if it still has it, else, when a Leave
+// came during the Join and freed it, a new hold unless another endpoint
+// took the hostname since), so a later Join of the same container waits
+// for the node to be gone ([Driver.reserve]) instead of finding its dir
+// locked. The Join returns at once; the rest runs in the background.
+func (d *Driver) finishFailedJoin(ep *endpoint, teardown <-chan struct{}, newDir bool) {
+	release, held := d.takeLeaving(ep)
+	if !held {
+		release, held = d.holdHostname(ep.hostname, ep.containerName, nil)
 	}
-	if ok {
-		d.removeNodeDir(ep)
-		release()
+	finish := func() {
+		<-teardown
+		ep.debugLog.Close()
+		if held {
+			if newDir {
+				d.removeNodeDir(ep) // a first attempt that failed leaves no identity behind
+			}
+			release()
+		}
+	}
+	select {
+	case <-teardown:
+		finish()
+	default:
+		go finish()
 	}
 }
 
@@ -252,6 +266,9 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 		}
 	}()
 	go func() {
+		// The failed attempt's node may still be closing (it holds the
+		// state dir's lock until then).
+		<-stack.TeardownDone(firstErr)
 		for {
 			actx, acancel := context.WithTimeout(ctx, backgroundAttempt)
 			err := d.startWithKey(actx, ep, nw, tags)
@@ -270,6 +287,7 @@ func (d *Driver) startInBackground(ep *endpoint, nw *tsopts.Network, tags []stri
 			}
 			d.countRecovery(RecoveryEngineRestore, err)
 			d.setStartErr(ep, err)
+			<-stack.TeardownDone(err)
 			d.scheduleMemoryRelease() // a failed start leaves a node's worth of garbage
 			select {
 			case <-ctx.Done():
@@ -397,6 +415,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 		return
 	}
 	defer release() // a new node may take the hostname once the dir is gone
+	began := time.Now()
 	d.stopAttach(ep)
 	if ep.node != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
@@ -415,7 +434,7 @@ func (d *Driver) closeEndpoint(ep *endpoint) {
 		// its dir would only pile up one per container name.
 		d.removeNodeDir(ep)
 	}
-	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName)
+	d.log.Info("endpoint left", "hostname", ep.hostname, "container", ep.containerName, "took", time.Since(began).Round(time.Millisecond))
 	d.scheduleMemoryRelease()
 }
 

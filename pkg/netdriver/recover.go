@@ -179,6 +179,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	}
 	if err != nil {
 		ep.debugLog.Logf("tslink: recover: %v (retrying every %v)", err, recoverRetry)
+		<-stack.TeardownDone(err) // the node holds its dir until it is gone
 		ep.debugLog.Close()
 		d.unreserve(ep)
 		return d.recoveryFailed(rec, err)

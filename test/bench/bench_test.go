@@ -470,8 +470,27 @@ func (r *results) scaleRound(l *lab) {
 	r.Starts = append(r.Starts, rows...)
 	m := l.idleReading(kindTslink, names, sz.ScaleIdle, r.PluginPID)
 	row.Mem, row.IdleCPUPct, row.IdleWindow = m.Mem, m.IdleCPUPct, sz.ScaleIdle.Seconds()
+	row.BackendCallMaxMs = l.backendCallMaxMs()
 	r.Scale = &row
-	l.t.Logf("scale: %d/%d reachable, all within %.1fs (%v with checks); plugin RSS %d KiB, PSS %d KiB, idle CPU %.2f%% of a core over %v",
-		row.Reachable, row.N, all, time.Since(began).Round(time.Second), m.Mem.RSS, m.Mem.PSS, m.IdleCPUPct, sz.ScaleIdle)
+	l.t.Logf("scale: %d/%d reachable, all within %.1fs (%v with checks); plugin RSS %d KiB, PSS %d KiB, idle CPU %.2f%% of a core over %v; longest LocalBackend call %d ms",
+		row.Reachable, row.N, all, time.Since(began).Round(time.Second), m.Mem.RSS, m.Mem.PSS, m.IdleCPUPct, sz.ScaleIdle, row.BackendCallMaxMs)
 	l.removeContainers(names, r.Sizes.Settle)
+}
+
+// backendCallMaxMs reads the plugin's longest LocalBackend call latency so
+// far (GET /debug/vars, backendCallMaxMs); -1 if it cannot.
+func (l *lab) backendCallMaxMs() int64 {
+	b, err := l.engine.PluginGet("/debug/vars")
+	if err != nil {
+		l.t.Logf("plugin vars: %v", err)
+		return -1
+	}
+	var v struct {
+		BackendCallMaxMs int64 `json:"backendCallMaxMs"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		l.t.Logf("plugin vars %q: %v", b, err)
+		return -1
+	}
+	return v.BackendCallMaxMs
 }

@@ -95,7 +95,16 @@ type scaleRow struct {
 	AllReachable           float64
 	Mem                    memKiB
 	IdleCPUPct, IdleWindow float64
+	// BackendCallMaxMs is the plugin's longest LocalBackend call latency
+	// (every node probed once a second) from its start to the end of the
+	// round; tailscale's deadlock watchdog panics at about 35 s.
+	BackendCallMaxMs int64
 }
+
+// deadlockWatchdogMs is when tailscale's ipnlocal deadlock watchdog panics
+// the process over a held LocalBackend lock (armed after 5 s, fires 30 s
+// later: ipn/ipnlocal/watchdog.go, v1.102.5).
+const deadlockWatchdogMs = 35_000
 
 type results struct {
 	Sizes                 sizes
@@ -230,9 +239,9 @@ func (r *results) writeCSVs(dir string) error {
 	for _, t := range r.Throughput {
 		tput = append(tput, []string{t.Kind, t.Path, fmt.Sprint(t.MiB), ff(t.Seconds), ff(t.MBps), ff(t.CPUPerGB)})
 	}
-	scale := [][]string{{"n", "parallel", "reachable", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "plugin_idle_cpu_pct_of_core", "idle_window_s"}}
+	scale := [][]string{{"n", "parallel", "reachable", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "plugin_idle_cpu_pct_of_core", "idle_window_s", "longest_backend_call_ms"}}
 	if s := r.Scale; s != nil {
-		scale = append(scale, []string{fmt.Sprint(s.N), fmt.Sprint(s.Parallel), fmt.Sprint(s.Reachable), ff(s.AllReachable), fmt.Sprint(s.Mem.RSS), fmt.Sprint(s.Mem.PSS), ff(s.IdleCPUPct), ff(s.IdleWindow)})
+		scale = append(scale, []string{fmt.Sprint(s.N), fmt.Sprint(s.Parallel), fmt.Sprint(s.Reachable), ff(s.AllReachable), fmt.Sprint(s.Mem.RSS), fmt.Sprint(s.Mem.PSS), ff(s.IdleCPUPct), ff(s.IdleWindow), fmt.Sprint(s.BackendCallMaxMs)})
 	}
 	for name, rows := range map[string][][]string{"start.csv": start, "memory.csv": mem, "throughput.csv": tput, "scale.csv": scale} {
 		if err := writeCSV(filepath.Join(dir, name), rows); err != nil {
@@ -437,6 +446,7 @@ func (r *results) markdown(notes string) string {
 			p(" (%s MiB RSS per container over the plugin with none)", mib((s.Mem.RSS-r.PluginBase.RSS)/int64(s.N)))
 		}
 		p(".\n\n")
+		p("Longest LocalBackend call latency (each node's backend probed once a second, from plugin start to the end of this round): %.2f s, against the ~%d s after which tailscale's deadlock watchdog panics the process.\n\n", float64(s.BackendCallMaxMs)/1000, deadlockWatchdogMs/1000)
 	} else {
 		p("Not measured in this run.\n\n")
 	}
@@ -464,6 +474,7 @@ func (r *results) markdown(notes string) string {
 	}
 	if s := r.Scale; s != nil {
 		p("| %d containers all reachable, plugin idle CPU < 5%% of a core | %d/%d, %.2f%% | %s |\n", s.N, s.Reachable, s.N, s.IdleCPUPct, verdict(s.Reachable == s.N && s.IdleCPUPct < 5))
+		p("| longest LocalBackend call during the %d-container round well under the ~%d s deadlock watchdog | %.2f s | %s |\n", s.N, deadlockWatchdogMs/1000, float64(s.BackendCallMaxMs)/1000, verdict(s.BackendCallMaxMs < deadlockWatchdogMs/4))
 	}
 	p("\n")
 	if strings.TrimSpace(notes) != "" {

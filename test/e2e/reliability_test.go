@@ -37,6 +37,7 @@ type pluginVars struct {
 	HeapFreeKiB         uint64
 	DockerAPIRequests   uint64
 	EngineRestoring     bool
+	BackendCallMaxMs    int64
 }
 
 func (l *lab) pluginVars() (v pluginVars) {
