@@ -167,7 +167,10 @@ func (s *Server) authorize(ctx gliderssh.Context) error {
 }
 
 // Close stops accepting, cuts every connection and waits for the sessions'
-// handlers to end. Processes the sessions started get SIGHUP.
+// handlers to end. It asks nothing of the Execer (the processes the sessions
+// started keep running; the caller closes the server when their container
+// stops): the calls a session still had under way end with its connection's
+// context.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	srv := s.srv
@@ -179,6 +182,12 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	return err
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }
 
 func (s *Server) logf(format string, args ...any) {
@@ -274,11 +283,15 @@ func (s *Server) session(sess gliderssh.Session) {
 			case <-ended:
 				return
 			case <-ctx.Done():
-				// The client went away (or the server closes) while the
-				// process runs.
-				sctx, cancel := context.WithTimeout(context.Background(), signalTimeout)
-				proc.Signal(sctx, sessionHangup)
-				cancel()
+				// The client went away while the process runs. When the
+				// server closes instead (the node stops with its
+				// container), nothing is asked of Execer: the container's
+				// processes end with it.
+				if !s.isClosed() {
+					sctx, cancel := context.WithTimeout(context.Background(), signalTimeout)
+					proc.Signal(sctx, sessionHangup)
+					cancel()
+				}
 				close(hungUp)
 				proc.Close() // ends CopyOutput
 				return
@@ -305,7 +318,7 @@ func (s *Server) session(sess gliderssh.Session) {
 	close(ended)
 	select {
 	case <-hungUp:
-		s.logf("ssh: %s: client gone while the process ran; sent it SIGHUP", who)
+		s.logf("ssh: %s: connection closed while the process ran", who)
 		return
 	default:
 	}
