@@ -9,6 +9,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -84,7 +85,9 @@ func (e *containerExec) Start(ctx context.Context, req execssh.Request) (execssh
 	p := &execProcess{c: e.c, id: created.ID, tty: req.TTY, conn: hijacked}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if size != nil {
-		go p.initialSize(req.Width, req.Height)
+		p.size = [2]int{req.Width, req.Height}
+		p.sizing = true
+		go p.initialSize()
 	}
 	return p, nil
 }
@@ -144,6 +147,11 @@ type execProcess struct {
 	conn   types.HijackedResponse
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
+
+	mu     sync.Mutex
+	size   [2]int // the terminal size last asked for, width and height
+	sized  bool   // a size took: later ones go to dockerd at once
+	sizing bool   // initialSize runs
 }
 
 func (p *execProcess) Stdin() io.WriteCloser { return stdinOf{p} }
@@ -168,21 +176,57 @@ func (p *execProcess) CopyOutput(stdout, stderr io.Writer) error {
 	return err
 }
 
+// Resize sets the terminal's size. Until the first size took (dockerd
+// refuses a resize until the exec's process runs) it only records it, and
+// initialSize applies the latest one.
 func (p *execProcess) Resize(ctx context.Context, width, height int) error {
 	if width <= 0 || height <= 0 {
 		return nil
 	}
+	p.mu.Lock()
+	p.size = [2]int{width, height}
+	sized, start := p.sized, !p.sized && !p.sizing
+	p.sizing = p.sizing || start
+	p.mu.Unlock()
+	if start {
+		go p.initialSize()
+	}
+	if !sized {
+		return nil
+	}
+	return p.resize(ctx, width, height)
+}
+
+func (p *execProcess) resize(ctx context.Context, width, height int) error {
 	return p.c.c.ContainerExecResize(ctx, p.id, container.ResizeOptions{Width: uint(width), Height: uint(height)})
 }
 
-// initialSize sets the terminal's first size. dockerd refuses a resize
-// until the exec's process has started, so it retries for a while, as the
-// Docker CLI does.
-func (p *execProcess) initialSize(width, height int) {
+// initialSize sets the terminal's first size, the latest one asked for:
+// dockerd refuses a resize until the exec's process has started, so it
+// retries for a while, as the Docker CLI does.
+func (p *execProcess) initialSize() {
 	ctx, cancel := context.WithTimeout(p.ctx, 5*time.Second)
 	defer cancel()
-	for i := range 20 {
-		if p.Resize(ctx, width, height) == nil {
+	defer func() {
+		p.mu.Lock()
+		p.sizing = false
+		p.mu.Unlock()
+	}()
+	for i := 0; ; i++ {
+		p.mu.Lock()
+		size := p.size
+		p.mu.Unlock()
+		if p.resize(ctx, size[0], size[1]) == nil {
+			p.mu.Lock()
+			latest := p.size
+			p.sized = latest == size
+			p.mu.Unlock()
+			if latest == size {
+				return
+			}
+			continue // a window change came meanwhile
+		}
+		if i == 20 {
 			return
 		}
 		select {
