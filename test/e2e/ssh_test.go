@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,7 +88,7 @@ func TestSSHIntoContainer(t *testing.T) {
 	if err := sess.RequestPty("xterm-256color", 30, 100, gossh.TerminalModes{gossh.ECHO: 0}); err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
+	var out syncBuffer
 	sess.Stdout = &out
 	stdin, _ := sess.StdinPipe()
 	if err := sess.Shell(); err != nil {
@@ -149,6 +150,39 @@ func TestSSHIntoContainer(t *testing.T) {
 		t.Errorf("id -u as 65534: %q, %v", b, err)
 	}
 
+	// ssh's signals reach the process; a client that goes away hangs it up.
+	sess, _ = c.NewSession()
+	out.Reset()
+	sess.Stdout = &out
+	if err := sess.Start(`trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done`); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, &out, "ready")
+	if err := sess.Signal(gossh.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.Wait(); !errors.As(err, &exitErr) || exitErr.ExitStatus() != 9 || !strings.Contains(out.String(), "got-int") {
+		t.Errorf("after SIGINT: %v, output %q; want exit status 9 and got-int", err, out.String())
+	}
+	c3, err := l.laptopSSH(addr, "root", signer.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess, _ = c3.NewSession()
+	out.Reset()
+	sess.Stdout = &out
+	if err := sess.Start(`trap 'echo hup > /tmp/hup; exit 1' HUP; echo ready; while :; do sleep 0.1; done`); err != nil {
+		t.Fatal(err)
+	}
+	waitOutput(t, &out, "ready")
+	c3.Close()
+	if err := netnstest.WaitFor(10*time.Second, func() error {
+		_, err := l.engine.Docker(context.Background(), "exec", "shell", "cat", "/tmp/hup")
+		return err
+	}); err != nil {
+		t.Errorf("the process of a closed connection got no SIGHUP: %v", err)
+	}
+
 	// A container that does not list the laptop's user refuses it.
 	closed := net.JoinHostPort(l.tsIP("closed", "-4"), "22")
 	_, err = l.laptopSSH(closed, "root", nil)
@@ -159,6 +193,43 @@ func TestSSHIntoContainer(t *testing.T) {
 	if !strings.Contains(string(log), login+" (") || !strings.Contains(string(log), "is not in ts.ssh=someone-else@example.com,tag:ops") {
 		t.Errorf("closed's debug.log does not say why it refused:\n%s", grepLines(string(log), "ssh"))
 	}
+}
+
+// waitOutput waits until out (written by an SSH session) contains want.
+func waitOutput(t *testing.T, out *syncBuffer, want string) {
+	t.Helper()
+	if err := netnstest.WaitFor(10*time.Second, func() error {
+		if !strings.Contains(out.String(), want) {
+			return fmt.Errorf("output %q lacks %q", out.String(), want)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a session writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b.Reset()
 }
 
 func containerHostname(t *testing.T, l *lab, ctr string) string {
