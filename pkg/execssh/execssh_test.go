@@ -41,19 +41,20 @@ func (f *fakeExec) Start(ctx context.Context, req Request) (Process, error) {
 		return nil, f.startErr
 	}
 	inR, inW := io.Pipe()
-	p := &fakeProc{f: f, req: req, stdin: inW, in: inR, done: make(chan struct{}), sig: make(chan syscall.Signal, 4)}
+	p := &fakeProc{f: f, req: req, stdin: inW, in: inR, done: make(chan struct{}), sig: make(chan syscall.Signal, 4), closed: make(chan struct{})}
 	return p, nil
 }
 
 type fakeProc struct {
-	f     *fakeExec
-	req   Request
-	stdin *io.PipeWriter
-	in    *io.PipeReader
-	code  int
-	done  chan struct{}
-	sig   chan syscall.Signal
-	once  sync.Once
+	f      *fakeExec
+	req    Request
+	stdin  *io.PipeWriter
+	in     *io.PipeReader
+	code   int
+	done   chan struct{}
+	sig    chan syscall.Signal
+	closed chan struct{} // Close cuts the output, as closing the attach stream does
+	once   sync.Once
 }
 
 func (p *fakeProc) Stdin() io.WriteCloser { return p.stdin }
@@ -75,9 +76,13 @@ func (p *fakeProc) CopyOutput(stdout, stderr io.Writer) error {
 			return nil
 		case line == "sleep":
 			fmt.Fprintf(stdout, "sleeping\r\n")
-			<-p.sig
-			p.code = 129
-			return nil
+			select {
+			case <-p.sig:
+				p.code = 129
+				return nil
+			case <-p.closed:
+				return io.ErrClosedPipe
+			}
 		default:
 			fmt.Fprintf(stdout, "%s\r\n", line)
 		}
@@ -113,7 +118,10 @@ func (p *fakeProc) Wait(ctx context.Context) (int, error) {
 }
 
 func (p *fakeProc) Close() error {
-	p.once.Do(func() { p.in.CloseWithError(io.EOF) })
+	p.once.Do(func() {
+		p.in.CloseWithError(io.EOF)
+		close(p.closed)
+	})
 	return nil
 }
 
@@ -412,5 +420,48 @@ func TestKeyboardInteractive(t *testing.T) {
 	_, err = gossh.Dial("tcp", addr, cfg)
 	if err == nil || !strings.Contains(err.Error(), "attempted methods [none keyboard-interactive]") {
 		t.Fatalf("refused peer: %v", err)
+	}
+}
+
+// TestCloseAsksNothing: closing the server (the node stops with its
+// container) cuts sessions without signalling their processes: the
+// container's processes end with it, and a Docker call then could wait on
+// the engine that is stopping the container.
+func TestCloseAsksNothing(t *testing.T) {
+	ex := &fakeExec{}
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := gossh.NewSignerFromKey(priv)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{HostKey: signer, Exec: ex, Authorize: func(context.Context, netip.AddrPort) (string, error) { return "x", nil }}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	c, err := dial(t, ln.Addr().String(), "root", signer.PublicKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sess, _ := c.NewSession()
+	out, _ := sess.StdoutPipe()
+	stdin, _ := sess.StdinPipe()
+	sess.Shell()
+	fmt.Fprintf(stdin, "sleep\n")
+	io.ReadFull(out, make([]byte, 8))
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not return")
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if len(ex.signals) > 0 {
+		t.Errorf("Close signalled %v", ex.signals)
 	}
 }
