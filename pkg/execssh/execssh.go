@@ -99,6 +99,9 @@ type Server struct {
 	wg     sync.WaitGroup // session handlers
 }
 
+// handshakeTimeout bounds a connection's key exchange and authentication.
+const handshakeTimeout = 30 * time.Second
+
 // ctxKeyWho is where a connection's context keeps who Authorize let in.
 type ctxKeyWho struct{}
 
@@ -112,6 +115,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		Version:     "tslink",
 		HostSigners: []gliderssh.Signer{s.HostKey},
 		Handler:     s.session,
+		// A connection that has not logged in by then is closed.
+		HandshakeTimeout: handshakeTimeout,
 		// "none" is accepted for an authorised peer (OpenSSH and Go's
 		// client try it first); keyboard-interactive, with no questions,
 		// is the same check for clients that skip "none", and gives a
