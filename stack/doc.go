@@ -12,6 +12,8 @@
 //     that TUN and waits, bounded by the context, until the node is Running
 //     (or, at the deadline, at least accepted by control; its addresses then
 //     follow from the netmap).
+//     With ts.ssh ([Config.SSH]) it also starts the node's SSH server on
+//     tailnet port 22 (ssh.go; sessions are Docker execs, made on demand).
 //     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine;
 //     a node control had already accepted is torn down in the background once
 //     its first netmap has been applied (closing.go), and [TeardownDone] says

@@ -22,6 +22,7 @@ import (
 	"tailscale.com/types/views"
 	"tailscale.com/util/dnsname"
 
+	"github.com/tslink/tslink/pkg/execssh"
 	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 )
@@ -70,6 +71,9 @@ type Config struct {
 	// Serve is what the node serves on the tailnet (ts.serve.*, ts.service,
 	// ts.direct). A Service needs Tags ([nodespec.CheckService]).
 	Serve nodespec.Serve
+	// SSH is the node's SSH server into the container (ts.ssh); the zero
+	// value runs none.
+	SSH SSHConfig
 }
 
 func (c *Config) validate() error {
@@ -95,6 +99,7 @@ type Node struct {
 	logf   logger.Logf
 	cancel context.CancelFunc // stops the address watcher
 	relays *relays            // Serve backends; nil without ts.serve labels
+	sshd   *execssh.Server    // ts.ssh; nil without it
 	wg     sync.WaitGroup
 
 	mu      sync.Mutex // guards the fields below and serialises Attach/Close
@@ -322,6 +327,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		if err := n.applyServe(ctx, st); err != nil {
 			return nil, err
 		}
+	}
+	if err := n.startSSH(); err != nil {
+		return nil, err
 	}
 
 	wctx, cancel := context.WithCancel(context.Background())
@@ -906,6 +914,7 @@ func (n *Node) teardown() {
 // teardownKeepingTUN releases everything Start acquired but leaves a
 // persistent tailscale0 in place (a failed adoption).
 func (n *Node) teardownKeepingTUN() {
+	n.closeSSH()
 	if n.relays != nil {
 		n.relays.close()
 	}

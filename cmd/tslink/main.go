@@ -146,6 +146,7 @@ func run(args []string) error {
 		ResolvePath:   hostpath.Path,
 		DNSUpstreams:  dnsUpstreams(upstreams),
 		Log:           log,
+		Exec:          docker.Execer,
 	})
 
 	os.Remove(pluginSocket)

@@ -1,7 +1,9 @@
-// Package dockerapi is tslink's only user of the Docker Engine API, and it
-// only pings: no plugin call may wait on the API (dockerd serves none while
-// it restores its containers, and calls plugins meanwhile), so what a Join
-// needs comes from the engine's on-disk state (package enginestate).
+// Package dockerapi is tslink's only user of the Docker Engine API. No
+// plugin call may wait on the API (dockerd serves none while it restores
+// its containers, and calls plugins meanwhile), so what a Join needs comes
+// from the engine's on-disk state (package enginestate); the API serves
+// pings and, on demand long after Join, the exec sessions of ts.ssh
+// ([Client.Execer]).
 package dockerapi
 
 import (

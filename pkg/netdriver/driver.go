@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/enginestate"
+	"github.com/tslink/tslink/pkg/execssh"
 	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
@@ -80,6 +81,10 @@ type Config struct {
 	DNSUpstreams func() []netip.AddrPort
 	// Nodes starts the nodes; nil means [StackNodes].
 	Nodes NodeStarter
+	// Exec gives the SSH sessions of a container with ts.ssh their
+	// processes in that container ([dockerapi.Client.Execer]); nil: ts.ssh
+	// is refused at Join.
+	Exec func(containerID string) execssh.Execer
 }
 
 // Driver is tslink's network driver. Its methods are safe for concurrent

@@ -23,7 +23,8 @@ type endpoint struct {
 	ephemeral     bool     // the node logs out at stop; its state dir goes with it
 	tags          []string // the ACL tags the node asked for
 	serve         tsopts.Serve
-	node          Node // nil while Join starts it; read through d.nodeOf from other goroutines
+	ssh           tsopts.SSH // ts.ssh; the zero SSH: no SSH server
+	node          Node       // nil while Join starts it; read through d.nodeOf from other goroutines
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
 	attached      chan struct{}      // closed when the attach goroutine ends
@@ -94,4 +95,13 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 		}
 	}
 	return &network.InfoResponse{Value: val}, nil
+}
+
+// sshConfig is ep's node's SSH server: ts.ssh's allow-list, sessions run
+// in ep's container.
+func (d *Driver) sshConfig(ep *endpoint) stack.SSHConfig {
+	if !ep.ssh.Enabled() || d.cfg.Exec == nil {
+		return stack.SSHConfig{}
+	}
+	return stack.SSHConfig{Allow: ep.ssh, Exec: d.cfg.Exec(ep.containerID)}
 }

@@ -62,7 +62,11 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		return nil, failed(ReasonBadLabel, fmt.Errorf("tslink: %w", err))
 	}
 
+	if ct.SSH.Enabled() && d.cfg.Exec == nil {
+		return nil, fmt.Errorf("label %s: this plugin has no Docker API client to run SSH sessions with", tsopts.LabelSSH)
+	}
 	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ID, info.Name, req.SandboxKey, ct.Hostname, ct.Serve)
+	ep.ssh = ct.SSH
 	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return nil, failed(ReasonAuthKey, err)
@@ -147,6 +151,7 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		AdoptNetNS: adoptNS,
 		Wait:       wait,
 		Serve:      ep.serve,
+		SSH:        d.sshConfig(ep),
 
 		DNSUpstreams: d.cfg.DNSUpstreams,
 	})

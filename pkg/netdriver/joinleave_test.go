@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/network"
 	"github.com/tslink/tslink/pkg/enginestate"
+	"github.com/tslink/tslink/pkg/execssh"
 	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/pkg/tsopts"
 	"github.com/tslink/tslink/stack"
@@ -662,5 +663,38 @@ func TestDamagedNetworkRecordFallsBackToTheEngine(t *testing.T) {
 	}
 	if opts, err := h.d.loadNetwork("net1"); err != nil || opts["ts.authkey"] != "tskey-auth-test" {
 		t.Fatalf("record not rewritten from the engine: %v, %v", opts, err)
+	}
+}
+
+// execFor records the container an Execer was made for.
+type execFor struct {
+	execssh.Execer
+	containerID string
+}
+
+// TestJoinSSH: ts.ssh reaches the node with sessions bound to the Join's
+// container; a plugin without a Docker API client refuses the label.
+func TestJoinSSH(t *testing.T) {
+	labels := map[string]string{"ts.ssh": "alice@example.com,tag:ops"}
+	h := newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", labels)})
+	h.d.cfg.Exec = func(id string) execssh.Execer { return execFor{containerID: id} }
+	res := h.join("ep1")
+	cfg := h.waitStart(t)
+	h.nodes.release <- nil
+	if err := wait(t, res); err != nil {
+		t.Fatalf("Join: %v", err)
+	}
+	if cfg.SSH.Allow.String() != "alice@example.com,tag:ops" {
+		t.Errorf("SSH allow-list %q", cfg.SSH.Allow.String())
+	}
+	if e, ok := cfg.SSH.Exec.(execFor); !ok || e.containerID != "c1" {
+		t.Errorf("SSH sessions run in %+v, want container c1", cfg.SSH.Exec)
+	}
+	h.d.Leave(&network.LeaveRequest{NetworkID: "net1", EndpointID: "ep1"})
+
+	h = newHarness(t, map[string]*enginestate.Container{"ep1": ctr("c1", "web", labels)})
+	_, err := h.d.Join(joinReq("ep1"))
+	if err == nil || !strings.Contains(err.Error(), "label ts.ssh") {
+		t.Errorf("Join without a Docker API client: %v", err)
 	}
 }

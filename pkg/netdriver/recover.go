@@ -148,6 +148,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 		return d.recoveryFailed(rec, err)
 	}
 	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.SandboxKey, rec.Hostname, rec.Serve)
+	ep.ssh = rec.SSH
 	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return d.recoveryFailed(rec, err)

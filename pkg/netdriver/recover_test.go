@@ -3,10 +3,12 @@ package netdriver
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/tslink/tslink/pkg/statedir"
+	"github.com/tslink/tslink/pkg/tsopts"
 	"golang.org/x/sys/unix"
 )
 
@@ -57,5 +59,25 @@ func TestLoadRecordsRevalidates(t *testing.T) {
 	recs := d.loadRecords()
 	if len(recs) != 1 || recs[0].EndpointID != good {
 		t.Errorf("records %+v; want only the valid one", recs)
+	}
+}
+
+// TestRecordKeepsSSH: a recovered endpoint gets its ts.ssh allow-list back
+// from its record (a new plugin process has no labels to read).
+func TestRecordKeepsSSH(t *testing.T) {
+	d := New(Config{StateRoot: t.TempDir()})
+	id := strings.Repeat("a", 64)
+	ep := d.newEndpoint(id, "n1", "c1", "web", "/run/docker/netns/0123456789ab", "web", tsopts.Serve{})
+	ep.ssh = tsopts.SSH{Logins: []string{"alice@example.com"}, Tags: []string{"tag:ops"}}
+	d.saveRecord(ep)
+	recs := d.loadRecords()
+	if len(recs) != 1 || !reflect.DeepEqual(recs[0].SSH, ep.ssh) {
+		t.Fatalf("records %+v; want SSH %+v", recs, ep.ssh)
+	}
+	b, _ := os.ReadFile(d.dir.EndpointRecord(id))
+	ep.ssh = tsopts.SSH{}
+	d.saveRecord(ep)
+	if b2, _ := os.ReadFile(d.dir.EndpointRecord(id)); strings.Contains(string(b2), `"SSH"`) || !strings.Contains(string(b), `"SSH"`) {
+		t.Errorf("records: with ts.ssh %s, without %s", b, b2)
 	}
 }

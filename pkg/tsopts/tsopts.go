@@ -276,6 +276,7 @@ type Container struct {
 	Hostname string   // valid DNS label
 	Tags     []string // nil: the network's default tags
 	Serve    Serve
+	SSH      SSH // ts.ssh; the zero SSH: no SSH server
 }
 
 // Serve protocols and types: package nodespec has them (package stack uses
@@ -336,6 +337,13 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 				continue
 			}
 			c.Serve.Service = strings.ToLower(v)
+		case k == LabelSSH:
+			ssh, err := ParseSSH(v)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			c.SSH = ssh
 		case k == LabelDirect:
 			switch strings.ToLower(v) {
 			case "true":
@@ -346,7 +354,7 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 				errs = append(errs, fmt.Errorf("label %s=%q: want true or false", k, v))
 			}
 		default:
-			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect))
+			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect, LabelSSH))
 		}
 	}
 	if len(errs) == 0 {
@@ -356,6 +364,9 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 			errs = append(errs, fmt.Errorf("label %s=%s needs at least one %s<port> label: the service's endpoints are the node's serve endpoints, e.g. %s443=https:8080", LabelService, c.Serve.Service, LabelServePrefix, LabelServePrefix))
 		case c.Serve.ServiceOnly && c.Serve.Service == "":
 			errs = append(errs, fmt.Errorf("label %s=false serves only through %s, which is not set: add %s=svc:<name> or drop %s", LabelDirect, LabelService, LabelService, LabelDirect))
+		}
+		if err := checkSSHPort(c); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -75,6 +75,8 @@ func TestBadInputThroughTheCLI(t *testing.T) {
 		{"service untagged", "good", []string{"ts.service=svc:my-api", "ts.serve.80=http:80"}, []string{"label ts.service=svc:my-api", "tagged node", "ts.tags"}, 10 * time.Second},
 		{"65 serve labels", "good", manyServeLabels(65), []string{"labels ts.serve.<port>: 65 given", "at most 64"}, 10 * time.Second},
 		{"33 tags", "good", []string{"ts.tags=" + manyTags(33)}, []string{"label ts.tags: more than 32 tags"}, 10 * time.Second},
+		{"bad ssh allow-list", "good", []string{"ts.ssh=alice"}, []string{"label ts.ssh", "alice@example.com,tag:ops"}, 10 * time.Second},
+		{"ssh port served", "good", []string{"ts.ssh=tag:ops", "ts.serve.22=tcp:2222"}, []string{"labels ts.serve.22 and ts.ssh", "port 22"}, 10 * time.Second},
 	}
 	for _, tc := range runCases {
 		args := []string{"run", "--rm", "--network", tc.network}
