@@ -9,6 +9,7 @@ import (
 
 	"tailscale.com/envknob"
 	"tailscale.com/ipn"
+	"tailscale.com/logtail"
 )
 
 // LogUploadSetting is the plugin setting (an environment variable of the
@@ -30,10 +31,18 @@ func AllowLogUpload() { logUploadAllowed.Store(true) }
 
 // applyLogPolicy turns log upload off for the process unless
 // [AllowLogUpload] was called: tslink keeps node logs local (debug.log).
+//
+// With upload off, logtail is switched off too (logtail.Disable,
+// process-wide): tsnet builds a logtail logger for every node whatever
+// TS_NO_LOGS_NO_SUPPORT says (tailscale.com tsnet startLogger), which
+// would compress each backend log line and spool it to
+// tailscaled.log*.txt in the node's state dir for an upload that never
+// comes. The backend log still reaches [Config.Logf].
 func applyLogPolicy() {
 	logPolicyOnce.Do(func() {
 		if !logUploadAllowed.Load() {
 			envknob.SetNoLogsNoSupport()
+			logtail.Disable()
 		}
 	})
 }

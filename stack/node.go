@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	// tsnet uploads backend logs to log.tailscale.com unless told not to;
 	// tslink keeps them local (debug.log) unless the plugin setting allows it.
-	applyLogPolicy()
+	applyProcessDefaults()
 
 	if cfg.Wait > 0 {
 		var cancel context.CancelFunc
@@ -251,6 +251,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}
 	_, statErr := os.Stat(statedir.StateFile(cfg.StateDir))
 	freshState := errors.Is(statErr, os.ErrNotExist)
+	releaseFreedMemory()
 	startedAt := time.Now()
 	if err := n.srv.Start(); err != nil {
 		return nil, fmt.Errorf("starting tsnet: %s", Redact(err.Error(), cfg.AuthKey))

@@ -2,13 +2,23 @@ package stack
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tslink/tslink/test/netnstest"
 )
 
 // echoServer accepts on ln and answers each line with "<remote addr> <line>".
@@ -129,6 +139,15 @@ func TestNodeReachesLaptopBothWays(t *testing.T) {
 		t.Errorf("node ping laptop: %v\n%s", err, out)
 	}
 
+	// Bulk TCP both ways (the container's TSO packets through tailscale0's
+	// read vector, wireguard-go's GRO writes into it), and UDP.
+	if out, _ := ctr.Exec(context.Background(), "ip", "-d", "link", "show", TUNName); !strings.Contains(string(out), fmt.Sprintf("gso_max_segs %d ", tunBatchSize)) {
+		t.Errorf("tailscale0 does not limit GSO to %d segments:\n%s", tunBatchSize, out)
+	}
+	bulkTCP(t, "node -> laptop", l.laptop.NS, ctr.Dial, laptop4, 16)
+	bulkTCP(t, "laptop -> node", ctr, l.laptop.NS.Dial, v4, 16)
+	udpBothWays(t, ctr, l.laptop.NS, laptop4)
+
 	// The laptop's view: listed by hostname, tailscale ping works.
 	st := l.laptop.Status(t)
 	found := false
@@ -158,5 +177,141 @@ func waitFor(d time.Duration, try func() error) error {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// bulkTCP sends mib MiB of random bytes over TCP from dial's side to a
+// listener in to, at dst, and checks they all arrive intact.
+func bulkTCP(t *testing.T, what string, to *netnstest.NetNS, dial func(context.Context, string, string) (net.Conn, error), dst netip.Addr, mib int) {
+	t.Helper()
+	data := make([]byte, mib<<20)
+	rand.Read(data)
+	want := sha256.Sum256(data)
+	ln := to.Listen(t, "tcp", ":0")
+	defer ln.Close()
+	type result struct {
+		sum [32]byte
+		n   int64
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- result{err: err}
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		var r result
+		copy(r.sum[:], h.Sum(nil))
+		r.n, r.err = n, err
+		got <- r
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := dial(ctx, "tcp", netip.AddrPortFrom(dst, uint16(ln.Addr().(*net.TCPAddr).Port)).String())
+	if err != nil {
+		t.Fatalf("%s: dial: %v", what, err)
+	}
+	began := time.Now()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Write(data); err != nil {
+		t.Fatalf("%s: sending %d MiB: %v", what, mib, err)
+	}
+	c.Close()
+	r := <-got
+	if r.err != nil || r.n != int64(len(data)) || r.sum != want {
+		t.Fatalf("%s: received %d of %d bytes (intact: %v), err %v", what, r.n, len(data), r.sum == want, r.err)
+	}
+	t.Logf("%s: %d MiB TCP in %v", what, mib, time.Since(began).Round(time.Millisecond))
+}
+
+// udpBothWays checks UDP from the container's netns ctr to an echo server
+// in the laptop's netns at dst and back: full-size datagrams one by one,
+// then one UDP GSO send (UDP_SEGMENT) of several datagrams, which the
+// kernel must split to fit tailscale0's gso_max_segs.
+func udpBothWays(t *testing.T, ctr, laptop *netnstest.NetNS, dst netip.Addr) {
+	t.Helper()
+	var srv net.PacketConn
+	if err := laptop.Do(func() (err error) { srv, err = net.ListenPacket("udp", ":0"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(buf[:n], from)
+		}
+	}()
+	var c *net.UDPConn
+	err := ctr.Do(func() (err error) {
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, uint16(srv.LocalAddr().(*net.UDPAddr).Port))))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// The largest datagram that fits tailscale0's MTU unfragmented.
+	const size = MTU - 20 - 8
+	buf := make([]byte, 65536)
+	for i := range 20 {
+		msg := bytes.Repeat([]byte{byte(i)}, size)
+		err := waitFor(5*time.Second, func() error {
+			c.Write(msg)
+			c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			n, err := c.Read(buf)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(buf[:n], msg) {
+				return fmt.Errorf("echo of datagram %d: %d bytes, not the %d sent", i, n, len(msg))
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("UDP node <-> laptop, %d-byte datagram %d: %v", size, i, err)
+		}
+	}
+
+	// One send of segs datagrams of seg bytes each, numbered.
+	const seg, segs = 1000, 8
+	oob := make([]byte, unix.CmsgSpace(2))
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(oob[unix.CmsgLen(0):], seg)
+	err = waitFor(5*time.Second, func() error {
+		super := make([]byte, seg*segs)
+		for i := range segs {
+			super[i*seg] = byte(i)
+		}
+		if _, _, err := c.WriteMsgUDP(super, oob, nil); err != nil {
+			return fmt.Errorf("UDP GSO send: %w", err)
+		}
+		seen := map[byte]bool{}
+		for len(seen) < segs {
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			n, err := c.Read(buf)
+			if err != nil {
+				return fmt.Errorf("%d of %d segments echoed: %w", len(seen), segs, err)
+			}
+			if n != seg {
+				return fmt.Errorf("echoed segment of %d bytes; want %d", n, seg)
+			}
+			seen[buf[0]] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("UDP GSO node -> laptop: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/tailscale/wireguard-go/tun"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"tailscale.com/net/packet"
 )
@@ -144,12 +145,47 @@ func (d *device) inject(pkt []byte) error {
 func (d *device) MTU() (int, error)     { return MTU, nil }
 func (d *device) Name() (string, error) { return TUNName, nil }
 
+// tunBatchSize is the most packets one read of tailscale0 hands to tsnet,
+// and the most segments the kernel puts into one TSO/USO packet it sends
+// through tailscale0 (gso_max_segs, set by [limitSegments]).
+//
+// Memory: tstun holds BatchSize buffers of 64 KiB per node for the node's
+// life (tailscale.com net/tstun wrap.go, vectorBuffer); wireguard-go's
+// kernel TUN with offloads would report 128 (tun/tun_linux.go BatchSize).
+//
+// The two limits must agree: wireguard-go splits a TSO packet read from
+// the TUN into one buffer per segment and drops the whole packet when it
+// has more segments than buffers (tun.ErrTooManySegments), which would
+// stall TCP from the container.
+const tunBatchSize = 1
+
+// BatchSize is the device's read vector size, [tunBatchSize].
+func (d *device) BatchSize() int { return tunBatchSize }
+
+// limitSegments sets gso_max_segs of the TUN named name, in the calling
+// thread's netns, to [tunBatchSize]. The attribute belongs to the netdev,
+// so it stays when the TUN moves to the container's netns.
+func limitSegments(name string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("finding TUN %s: %w", name, err)
+	}
+	if err := netlink.LinkSetGSOMaxSegs(link, tunBatchSize); err != nil {
+		return fmt.Errorf("setting gso_max_segs %d on TUN %s: %w", tunBatchSize, name, err)
+	}
+	return nil
+}
+
 // createTUN creates a new TUN named name in the calling goroutine's netns,
 // which must be the host's.
 func createTUN(name string) (*device, error) {
 	dev, err := tun.CreateTUN(name, MTU)
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN %s: %w", name, err)
+	}
+	if err := limitSegments(name); err != nil {
+		dev.Close()
+		return nil, err
 	}
 	return wrapTUN(dev)
 }
@@ -167,6 +203,11 @@ func openTUNIn(nsPath, name string) (*device, error) {
 		dev, err := tun.CreateTUN(name, MTU)
 		if err != nil {
 			return fmt.Errorf("opening TUN %s: %w", name, err)
+		}
+		// A TUN left by an older plugin may still allow more segments.
+		if err := limitSegments(name); err != nil {
+			dev.Close()
+			return err
 		}
 		d, err = wrapTUN(dev)
 		return err

@@ -62,11 +62,26 @@ func benchSizes() sizes {
 	if n, err := strconv.ParseInt(os.Getenv("TSLINK_BENCH_MIB"), 10, 64); err == nil && n > 0 {
 		s.TransferMiB, s.WarmupMiB = n, max(1, n/8)
 	}
+	if d, err := time.ParseDuration(os.Getenv("TSLINK_BENCH_IDLE")); err == nil && d > 0 {
+		s.Idle = d
+	}
 	return s
 }
 
+// kinds returns the kinds a round compares, in the round's order, less
+// those TSLINK_BENCH_KINDS (e.g. "tslink" or "tslink,bridge"; default all)
+// leaves out: a targeted run measures one kind without the others.
+func kinds(order ...string) []string {
+	v := os.Getenv("TSLINK_BENCH_KINDS")
+	if v == "" {
+		return order
+	}
+	return slices.DeleteFunc(order, func(k string) bool { return !slices.Contains(strings.Split(v, ","), k) })
+}
+
 // phases lists which rounds run (TSLINK_BENCH_PHASES=start,throughput,scale;
-// default all).
+// default all). TSLINK_BENCH_N, _SCALE, _MIB and _IDLE (a Go duration)
+// override the sizes.
 func phaseOn(name string) bool {
 	v := os.Getenv("TSLINK_BENCH_PHASES")
 	return v == "" || slices.Contains(strings.Split(v, ","), name)
@@ -112,13 +127,13 @@ func TestBench(t *testing.T) {
 
 	if phaseOn("start") {
 		for _, n := range sz.StartNs {
-			for _, kind := range []string{kindTslink, kindBridge, kindAnchor} {
+			for _, kind := range kinds(kindTslink, kindBridge, kindAnchor) {
 				r.startRound(l, kind, n)
 			}
 		}
 	}
 	if phaseOn("throughput") {
-		for _, kind := range []string{kindBridge, kindTslink, kindAnchor} {
+		for _, kind := range kinds(kindBridge, kindTslink, kindAnchor) {
 			r.throughputRound(l, kind)
 		}
 	}
