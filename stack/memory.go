@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"tailscale.com/envknob"
 )
@@ -61,4 +62,29 @@ func releaseFreedMemory() {
 	seq := freedMemory.begun.Add(1)
 	debug.FreeOSMemory()
 	freedMemory.covered = seq
+}
+
+// startSettleDelay is how long after the last node start
+// [releaseFreedMemorySoon] waits: a new node's first netmaps, and each
+// other node's netmap with it as a new peer, arrive in the seconds after
+// its start and leave garbage behind.
+const startSettleDelay = 5 * time.Second
+
+var settleRelease struct {
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+// releaseFreedMemorySoon runs [releaseFreedMemory] once no node has started
+// for [startSettleDelay]. The garbage of a burst of starts is otherwise
+// kept resident by the Go runtime, whose heap goal (twice the live heap at
+// GOGC=100) counts the nodes' untouched packet buffers as live.
+func releaseFreedMemorySoon() {
+	settleRelease.mu.Lock()
+	defer settleRelease.mu.Unlock()
+	if settleRelease.timer == nil {
+		settleRelease.timer = time.AfterFunc(startSettleDelay, releaseFreedMemory)
+		return
+	}
+	settleRelease.timer.Reset(startSettleDelay)
 }

@@ -333,6 +333,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 
+	releaseFreedMemorySoon()
 	wctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	n.prefetchCert(wctx, st)

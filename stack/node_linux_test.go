@@ -231,8 +231,8 @@ func bulkTCP(t *testing.T, what string, to *netnstest.NetNS, dial func(context.C
 
 // udpBothWays checks UDP from the container's netns ctr to an echo server
 // in the laptop's netns at dst and back: full-size datagrams one by one,
-// then one UDP GSO send (UDP_SEGMENT) of several datagrams, which the
-// kernel must split to fit tailscale0's gso_max_segs.
+// then one UDP GSO send (UDP_SEGMENT) of more datagrams than tailscale0
+// reads at once, which the kernel must split to fit its gso_max_segs.
 func udpBothWays(t *testing.T, ctr, laptop *netnstest.NetNS, dst netip.Addr) {
 	t.Helper()
 	var srv net.PacketConn
@@ -282,8 +282,9 @@ func udpBothWays(t *testing.T, ctr, laptop *netnstest.NetNS, dst netip.Addr) {
 		}
 	}
 
-	// One send of segs datagrams of seg bytes each, numbered.
-	const seg, segs = 1000, 8
+	// One send of segs datagrams of seg bytes each, numbered: more than
+	// tailscale0 takes in one read, so only gso_max_segs keeps it whole.
+	const seg, segs = 500, tunBatchSize + 16
 	oob := make([]byte, unix.CmsgSpace(2))
 	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT

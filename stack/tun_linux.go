@@ -152,12 +152,16 @@ func (d *device) Name() (string, error) { return TUNName, nil }
 // Memory: tstun holds BatchSize buffers of 64 KiB per node for the node's
 // life (tailscale.com net/tstun wrap.go, vectorBuffer); wireguard-go's
 // kernel TUN with offloads would report 128 (tun/tun_linux.go BatchSize).
+// An idle node writes only the first; the others stay off RAM when they
+// come from released pages ([releaseFreedMemory]). A smaller size costs
+// throughput from the container (fewer segments per TUN read); the choice
+// is measured in docs/bench/notes.md.
 //
 // The two limits must agree: wireguard-go splits a TSO packet read from
 // the TUN into one buffer per segment and drops the whole packet when it
 // has more segments than buffers (tun.ErrTooManySegments), which would
 // stall TCP from the container.
-const tunBatchSize = 1
+const tunBatchSize = 64
 
 // BatchSize is the device's read vector size, [tunBatchSize].
 func (d *device) BatchSize() int { return tunBatchSize }
