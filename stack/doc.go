@@ -75,6 +75,18 @@
 //     key even from a node whose node key is valid: [Start] leaves the key
 //     out when the state dir holds a logged-in node, and logs in with it only
 //     if control asks for a login.
+//   - A node's packet buffers are allocated at start and held for its life:
+//     wireguard-go's receive and TUN readers and tstun's read vector (whose
+//     length is the TUN's BatchSize) are 64 KiB each. An unwritten buffer is
+//     not resident if it came from pages returned to the OS, so the node
+//     returns freed heap before and after starts (memory.go), and tailscale0
+//     reads at most tunBatchSize packets with gso_max_segs capped to
+//     match (wireguard-go drops a TSO packet with more segments than
+//     buffers).
+//   - tsnet runs a logtail logger and a port mapper per node whatever
+//     TS_NO_LOGS_NO_SUPPORT says; with log upload off the node turns logtail
+//     off process-wide; the port mapper is off unless the plugin's
+//     environment sets TS_DISABLE_PORTMAPPER itself.
 //   - A node learns of its node key's expiry and extension from its map
 //     responses (the self node's KeyExpiry): expired, LocalBackend is
 //     NeedsLogin with its engine deconfigured while the map poll goes on;
