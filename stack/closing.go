@@ -98,7 +98,7 @@ func (n *Node) awaitFirstNetmap() (waited time.Duration, arrived bool) {
 		if err != nil {
 			return time.Since(began), false
 		}
-		if nt.SelfChange != nil || (nt.NetMap != nil && nt.NetMap.SelfNode.Valid()) {
+		if nt.SelfChange != nil {
 			n.markSelfSeen()
 			return time.Since(began), true
 		}
