@@ -13,7 +13,9 @@
 // counter (a logout is a register request), setters for the packet filter,
 // DNS config, tag owners and machine approval, and auth keys and node-key
 // expiry that behave as Tailscale's control does (see [Server.RevokeAuthKey]
-// and [Server.SetNodeKeyExpiry]).
+// and [Server.SetNodeKeyExpiry]), and the two calls of Tailscale's API that
+// turn an OAuth client secret into an auth key (see oauth.go and
+// [Server.AddOAuthClient]), served on the control URL.
 //
 // Test assertions built on it should be ones that would also hold against
 // real control.
@@ -106,8 +108,12 @@ type Server struct {
 	online    map[key.NodePublic]int  // streaming polls in flight per node
 	mapped    map[key.NodePublic]bool // nodes whose first map poll came (HoldFirstMapResponse)
 	filter    []tailcfg.FilterRule    // nil: testcontrol's allow-all
-	closed    bool
-	closeWG   sync.WaitGroup
+	// OAuth clients and the keys they created (oauth.go).
+	oauthClients map[string][]string // client secret → tags it may give keys
+	oauthTokens  map[string]string   // access token → client secret
+	apiKeys      map[string]*apiKey  // auth keys created through the API
+	closed       bool
+	closeWG      sync.WaitGroup
 }
 
 // Start starts control, DERP and STUN and returns once all three accept
@@ -215,6 +221,8 @@ func Start(opts Options) (_ *Server, retErr error) {
 func (s *Server) serveControl() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /tslink/nodes", s.serveNodes)
+	mux.HandleFunc("POST /api/v2/oauth/token", s.serveOAuthToken)
+	mux.HandleFunc("POST /api/v2/tailnet/{tailnet}/keys", s.serveCreateKey)
 	mux.Handle("/", s.control)
 	srv := &http.Server{Handler: mux, ErrorLog: logger.StdLogger(logger.Discard), ConnState: s.trackHijacked}
 	s.mu.Lock()
@@ -343,8 +351,11 @@ type Node struct {
 	IPs      []netip.Addr `json:"ips"`
 	Tags     []string     `json:"tags,omitempty"`
 	Online   bool         `json:"online"` // a streaming map poll is open
-	Approved bool         `json:"approved"`
-	NodeKey  string       `json:"nodeKey"`
+	// Ephemeral: the node registered as ephemeral, or with an ephemeral
+	// auth key; control deletes it when it logs out.
+	Ephemeral bool   `json:"ephemeral"`
+	Approved  bool   `json:"approved"`
+	NodeKey   string `json:"nodeKey"`
 	// KeyExpiry is when the node key expires; zero: never
 	// ([Server.SetNodeKeyExpiry]).
 	KeyExpiry time.Time `json:"keyExpiry,omitzero"`
@@ -371,6 +382,7 @@ func (s *Server) Nodes() []Node {
 			Hostname:  n.Hostinfo.Hostname(),
 			Tags:      slices.Clone(n.Tags),
 			Online:    s.online[n.Key] > 0,
+			Ephemeral: s.ephemeral[n.Key],
 			Approved:  n.MachineAuthorized,
 			NodeKey:   n.Key.String(),
 			KeyExpiry: n.KeyExpiry,

@@ -91,6 +91,9 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 		next.ServeHTTP(rec, r)
 		s.nameNode(req.NodeKey, isNew)
 		s.noteEphemeral(&req)
+		if authKey := authKeyOf(&req); authKey != "" {
+			s.applyAPIKey(req.NodeKey, authKey)
+		}
 		maps.Copy(w.Header(), rec.Header())
 		w.WriteHeader(rec.Code)
 		w.Write(rec.Body.Bytes())
@@ -168,6 +171,9 @@ func authKeyOf(req *tailcfg.RegisterRequest) string {
 func (s *Server) refusal(authKey string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if refusal, ok := s.apiKeyRefusalLocked(authKey); ok {
+		return refusal
+	}
 	switch {
 	case s.revoked[authKey]:
 		return errRevokedKey
