@@ -9,7 +9,7 @@ import (
 )
 
 // Sentinel errors a caller can branch on with errors.Is. [NodeError] wraps
-// one of the first four.
+// one of the first six.
 var (
 	// ErrAuthKeyRejected: control refused the auth key (wrong, expired, or
 	// revoked).
@@ -24,6 +24,10 @@ var (
 	ErrNeedsLogin = errors.New("node needs an interactive login")
 	// ErrNotReady: the node reached control but was not Running in time.
 	ErrNotReady = errors.New("node not ready")
+	// ErrOAuthSecret: the auth key is an OAuth client secret and no auth
+	// key could be created with it (the API refused it or the tags, or
+	// could not be reached).
+	ErrOAuthSecret = errors.New("could not create an auth key with the OAuth client secret")
 
 	// ErrTagsNotGranted: the node asked for ACL tags and control gave it
 	// none (the tailnet policy's tagOwners do not allow them for this key).

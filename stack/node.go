@@ -45,7 +45,10 @@ type Config struct {
 	ControlURL string
 	// AuthKey logs a new node in. When StateDir already holds a logged-in
 	// node, the node starts without it (see [Start]) and uses it only if
-	// control asks that node to log in again.
+	// control asks that node to log in again. An OAuth client secret
+	// (tskey-client-…, package oauthsecret) creates a single-use auth key
+	// with Tags and Ephemeral each time a key is needed; Tags are then
+	// required.
 	AuthKey string
 	// Ephemeral registers the node as ephemeral; [Node.Close] then logs it
 	// out so control removes it at once.
@@ -215,6 +218,13 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		retErr = &pendingTeardown{err: retErr, done: done}
 	}()
 
+	authKey := ""
+	if stateHasNodeKey(cfg.StateDir) {
+		n.keyless = true
+	} else if authKey, err = n.loginKey(ctx); err != nil {
+		return nil, err
+	}
+
 	if cfg.AdoptNetNS != "" {
 		// Opening the TUN gives it carrier, which makes its DNS route
 		// count again; until this node answers DNS (answerDNS, then
@@ -233,11 +243,6 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		return nil, err
 	}
 
-	authKey := cfg.AuthKey
-	if stateHasNodeKey(cfg.StateDir) {
-		n.keyless = true
-		authKey = ""
-	}
 	n.srv = &tsnet.Server{
 		Dir:           cfg.StateDir,
 		Hostname:      cfg.Hostname,
@@ -437,7 +442,11 @@ func (n *Node) loginWithKey() bool {
 	n.wg.Go(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := n.lc.Start(ctx, ipn.Options{AuthKey: n.cfg.AuthKey}); err != nil {
+		key, err := n.loginKey(ctx)
+		if err != nil {
+			return // loginKey logged it
+		}
+		if err := n.lc.Start(ctx, ipn.Options{AuthKey: key}); err != nil {
 			n.logf("tslink: logging in with the auth key: %s", Redact(err.Error(), n.cfg.AuthKey))
 		}
 	})

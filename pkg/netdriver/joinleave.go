@@ -71,6 +71,9 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	if err != nil {
 		return nil, failed(ReasonAuthKey, err)
 	}
+	if err := tsopts.CheckOAuthTags(authKey, tags); err != nil {
+		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
+	}
 	d.supersede(ep)
 	if err := d.reserve(ep, began.Add(reserveWait)); err != nil {
 		return nil, failed(ReasonHostnameInUse, err)

@@ -101,7 +101,7 @@ func (d *Driver) parseNetwork(opts map[string]string) (*tsopts.Network, error) {
 		return nil, err
 	}
 	if !nw.HasAuthKey() {
-		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, d.dir.HostKeysDir())
+		return nil, fmt.Errorf("no auth key: pass --opt %s=tskey-auth-… or an OAuth client secret tskey-client-… (or --opt %s=<file in %s>), or set the plugin's TS_AUTHKEY with `docker plugin set`", tsopts.OptAuthKey, tsopts.OptAuthKeyFile, d.dir.HostKeysDir())
 	}
 	return nw, nil
 }
@@ -141,11 +141,16 @@ func (d *Driver) networkFor(networkID string) (*tsopts.Network, error) {
 	return nw, nil
 }
 
-// authKey is the network's auth key: its ts.authkey (or the plugin's
-// TS_AUTHKEY), or the content of its ts.authkey-file, read now.
+// authKey is the network's auth key (or OAuth client secret): its
+// ts.authkey (or the plugin's TS_AUTHKEY), or the content of its
+// ts.authkey-file, read and checked ([tsopts.CheckAuthKey]) now.
 func (d *Driver) authKey(nw *tsopts.Network) (string, error) {
 	if nw.AuthKeyFile != "" {
-		return d.readKeyFile(nw.AuthKeyFile)
+		key, err := d.readKeyFile(nw.AuthKeyFile)
+		if err == nil {
+			err = tsopts.CheckAuthKey(key, tsopts.KeyFileSource(nw.AuthKeyFile), nw)
+		}
+		return key, err
 	}
 	return nw.AuthKey, nil
 }

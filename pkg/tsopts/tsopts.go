@@ -70,7 +70,9 @@ const (
 
 // Network is a tslink network's parsed options, plugin env defaults applied.
 type Network struct {
-	AuthKey     string // secret; "" if AuthKeyFile is used
+	// AuthKey is an auth key or an OAuth client secret (tskey-client-…,
+	// checked by [CheckAuthKey]); secret. "" if AuthKeyFile is used.
+	AuthKey     string
 	AuthKeyFile string // file name under the state dir's keys/ holding the key
 	ControlURL  string // "" = Tailscale's default; else normalized by [ParseControlURL]
 	// InsecureControl (ts.insecure-control=true) allows plain http to a
@@ -112,7 +114,7 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 		switch k {
 		case OptAuthKey:
 			if v == "" || strings.ContainsAny(v, " \t\r\n") {
-				errs = append(errs, fmt.Errorf("option %s: want a Tailscale auth key (tskey-auth-…), got an empty or blank-containing value", k))
+				errs = append(errs, fmt.Errorf("option %s: want a Tailscale auth key (tskey-auth-…) or OAuth client secret (tskey-client-…), got an empty or blank-containing value", k))
 				continue
 			}
 			n.AuthKey = v
@@ -174,6 +176,11 @@ func ParseNetwork(opts map[string]string, env Env) (*Network, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", source, err))
 		}
 		n.ControlURL = u
+	}
+	if n.AuthKey != "" && len(errs) == 0 {
+		if err := CheckAuthKey(n.AuthKey, keySource(opts), n); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if _, hasKey := opts[OptAuthKey]; hasKey {
 		if _, hasFile := opts[OptAuthKeyFile]; hasFile {
