@@ -87,6 +87,11 @@
 //     TS_NO_LOGS_NO_SUPPORT says; with log upload off the node turns logtail
 //     off process-wide; the port mapper is off unless the plugin's
 //     environment sets TS_DISABLE_PORTMAPPER itself.
+//   - tsnet.Server.Start resolves an OAuth client secret given as AuthKey
+//     (feature/oauthkey) under its lifetime context, with no deadline, and a
+//     login through LocalAPI resolves none: [Start] creates the node's auth
+//     key from a secret itself, within its ctx (package oauthsecret), and
+//     hands tsnet only auth keys.
 //   - A node learns of its node key's expiry and extension from its map
 //     responses (the self node's KeyExpiry): expired, LocalBackend is
 //     NeedsLogin with its engine deconfigured while the map poll goes on;
