@@ -78,7 +78,7 @@ func (s *Server) serveRegister(w http.ResponseWriter, r *http.Request, next http
 	var res tailcfg.RegisterResponse
 	switch authKey := authKeyOf(&req); {
 	case authKey != "":
-		res.Error = s.refusal(authKey)
+		res.Error = s.refusal(authKey, &req)
 	case s.knownNodeKey(req.NodeKey) || !s.requiresAuthKey():
 	default:
 		res.AuthURL = s.url + "/auth/" + randomHex()
@@ -167,11 +167,11 @@ func authKeyOf(req *tailcfg.RegisterRequest) string {
 	return req.Auth.AuthKey
 }
 
-// refusal is why control refuses authKey, or "" if it accepts it.
-func (s *Server) refusal(authKey string) string {
+// refusal is why control refuses authKey in req, or "" if it accepts it.
+func (s *Server) refusal(authKey string, req *tailcfg.RegisterRequest) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if refusal, ok := s.apiKeyRefusalLocked(authKey); ok {
+	if refusal, ok := s.apiKeyRefusalLocked(authKey, req); ok {
 		return refusal
 	}
 	switch {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"tailscale.com/tailcfg"
 	"tailscale.com/types/key"
 )
 
@@ -38,7 +39,10 @@ const oauthTokenLifetime = time.Hour
 // apiKey is an auth key created through the API, with its capabilities.
 type apiKey struct {
 	caps keyCreateCaps
-	used bool
+	// usedBy holds the node keys of the node that used a single-use key:
+	// that node may send it again (a client whose node key expired first
+	// sends the key with the expired node key, then with a new one).
+	usedBy map[key.NodePublic]bool
 }
 
 // keyCreateCaps is capabilities.devices.create of a key-creation request,
@@ -155,17 +159,20 @@ func (s *Server) serveCreateKey(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// apiKeyRefusal is why control refuses authKey if the API created it
-// (ok), marking a single-use key used when it accepts it.
-func (s *Server) apiKeyRefusalLocked(authKey string) (refusal string, ok bool) {
+// apiKeyRefusalLocked is why control refuses authKey in req if the API
+// created it (ok): a single-use key registers one node. s.mu must be held.
+func (s *Server) apiKeyRefusalLocked(authKey string, req *tailcfg.RegisterRequest) (refusal string, ok bool) {
 	k := s.apiKeys[authKey]
 	if k == nil {
 		return "", false
 	}
-	if k.used && !k.caps.Reusable {
+	if !k.caps.Reusable && len(k.usedBy) > 0 && !k.usedBy[req.NodeKey] && (req.OldNodeKey.IsZero() || !k.usedBy[req.OldNodeKey]) {
 		return errRevokedKey, true
 	}
-	k.used = true
+	if k.usedBy == nil {
+		k.usedBy = map[key.NodePublic]bool{}
+	}
+	k.usedBy[req.NodeKey] = true
 	return "", true
 }
 
