@@ -317,7 +317,12 @@ func (s *Server) session(sess gliderssh.Session) {
 	}()
 	go func() {
 		io.Copy(proc.Stdin(), sess)
-		proc.Stdin().Close()
+		if !isPty {
+			// With a TTY, dockerd ends the exec's output when its
+			// input closes, as a terminal cannot be half-closed;
+			// sshd also keeps a pty open after the client's EOF.
+			proc.Stdin().Close()
+		}
 	}()
 	outErr := proc.CopyOutput(sess, sess.Stderr())
 	close(ended)

@@ -118,6 +118,23 @@ func TestSSHIntoContainer(t *testing.T) {
 		}
 	}
 
+	// A command with a terminal and no input (ssh -tt host cmd </dev/null):
+	// its output still arrives after the client's EOF.
+	sess, err = c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sess.RequestPty("xterm", 24, 80, gossh.TerminalModes{gossh.ECHO: 0}); err != nil {
+		t.Fatal(err)
+	}
+	sess.Stdin = strings.NewReader("")
+	var ttyOut syncBuffer
+	sess.Stdout = &ttyOut
+	err = sess.Run(`sleep 0.5; echo after-eof; exit 4`)
+	if !errors.As(err, &exitErr) || exitErr.ExitStatus() != 4 || !strings.Contains(ttyOut.String(), "after-eof") {
+		t.Errorf("command with a terminal and closed input: %v, output %q; want exit status 4 and after-eof", err, ttyOut.String())
+	}
+
 	// A command without a terminal: separate streams, its exit status.
 	sess, err = c.NewSession()
 	if err != nil {
