@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,14 +26,16 @@ import (
 // /machine/set-dns) when it starts, before any client connects; a TLS client
 // on the laptop verifies it against the ACME server's root and reaches the
 // container's backend; after a restart the node serves the same certificate
-// from its state dir without a second order.
+// from its state dir without a second order. The node runs in a child
+// process (as in the plugin): the ACME directory URL (envknob
+// TS_DEBUG_ACME_DIRECTORY_URL) and the trust of the ACME server's TLS
+// certificate (SSL_CERT_FILE, read once per process) are process-wide, so
+// they go to that process only.
 func TestHTTPSServeIssuesCertificate(t *testing.T) {
 	l := newLab(t)
 	ca := acmetest.Start(t)
-	// Read by tailscale's ACME client at each issuance (feature/acme);
-	// t.Setenv restores the lab's closed-port value when the test ends.
-	t.Setenv("TS_DEBUG_ACME_DIRECTORY_URL", ca.DirectoryURL())
 	l.control.OnSetDNS(ca.SetTXT)
+	env := []string{"TS_DEBUG_ACME_DIRECTORY_URL=" + ca.DirectoryURL(), "SSL_CERT_FILE=" + ca.TLSCertFile()}
 
 	cfg := l.config("secure")
 	cfg.Ephemeral = false
@@ -38,15 +43,15 @@ func TestHTTPSServeIssuesCertificate(t *testing.T) {
 		{Port: 443, Proto: nodespec.ProtoHTTPS, Target: 8080, Path: "/"},
 	}}
 	fqdn := "secure." + l.control.MagicDNSDomain()
-	ready := "HTTPS certificate for " + fqdn + " ready"
 
-	start := func() (*Node, netip.Addr) {
+	// start runs the node in a new container (a fresh netns with the
+	// backend on its loopback) and returns the child, its IPv4 and its log.
+	start := func() (*exec.Cmd, netip.Addr, string) {
 		t.Helper()
 		cfg.EndpointID = randomID()
-		n, ctr := l.startNode(t, cfg)
+		ctr := newCtr(t)
 		loopbackApp(t, ctr)
-		v4, _ := n.Addrs()
-		return n, v4
+		return startHelperWithEnv(t, cfg, ctr.Path, env)
 	}
 	// httpsGET fetches path from the node at ip:443 under its MagicDNS name,
 	// verifying the certificate against the ACME server's root, and returns
@@ -75,26 +80,29 @@ func TestHTTPSServeIssuesCertificate(t *testing.T) {
 		}
 		return string(body), res.TLS.PeerCertificates[0].Raw, nil
 	}
-	waitReady := func(times int) {
+	// waitLogged waits until the node's log says its certificate is ready.
+	ready := "HTTPS certificate for " + fqdn + " ready"
+	waitLogged := func(logPath string) {
 		t.Helper()
 		if err := waitFor(60*time.Second, func() error {
-			if got := strings.Count(l.logs.String(), ready); got < times {
-				return fmt.Errorf("%q logged %d times, want %d", ready, got, times)
+			if b, _ := os.ReadFile(logPath); !strings.Contains(string(b), ready) {
+				return fmt.Errorf("no %q in the node log", ready)
 			}
 			return nil
 		}); err != nil {
-			t.Fatalf("%v; ACME orders %d; node log:\n%s", err, ca.Orders(), l.logs)
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("%v; ACME orders %d, issued %d; node log:\n%s", err, ca.Orders(), ca.Issued(), tail(string(b), 60))
 		}
 	}
 
 	began := time.Now()
-	n, v4 := start()
-	waitReady(1) // no client has connected yet
-	t.Logf("certificate issued %v after the start began (%d order)", time.Since(began).Round(time.Millisecond), ca.Orders())
-	if got := ca.Orders(); got != 1 {
-		t.Errorf("ACME orders after the first start: %d, want 1", got)
+	first, v4, logPath := start()
+	waitLogged(logPath) // no client has connected yet
+	t.Logf("certificate issued %v after the start began", time.Since(began).Round(time.Millisecond))
+	if o, i := ca.Orders(), ca.Issued(); o != 1 || i != 1 {
+		t.Errorf("after the first start: %d ACME orders, %d issued; want 1, 1", o, i)
 	}
-	body, first, err := httpsGET(v4, "/hello")
+	body, cert, err := httpsGET(v4, "/hello")
 	if err != nil {
 		t.Fatalf("https GET from the laptop: %v", err)
 	}
@@ -103,9 +111,10 @@ func TestHTTPSServeIssuesCertificate(t *testing.T) {
 	}
 
 	// Restart: the same state dir, a new container.
-	n.Close(context.Background())
-	_, v4 = start()
-	waitReady(2)
+	first.Process.Signal(syscall.SIGTERM)
+	first.Wait()
+	_, v4, logPath = start()
+	waitLogged(logPath)
 	var again []byte
 	if err := waitFor(15*time.Second, func() (err error) {
 		body, again, err = httpsGET(v4, "/again")
@@ -116,10 +125,10 @@ func TestHTTPSServeIssuesCertificate(t *testing.T) {
 	if !strings.HasPrefix(body, "path=/again ") {
 		t.Errorf("https GET after the restart answered %q", body)
 	}
-	if !bytes.Equal(first, again) {
+	if !bytes.Equal(cert, again) {
 		t.Errorf("the node serves a different certificate after the restart")
 	}
-	if got := ca.Orders(); got != 1 {
-		t.Errorf("ACME orders after the restart: %d, want still 1 (the certificate kept in the state dir)", got)
+	if o, i := ca.Orders(), ca.Issued(); o != 1 || i != 1 {
+		t.Errorf("after the restart: %d ACME orders, %d issued; want still 1, 1 (the certificate kept in the state dir)", o, i)
 	}
 }

@@ -6,19 +6,25 @@
 //
 // Tailscale's ACME client (tailscale.com/feature/acme) takes its directory
 // URL from the envknob TS_DEBUG_ACME_DIRECTORY_URL and talks to it with
-// Go's default HTTP client; this server speaks plain HTTP on loopback, so
-// no test CA needs to be trusted process-wide for the ACME exchange (pebble
-// builds its URLs with the scheme of the request). The certificates it
-// issues chain to a root made at [Start]; [Server.Roots] holds it.
+// Go's default HTTP client, which trusts the system roots. pebble accepts
+// only HTTPS (its JWS checks expect https:// URLs), so the process that
+// fetches certificates must trust this server's TLS certificate: on Linux
+// Go reads the roots from SSL_CERT_FILE once per process, hence
+// [Server.TLSCertFile] goes to a child process's environment, never to the
+// test process's. The certificates the server issues chain to a root made
+// at [Start]; [Server.Roots] holds it.
 package acmetest
 
 import (
 	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,9 +39,11 @@ import (
 
 // Server is a running ACME server. Its methods are safe for concurrent use.
 type Server struct {
-	http   *httptest.Server
-	roots  *x509.CertPool
-	orders atomic.Int32
+	http     *httptest.Server
+	certFile string
+	roots    *x509.CertPool
+	orders   atomic.Int32
+	issued   atomic.Int32
 
 	mu  sync.Mutex
 	txt map[string][]string // lowercase FQDN with trailing dot -> TXT values
@@ -71,19 +79,38 @@ func Start(t testing.TB) *Server {
 	s.roots = x509.NewCertPool()
 	s.roots.AddCert(authority.GetRootCert(0).Cert)
 
-	s.http = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == "/order-plz" {
-			s.orders.Add(1)
+	s.http = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			switch {
+			case r.URL.Path == "/order-plz":
+				s.orders.Add(1)
+			case strings.HasPrefix(r.URL.Path, "/finalize-order/"):
+				s.issued.Add(1)
+			}
 		}
 		acme.ServeHTTP(w, r)
 	}))
+	s.http.Config.ErrorLog = logger
+	s.http.StartTLS()
 	t.Cleanup(s.http.Close)
+	s.certFile = filepath.Join(t.TempDir(), "acme-server.pem")
+	if err := os.WriteFile(s.certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.http.Certificate().Raw}), 0o644); err != nil {
+		t.Fatalf("acmetest: %v", err)
+	}
 	return s
 }
 
-// DirectoryURL is the ACME directory (plain HTTP on loopback), the value
-// for TS_DEBUG_ACME_DIRECTORY_URL.
+// DirectoryURL is the ACME directory (HTTPS on 127.0.0.1), the value for
+// TS_DEBUG_ACME_DIRECTORY_URL.
 func (s *Server) DirectoryURL() string { return s.http.URL + wfe.DirectoryPath }
+
+// TLSCertFile is a PEM file holding the server's own TLS certificate
+// (self-signed, for 127.0.0.1), the value for SSL_CERT_FILE in the process
+// that fetches certificates.
+func (s *Server) TLSCertFile() string { return s.certFile }
+
+// Issued is the number of orders finalized (certificates issued) so far.
+func (s *Server) Issued() int { return int(s.issued.Load()) }
 
 // Roots holds the root certificate the issued certificates chain to.
 func (s *Server) Roots() *x509.CertPool { return s.roots }
