@@ -86,6 +86,12 @@ func Start(t testing.TB) *Server {
 				s.orders.Add(1)
 			case strings.HasPrefix(r.URL.Path, "/finalize-order/"):
 				s.issued.Add(1)
+				// Let's Encrypt names the order in the finalize
+				// answer's Location header, and tailscale's ACME
+				// client (tempfork/acme CreateOrderCert) polls that
+				// URL while the order is processing; pebble sets none.
+				id := strings.TrimPrefix(r.URL.Path, "/finalize-order/")
+				w.Header().Set("Location", "https://"+r.Host+"/my-order/"+id)
 			}
 		}
 		acme.ServeHTTP(w, r)
