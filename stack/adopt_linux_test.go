@@ -18,10 +18,19 @@ import (
 // returns it once the node is up, with its IPv4.
 func startHelper(t *testing.T, cfg Config, netnsPath string) (*exec.Cmd, netip.Addr) {
 	t.Helper()
+	cmd, v4, _ := startHelperWithEnv(t, cfg, netnsPath, nil)
+	return cmd, v4
+}
+
+// startHelperWithEnv is startHelper with env (KEY=value) added to the
+// child's environment only; it also returns the path of the child's log.
+func startHelperWithEnv(t *testing.T, cfg Config, netnsPath string, env []string) (*exec.Cmd, netip.Addr, string) {
+	t.Helper()
 	cfg.Logf = nil
 	js, _ := json.Marshal(cfg)
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "TSLINK_HELPER=node", "TSLINK_HELPER_CONFIG="+string(js), "TSLINK_HELPER_NETNS="+netnsPath)
+	cmd.Env = append(cmd.Env, env...)
 	stderr, _ := os.Create(t.TempDir() + "/helper.log")
 	cmd.Stderr = stderr
 	out, _ := cmd.StdoutPipe()
@@ -38,7 +47,7 @@ func startHelper(t *testing.T, cfg Config, netnsPath string) (*exec.Cmd, netip.A
 		log, _ := os.ReadFile(stderr.Name())
 		t.Fatalf("helper: %q\n%s", line, tail(string(log), 30))
 	}
-	return cmd, netip.MustParseAddr(f[1])
+	return cmd, netip.MustParseAddr(f[1]), stderr.Name()
 }
 
 func tail(s string, n int) string {

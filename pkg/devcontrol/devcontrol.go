@@ -624,7 +624,10 @@ func defaultNodeCaps() tailcfg.NodeCapMap {
 // control does. A client that does not upload logs (tailscaled
 // --no-logs-no-support, envknob TS_NO_LOGS_NO_SUPPORT) stops on seeing it:
 // ipnlocal reports "tailnet requires logging to be enabled" and saves
-// WantRunning=false in its prefs.
+// WantRunning=false in its prefs. Turned off, no node gets the capability
+// again: testcontrol also copies a node's capabilities at registration into
+// its legacy Capabilities list (which the client counts as capabilities
+// too), so that list loses it here as well.
 func (s *Server) SetRequireClientLogs(on bool) {
 	caps := defaultNodeCaps()
 	if on {
@@ -632,6 +635,13 @@ func (s *Server) SetRequireClientLogs(on bool) {
 	}
 	s.withControlLocked(func() { s.control.DefaultNodeCapabilities = &caps })
 	for _, n := range s.control.AllNodes() {
+		if !on && slices.Contains(n.Capabilities, tailcfg.CapabilityDataPlaneAuditLogs) {
+			n.Capabilities = slices.DeleteFunc(n.Capabilities, func(c tailcfg.NodeCapability) bool {
+				return c == tailcfg.CapabilityDataPlaneAuditLogs
+			})
+			s.control.UpdateNode(n)
+		}
 		s.control.SetNodeCapMap(n.Key, maps.Clone(caps))
 	}
+	s.pushAll() // nodes whose netmaps devcontrol builds get no automatic update
 }
