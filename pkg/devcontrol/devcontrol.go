@@ -635,13 +635,23 @@ func (s *Server) SetRequireClientLogs(on bool) {
 	}
 	s.withControlLocked(func() { s.control.DefaultNodeCapabilities = &caps })
 	for _, n := range s.control.AllNodes() {
-		if !on && slices.Contains(n.Capabilities, tailcfg.CapabilityDataPlaneAuditLogs) {
-			n.Capabilities = slices.DeleteFunc(n.Capabilities, func(c tailcfg.NodeCapability) bool {
-				return c == tailcfg.CapabilityDataPlaneAuditLogs
-			})
+		if !on && dropLegacyCapability(n, tailcfg.CapabilityDataPlaneAuditLogs) {
 			s.control.UpdateNode(n)
 		}
 		s.control.SetNodeCapMap(n.Key, maps.Clone(caps))
 	}
 	s.pushAll() // nodes whose netmaps devcontrol builds get no automatic update
+}
+
+// dropLegacyCapability removes c from n's legacy Capabilities list, which
+// testcontrol v1.102.5 still fills at registration and clients still read,
+// and reports whether it was there.
+func dropLegacyCapability(n *tailcfg.Node, c tailcfg.NodeCapability) bool {
+	//lint:ignore SA1019 the legacy list is what keeps the capability (see above)
+	kept := slices.DeleteFunc(slices.Clone(n.Capabilities), func(have tailcfg.NodeCapability) bool { return have == c })
+	//lint:ignore SA1019 the legacy list is what keeps the capability (see above)
+	dropped := len(kept) != len(n.Capabilities)
+	//lint:ignore SA1019 the legacy list is what keeps the capability (see above)
+	n.Capabilities = kept
+	return dropped
 }
