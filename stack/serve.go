@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -435,10 +437,25 @@ const tsoptsServePrefix = "ts.serve."
 // certPrefetchTimeout bounds the certificate fetch a node starts with.
 const certPrefetchTimeout = 2 * time.Minute
 
-// prefetchCert fetches the node's certificate in the background when it
-// serves TLS, so the first client does not wait for ACME issuance. tsnet
-// keeps certificates in its state dir (certs/), so a persistent node reuses
-// one across restarts and renews it before expiry (feature/acme).
+// certIssuerHeadStart is how long prefetchCert leaves the node's own
+// certificate fetch alone before it asks for the certificate itself.
+const certIssuerHeadStart = 30 * time.Second
+
+// certIssuerStartGrace is how long prefetchCert waits for the node's own
+// certificate fetch to begin.
+const certIssuerStartGrace = 3 * time.Second
+
+// prefetchCert makes sure, in the background, that a node serving TLS has
+// its certificate before the first client, and records a failure for
+// status. tailscale.com v1.102.5 (feature/acme refresh loop) already starts
+// an ACME order as soon as the serve config names an HTTPS host; a second
+// request while that order runs waits for it and then judges the new
+// certificate by the time it started waiting, which can be before the
+// certificate's NotBefore, and orders again. So it first lets that fetch
+// finish (awaitCertFile: the certificate file in the node's cert store,
+// <state dir>/certs/<name>.crt, where tsnet keeps it across restarts), then
+// reads it through LocalAPI (a fetch only if it is still missing, which
+// also gives the error of one that failed).
 func (n *Node) prefetchCert(ctx context.Context, st *ipnstate.Status) {
 	if len(tlsNodeEndpoints(&n.cfg)) == 0 || st.Self == nil {
 		return
@@ -448,6 +465,7 @@ func (n *Node) prefetchCert(ctx context.Context, st *ipnstate.Status) {
 		ctx, cancel := context.WithTimeout(ctx, certPrefetchTimeout)
 		defer cancel()
 		start := time.Now()
+		n.awaitCertFile(ctx, filepath.Join(n.cfg.StateDir, "certs", fqdn+".crt"))
 		if _, _, err := n.lc.CertPair(ctx, fqdn); err != nil {
 			if ctx.Err() == nil || errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				n.mu.Lock()
@@ -459,6 +477,34 @@ func (n *Node) prefetchCert(ctx context.Context, st *ipnstate.Status) {
 		}
 		n.logf("tslink: HTTPS certificate for %s ready in %v", fqdn, time.Since(start).Round(time.Millisecond))
 	})
+}
+
+// awaitCertFile waits until path exists, or the node's own certificate
+// fetch has ended (its health warning "Fetching TLS certificate…" came and
+// went), or none began within certIssuerStartGrace, or ctx ends, or
+// certIssuerHeadStart has passed.
+func (n *Node) awaitCertFile(ctx context.Context, path string) {
+	began := time.Now()
+	sawFetch := false
+	for time.Since(began) < certIssuerHeadStart && ctx.Err() == nil {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		fetching := false
+		if st, err := n.lc.StatusWithoutPeers(ctx); err == nil {
+			fetching = slices.ContainsFunc(st.Health, func(h string) bool { return strings.Contains(h, "Fetching TLS certificate") })
+		}
+		switch {
+		case fetching:
+			sawFetch = true
+		case sawFetch, time.Since(began) > certIssuerStartGrace:
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // reapplyServe rebuilds the serve config after control renamed the node:
