@@ -240,3 +240,70 @@ func TestEgressThroughLaptop(t *testing.T) {
 		t.Errorf("internet while tailscale0 cannot carry traffic: %v", err)
 	}
 }
+
+// TestContainerAsSubnetRouterAndExitNode: a container advertising its eth1
+// subnet and an exit node, approved by control, carries the laptop's
+// traffic to that subnet and to the internet: forwarded and masqueraded in
+// the container's netns (the destinations see the container's eth1
+// address), with forwarding switched on there.
+func TestContainerAsSubnetRouterAndExitNode(t *testing.T) {
+	l := newLab(t)
+	startEgressInternet(t)
+	subnet := netip.MustParsePrefix("10.240.0.0/24")
+	cfg := l.config("router")
+	cfg.Egress = nodespec.Egress{AdvertiseRoutes: []netip.Prefix{subnet}, AdvertiseExitNode: true}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close(context.Background()) })
+	ctr := newCtr(t)
+	giveEth1(t, ctr, netip.MustParseAddr(internetServer))
+	if err := n.Attach(ctr.Path); err != nil {
+		t.Fatal(err)
+	}
+	// A host on the container's eth1 subnet (the Docker host's side).
+	hostLn, err := net.Listen("tcp", "10.240.0.1:8081")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		fmt.Fprintf(w, "from %s", host)
+	})}
+	go hostSrv.Serve(hostLn)
+	t.Cleanup(func() { hostSrv.Close() })
+
+	if out, _ := ctr.Exec(ctx, "sysctl", "-n", "net.ipv4.ip_forward"); strings.TrimSpace(string(out)) != "1" {
+		t.Errorf("net.ipv4.ip_forward in the container: %q, want 1", out)
+	}
+
+	approve(t, l, "router", subnet, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
+	ctrIP, _ := n.Addrs()
+	if out, err := l.laptop.Tailscale(ctx, "set", "--accept-routes"); err != nil {
+		t.Fatalf("laptop --accept-routes: %v %s", err, out)
+	}
+	if err := netnstest.WaitFor(10*time.Second, func() error {
+		src, err := httpFrom(l.laptop.NS, "10.240.0.1:8081")
+		if err == nil && src != "10.240.0.2" {
+			err = fmt.Errorf("the host saw %s, want the container's eth1 10.240.0.2", src)
+		}
+		return err
+	}); err != nil {
+		t.Errorf("laptop -> subnet %v through the container: %v", subnet, err)
+	}
+	if out, err := l.laptop.Tailscale(ctx, "set", "--exit-node="+ctrIP.String()); err != nil {
+		t.Fatalf("laptop --exit-node: %v %s", err, out)
+	}
+	if err := netnstest.WaitFor(10*time.Second, func() error {
+		src, err := httpFrom(l.laptop.NS, internetServer)
+		if err == nil && src != "10.240.0.2" {
+			err = fmt.Errorf("the internet host saw %s, want the container's eth1 10.240.0.2", src)
+		}
+		return err
+	}); err != nil {
+		t.Errorf("laptop -> internet through the container as exit node: %v", err)
+	}
+}
