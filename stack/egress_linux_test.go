@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
-
 	"github.com/tslink/tslink/pkg/nodespec"
 	"github.com/tslink/tslink/test/netnstest"
 )
@@ -24,7 +21,7 @@ import (
 // which answers with the source address it sees. It is reachable from the
 // lab netns (the Docker host: 10.244.0.1 <-> 10.244.0.2, and the lab
 // forwards for the containers' eth1 of giveEth1, 10.240.0.0/24) and, with
-// withLaptopLink, from the laptop (10.243.0.1 <-> 10.243.0.2), which then
+// Laptop.LinkTo, from the laptop (10.243.0.1 <-> 10.243.0.2), which then
 // masquerades what it forwards there, as a subnet router or exit node does.
 const (
 	internetServer = "203.0.113.10"
@@ -58,39 +55,6 @@ func startEgressInternet(t *testing.T) *netnstest.NetNS {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return inet
-}
-
-// withLaptopLink wires the laptop to the internet host and makes the laptop
-// forward and masquerade out of that link.
-func withLaptopLink(t *testing.T, laptop *netnstest.Laptop, inet *netnstest.NetNS) {
-	t.Helper()
-	netnstest.Run(t, "ip", "-n", laptop.NS.Name, "link", "add", "eth1", "type", "veth", "peer", "name", "lap0", "netns", inet.Name)
-	netnstest.Run(t, "ip", "-n", laptop.NS.Name, "addr", "add", laptopOnInet+"/24", "dev", "eth1")
-	netnstest.Run(t, "ip", "-n", laptop.NS.Name, "link", "set", "eth1", "up")
-	netnstest.Run(t, "ip", "-n", laptop.NS.Name, "route", "add", internetServer+"/32", "via", inetOnLaptop)
-	netnstest.Run(t, "ip", "netns", "exec", laptop.NS.Name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-	netnstest.Run(t, "ip", "-n", inet.Name, "addr", "add", inetOnLaptop+"/24", "dev", "lap0")
-	netnstest.Run(t, "ip", "-n", inet.Name, "link", "set", "lap0", "up")
-	f, err := os.Open(laptop.NS.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "labnat"})
-	ch := c.AddChain(&nftables.Chain{Name: "post", Table: tb, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("eth1")},
-		&expr.Masq{},
-	}})
-	if err := c.Flush(); err != nil {
-		t.Fatalf("laptop masquerade: %v", err)
-	}
 }
 
 // approve approves every route the node named hostname advertises, once
@@ -139,7 +103,7 @@ func httpFrom(ns *netnstest.NetNS, addr string) (string, error) {
 func TestEgressThroughLaptop(t *testing.T) {
 	l := newLab(t)
 	inet := startEgressInternet(t)
-	withLaptopLink(t, l.laptop, inet)
+	l.laptop.LinkTo(t, inet, laptopOnInet, inetOnLaptop, internetServer)
 
 	cfg := l.config("egress")
 	cfg.Egress = nodespec.Egress{AcceptRoutes: true, ExitNode: "laptop"}
