@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -31,10 +32,15 @@ import (
 //
 //	egressRulePriority+0: fwmark replyMark/replyMark lookup main   replies on connections that came in on a Docker link (eth0, eth1: `-p` ports)
 //	egressRulePriority+1: iif tailscale0 lookup main               what a subnet router forwards from the tailnet
-//	egressRulePriority+2: lookup main suppress_prefixlength 0      ts.exit-node-allow-lan=true only: every route of main but its default
-//	egressRulePriority+3: lookup exitTable                         default dev tailscale0, backed by unreachable default metric 2^32-1
+//	egressRulePriority+2: lookup main suppress_prefixlength 0      every route of main but its default: the container's own Docker networks, the tailnet
+//	egressRulePriority+3…: to <private range> lookup main          ts.exit-node-allow-lan=true only: [lanRanges] by Docker's default route
+//	exitTable:            lookup exitTable                         default dev tailscale0, backed by unreachable default metric 2^32-1
 //
-// Connections that arrive on a link other than tailscale0 and lo get
+// The container's directly connected Docker networks stay reachable either
+// way: dockerd resolves the container's default gateway with a route
+// lookup in the container's netns after the node attached, and a lookup
+// that found tailscale0 would give the container a default route through
+// it. Connections that arrive on a link other than tailscale0 and lo get
 // replyMark as their conntrack mark (prerouting), and the container's
 // packets of such connections get it as their packet mark (an output chain
 // of type route, so the kernel routes them again), which the first rule
@@ -54,9 +60,22 @@ const (
 	// egressRulePriority is the first of the exit node's rules; after the
 	// DNS rules, before the main table's (32766).
 	egressRulePriority = dnsRulePriority + 10
-	// exitTable is the routing table of the exit node's default route.
-	exitTable = egressRulePriority + 3
+	// exitTable is the routing table of the exit node's default route, and
+	// the priority of its rule.
+	exitTable = egressRulePriority + 9
 )
+
+// lanRanges are what ts.exit-node-allow-lan=true keeps off the exit node,
+// besides the container's own Docker networks: the private and link-local
+// ranges, which Docker's NAT takes to the host's LAN (Tailscale's clients
+// keep their LAN's routes off the exit node the same way).
+var lanRanges = map[int][]netip.Prefix{
+	netlink.FAMILY_V4: {
+		netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("169.254.0.0/16"),
+	},
+	netlink.FAMILY_V6: {netip.MustParsePrefix("fc00::/7"), netip.MustParsePrefix("fe80::/10")},
+}
 
 // configureEgress applies e in the netns at nsPath. Idempotent: it is
 // re-run whenever tailscale0 is configured (attach, adoption, address
@@ -135,10 +154,12 @@ func exitRoutesFamily(h *netlink.Handle, l netlink.Link, family int, allowLAN bo
 		}
 	}
 	if !allowLAN {
-		r := netlink.NewRule()
-		r.Family, r.Priority = family, egressRulePriority+2
-		if err := h.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("removing rule %d: %w", r.Priority, err)
+		for i := range lanRanges[family] {
+			r := netlink.NewRule()
+			r.Family, r.Priority = family, egressRulePriority+3+i
+			if err := h.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("removing rule %d: %w", r.Priority, err)
+			}
 		}
 	}
 	return nil
@@ -153,14 +174,19 @@ func exitRules(family int, allowLAN bool) []*netlink.Rule {
 	forwarded := netlink.NewRule()
 	forwarded.Priority, forwarded.Table = egressRulePriority+1, unix.RT_TABLE_MAIN
 	forwarded.IifName = TUNName
+	connected := netlink.NewRule()
+	connected.Priority, connected.Table = egressRulePriority+2, unix.RT_TABLE_MAIN
+	connected.SuppressPrefixlen = 0
 	exit := netlink.NewRule()
-	exit.Priority, exit.Table = egressRulePriority+3, exitTable
-	rules := []*netlink.Rule{replies, forwarded, exit}
+	exit.Priority, exit.Table = exitTable, exitTable
+	rules := []*netlink.Rule{replies, forwarded, connected, exit}
 	if allowLAN {
-		lan := netlink.NewRule()
-		lan.Priority, lan.Table = egressRulePriority+2, unix.RT_TABLE_MAIN
-		lan.SuppressPrefixlen = 0
-		rules = append(rules, lan)
+		for i, p := range lanRanges[family] {
+			lan := netlink.NewRule()
+			lan.Priority, lan.Table = egressRulePriority+3+i, unix.RT_TABLE_MAIN
+			lan.Dst = prefixToIPNet(p)
+			rules = append(rules, lan)
+		}
 	}
 	for _, r := range rules {
 		r.Family = family
@@ -172,6 +198,9 @@ func exitRules(family int, allowLAN bool) []*netlink.Rule {
 func sameExitRule(have netlink.Rule, want *netlink.Rule) bool {
 	if have.Priority != want.Priority || have.Table != want.Table || have.IifName != want.IifName ||
 		have.Mark != want.Mark || have.SuppressPrefixlen != want.SuppressPrefixlen {
+		return false
+	}
+	if hd, wd := ipNetString(have.Dst), ipNetString(want.Dst); hd != wd {
 		return false
 	}
 	if want.Mask != nil {
@@ -289,4 +318,11 @@ func ifname(name string) []byte {
 func netipMask(p netip.Prefix) []byte {
 	n := prefixToIPNet(p)
 	return []byte(n.Mask)
+}
+
+func ipNetString(n *net.IPNet) string {
+	if n == nil {
+		return ""
+	}
+	return n.String()
 }

@@ -166,6 +166,11 @@ func TestEgressThroughLaptop(t *testing.T) {
 	if src, err := httpFrom(ctr, inetOnLaptop); err != nil || src != laptopOnInet {
 		t.Errorf("host %s in the laptop's subnet: saw %q, %v; want %s", inetOnLaptop, src, err, laptopOnInet)
 	}
+	// The container's own networks stay direct: dockerd resolves the
+	// default gateway with a route lookup after the node attached.
+	if out, err := ctr.Exec(context.Background(), "ip", "route", "get", "10.240.0.1"); err != nil || !strings.Contains(string(out), "dev eth1") {
+		t.Errorf("route to eth1's gateway: %s %v", out, err)
+	}
 	// The internet, through the exit node.
 	if src, err := httpFrom(ctr, internetServer); err != nil || src != laptopOnInet {
 		t.Errorf("internet through the exit node: the server saw %q (%v); want the laptop's %s, not the host's", src, err, laptopOnInet)

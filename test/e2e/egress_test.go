@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +72,16 @@ func TestExitNodeByLabel(t *testing.T) {
 	if err != nil || !strings.Contains(body, "hello from the container") {
 		t.Errorf("published port of the exit-node container: %q %v", body, err)
 	}
-	if out, _ := l.engine.Docker(ctx, "exec", "ex", "ip", "rule"); !strings.Contains(out, "lookup 5366") {
+	if out, _ := l.engine.Docker(ctx, "exec", "ex", "ip", "rule"); !strings.Contains(out, "lookup 5372") {
 		t.Errorf("exit node rules in the container:\n%s", out)
+	}
+	if t.Failed() {
+		pid := strings.TrimSpace(l.docker("inspect", "-f", "{{.State.Pid}}", "ex"))
+		out, _ := exec.Command("nsenter", "-t", pid, "-n", "sh", "-c", "ip rule; ip route show table all | grep -v local; ip -s link; nft list ruleset; sysctl -a 2>/dev/null | grep -e rp_filter -e forward").CombinedOutput()
+		t.Logf("container netns:\n%s", out)
+		st, _ := l.laptop.Tailscale(ctx, "status")
+		t.Logf("laptop: %s", st)
+		out, _ = l.laptop.NS.Exec(ctx, "sh", "-c", "ip rule; ip route show table all | grep -v local; nft list ruleset; sysctl net.ipv4.ip_forward; ip -s link")
+		t.Logf("laptop netns:\n%s", out)
 	}
 }
