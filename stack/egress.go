@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"tailscale.com/ipn"
 	"tailscale.com/net/tsaddr"
+	"tailscale.com/tailcfg"
 )
 
 // Egress: subnet routes and exit nodes ([nodespec.Egress], Config.Egress).
@@ -74,11 +76,11 @@ func (n *Node) applyEgressPrefs(ctx context.Context) error {
 		ExitNodeIPSet:             true,
 	}
 	if e.ExitNode != "" {
-		ip, err := n.resolveExitNode(ctx, e.ExitNode)
+		id, err := n.resolveExitNode(ctx, e.ExitNode)
 		if err != nil {
 			return err
 		}
-		mp.ExitNodeIP = ip
+		mp.ExitNodeID = id
 	}
 	if _, err := n.lc.EditPrefs(ctx, mp); err != nil {
 		return fmt.Errorf("setting egress prefs (routes %v, exit node %q): %w", e.Routes(), e.ExitNode, err)
@@ -87,10 +89,13 @@ func (n *Node) applyEgressPrefs(ctx context.Context) error {
 	return nil
 }
 
-// resolveExitNode finds the Tailscale IP of the exit node named by the
+// resolveExitNode finds the stable node ID of the exit node named by the
 // ts.exit-node label in the node's netmap, waiting up to [exitNodeWait]
-// (bounded by ctx) for a netmap that offers it.
-func (n *Node) resolveExitNode(ctx context.Context, name string) (netip.Addr, error) {
+// (bounded by ctx) for a netmap that offers it. The prefs get the ID, not
+// the IP: with only ExitNodeIP set, LocalBackend resolves it to an ID on a
+// later netmap, and until then its route manager offers no exit routes
+// (measured: a node set up so sent nothing to the exit node).
+func (n *Node) resolveExitNode(ctx context.Context, name string) (tailcfg.StableNodeID, error) {
 	ctx, cancel := context.WithTimeout(ctx, exitNodeWait)
 	defer cancel()
 	var lastErr error
@@ -99,13 +104,18 @@ func (n *Node) resolveExitNode(ctx context.Context, name string) (netip.Addr, er
 		if err == nil {
 			var p ipn.Prefs
 			if err = p.SetExitNodeIP(name, st); err == nil {
-				return p.ExitNodeIP, nil
+				for _, ps := range st.Peer {
+					if slices.Contains(ps.TailscaleIPs, p.ExitNodeIP) {
+						return ps.ID, nil
+					}
+				}
+				err = fmt.Errorf("no peer has address %v", p.ExitNodeIP)
 			}
 		}
 		lastErr = err
 		select {
 		case <-ctx.Done():
-			return netip.Addr{}, n.nodeError(ErrExitNodeNotOffered, fmt.Sprintf("label ts.exit-node=%s: %v (the exit node must be online in this node's netmap, advertise an exit node, and have its exit routes approved)", name, lastErr))
+			return "", n.nodeError(ErrExitNodeNotOffered, fmt.Sprintf("label ts.exit-node=%s: %v (the exit node must be online in this node's netmap, advertise an exit node, and have its exit routes approved)", name, lastErr))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

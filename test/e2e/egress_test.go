@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +24,10 @@ import (
 func TestExitNodeByLabel(t *testing.T) {
 	l := newLab(t)
 	const laptopOnInet = "10.243.0.1"
-	l.laptop.LinkTo(t, l.internet, laptopOnInet, "10.243.0.2", internetAddr)
+	const server = "203.0.113.10" // the internet host, reached through the laptop or through the lab's routing
+	netnstest.Run(t, "ip", "-n", l.internet.Name, "addr", "add", server+"/32", "dev", "lo")
+	netnstest.Run(t, "ip", "route", "replace", server+"/32", "via", internetAddr)
+	l.laptop.LinkTo(t, l.internet, laptopOnInet, "10.243.0.2", server)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if out, err := l.laptop.Tailscale(ctx, "set", "--advertise-exit-node"); err != nil {
@@ -50,7 +55,7 @@ func TestExitNodeByLabel(t *testing.T) {
 	l.docker("run", "-d", "--name", "ex", "--network", "tn", "--label", "ts.exit-node=laptop", "-p", "18081:8080", image, "httpd", "-f", "-p", "8080", "-h", "/www")
 	var body string
 	err = netnstest.WaitFor(15*time.Second, func() (err error) {
-		body, err = l.httpGetIn("ex", internetAddr, "80")
+		body, err = l.httpGetIn("ex", server, "80")
 		if err == nil && !strings.Contains(body, "hello from the internet, "+laptopOnInet+":") {
 			err = fmt.Errorf("the internet host saw %q", body)
 		}
@@ -61,7 +66,7 @@ func TestExitNodeByLabel(t *testing.T) {
 	} else {
 		t.Logf("through the exit node: %s", strings.TrimSpace(body[strings.LastIndex(body, "hello"):]))
 	}
-	if body, err := l.httpGetIn("plain", internetAddr, "80"); err != nil || strings.Contains(body, laptopOnInet) {
+	if body, err := l.httpGetIn("plain", server, "80"); err != nil || strings.Contains(body, laptopOnInet) {
 		t.Errorf("a container without the label left through the exit node, or not at all: %q %v", body, err)
 	}
 	// -p publishes on the host: replies leave by eth1, not the exit node.
@@ -83,5 +88,8 @@ func TestExitNodeByLabel(t *testing.T) {
 		t.Logf("laptop: %s", st)
 		out, _ = l.laptop.NS.Exec(ctx, "sh", "-c", "ip rule; ip route show table all | grep -v local; nft list ruleset; sysctl net.ipv4.ip_forward; ip -s link")
 		t.Logf("laptop netns:\n%s", out)
+		t.Logf("laptop log:\n%s", grepLines(l.laptop.LogTail(400), "rop", "xit", "filter", "100.64.0."))
+		b, _ := os.ReadFile(filepath.Join(l.engine.StateDir(), "by-hostname", "ex", "debug.log"))
+		t.Logf("ex debug.log:\n%s", grepLines(string(b), "xit", "onfig", "drop", "ilter", "ROUTE", "route"))
 	}
 }

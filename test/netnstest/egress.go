@@ -48,3 +48,9 @@ func (l *Laptop) LinkTo(t testing.TB, inet *NetNS, laptopAddr, inetAddr string, 
 		t.Fatalf("laptop masquerade: %v", err)
 	}
 }
+
+// LogTail returns the last n lines of the laptop's tailscaled log.
+func (l *Laptop) LogTail(n int) string {
+	b, _ := os.ReadFile(l.dir + "/tailscaled.log")
+	return tail(b, n)
+}
