@@ -208,12 +208,13 @@ func configureTUN(nsPath string, addrs []netip.Prefix) error {
 	return nil
 }
 
-// peerRoutesIn returns the IPv4 prefixes inside 100.64.0.0/10, other than
-// 100.100.100.100/32, that the main table of the netns at nsPath routes to
-// tailscale0 or backs with an unreachable [fallbackMetric] route: the peer
-// routes a plugin process installed (or 100.64.0.0/10 from a tslink that
-// routed the whole range), for a process that adopts tailscale0. A prefix
-// maps to true if both its routes are there, false if only one is.
+// peerRoutesIn returns the prefixes that the main table of the netns at
+// nsPath routes to tailscale0 or backs with an unreachable [fallbackMetric]
+// route, other than [tailnetRoutes], default routes and the kernel's own:
+// the peer routes (and accepted subnet routes, egress.go) a plugin process
+// installed, or 100.64.0.0/10 from a tslink that routed the whole range, for
+// a process that adopts tailscale0. A prefix maps to true if both its
+// routes are there, false if only one is.
 func peerRoutesIn(nsPath string) (map[netip.Prefix]bool, error) {
 	found := map[netip.Prefix]int{}
 	err := withNetNSHandle(nsPath, func(h *netlink.Handle) error {
@@ -221,23 +222,27 @@ func peerRoutesIn(nsPath string) (map[netip.Prefix]bool, error) {
 		if err != nil {
 			return fmt.Errorf("finding %s: %w", TUNName, err)
 		}
-		routes, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		if errors.Is(err, netlink.ErrDumpInterrupted) {
-			routes, err = h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-		}
-		if err != nil {
-			return fmt.Errorf("listing routes: %w", err)
-		}
-		for _, r := range routes {
-			p, ok := ipNetToPrefix(r.Dst)
-			if !ok || !cgnatRange.Overlaps(p) || p.Bits() < cgnatRange.Bits() || p == quad100 {
-				continue
+		for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+			filter := &netlink.Route{Table: unix.RT_TABLE_MAIN}
+			routes, err := h.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE)
+			if errors.Is(err, netlink.ErrDumpInterrupted) {
+				routes, err = h.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE)
 			}
-			switch {
-			case r.LinkIndex == l.Attrs().Index:
-				found[p] |= 1
-			case r.Type == unix.RTN_UNREACHABLE && r.Priority == fallbackMetric:
-				found[p] |= 2
+			if err != nil {
+				return fmt.Errorf("listing routes: %w", err)
+			}
+			for _, r := range routes {
+				p, ok := ipNetToPrefix(r.Dst)
+				if !ok || p.Bits() == 0 || slices.Contains(tailnetRoutes, p) || r.Protocol == unix.RTPROT_KERNEL ||
+					cgnatRange.Overlaps(p) && p.Bits() < cgnatRange.Bits() {
+					continue
+				}
+				switch {
+				case r.LinkIndex == l.Attrs().Index:
+					found[p] |= 1
+				case r.Type == unix.RTN_UNREACHABLE && r.Priority == fallbackMetric:
+					found[p] |= 2
+				}
 			}
 		}
 		return nil

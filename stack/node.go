@@ -77,6 +77,10 @@ type Config struct {
 	// SSH is the node's SSH server into the container (ts.ssh); the zero
 	// value runs none.
 	SSH SSHConfig
+	// Egress is how the node routes beyond the tailnet (ts.accept-routes,
+	// ts.advertise-routes, ts.advertise-exit-node, ts.exit-node,
+	// ts.exit-node-allow-lan; egress.go).
+	Egress nodespec.Egress
 }
 
 func (c *Config) validate() error {
@@ -277,6 +281,9 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		defer cancel()
 	}
 	if err := n.waitRunning(waitCtx); err != nil {
+		return nil, err
+	}
+	if err := n.applyEgressPrefs(ctx); err != nil {
 		return nil, err
 	}
 	// The self node from the IPN bus gives addresses, tags and name without
@@ -821,6 +828,9 @@ func (n *Node) configureLocked() error {
 	}
 	n.routed = nil
 	n.syncPeerRoutesLocked()
+	if err := n.configureEgressLocked(); err != nil {
+		return err
+	}
 	for _, p := range n.addrs {
 		if p.Addr().Is4() {
 			if err := routeDNS(n.nsPath, p.Addr()); err != nil {

@@ -29,9 +29,14 @@ func peerPrefixes(addrs []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// peerSet is the set of peer addresses routed to tailscale0, as the DNS
-// interception sees it. A nil *peerSet means the netmap is not known yet.
-type peerSet map[netip.Addr]bool
+// peerSet is what tslink routes to tailscale0 beyond [tailnetRoutes], as
+// the DNS interception sees it: the peers' addresses and the subnet routes
+// accepted from them (egress.go). A nil *peerSet means the netmap is not
+// known yet.
+type peerSet struct {
+	addrs   map[netip.Addr]bool
+	subnets []netip.Prefix
+}
 
 // tailnetDst reports whether dst is routed to tailscale0 by tslink: the
 // static [tailnetRoutes] or a peer. Before the peers are known, all of
@@ -45,7 +50,15 @@ func (s *peerSet) tailnetDst(dst netip.Addr) bool {
 	if s == nil {
 		return cgnatRange.Contains(dst)
 	}
-	return (*s)[dst]
+	if s.addrs[dst] {
+		return true
+	}
+	for _, p := range s.subnets {
+		if p.Contains(dst) {
+			return true
+		}
+	}
+	return false
 }
 
 // setPeersFromNetMap replaces the known peers with nm's. Called with the
@@ -53,7 +66,7 @@ func (s *peerSet) tailnetDst(dst netip.Addr) bool {
 func (n *Node) setPeersFromNetMap(nm *netmap.NetworkMap) {
 	peers := map[tailcfg.NodeID][]netip.Prefix{}
 	for _, p := range nm.Peers {
-		peers[p.ID()] = peerPrefixes(p.Addresses().AsSlice())
+		peers[p.ID()] = n.routedPrefixes(p.Addresses().AsSlice(), p.PrimaryRoutes().AsSlice())
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -72,7 +85,7 @@ func (n *Node) updatePeers(changed []*tailcfg.Node, removed []tailcfg.NodeID) {
 		return // no initial netmap yet; it will carry these
 	}
 	for _, p := range changed {
-		n.peers[p.ID] = peerPrefixes(p.Addresses)
+		n.peers[p.ID] = n.routedPrefixes(p.Addresses, p.PrimaryRoutes)
 	}
 	for _, id := range removed {
 		delete(n.peers, id)
@@ -89,11 +102,15 @@ func (n *Node) syncPeerRoutesLocked() {
 		return
 	}
 	want := map[netip.Prefix]bool{}
-	set := peerSet{}
+	set := peerSet{addrs: map[netip.Addr]bool{}}
 	for _, ps := range n.peers {
 		for _, p := range ps {
 			want[p] = true
-			set[p.Addr()] = true
+			if p.IsSingleIP() {
+				set.addrs[p.Addr()] = true
+			} else {
+				set.subnets = append(set.subnets, p)
+			}
 		}
 	}
 	if n.dev != nil {

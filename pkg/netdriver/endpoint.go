@@ -23,8 +23,9 @@ type endpoint struct {
 	ephemeral     bool     // the node logs out at stop; its state dir goes with it
 	tags          []string // the ACL tags the node asked for
 	serve         tsopts.Serve
-	ssh           tsopts.SSH // ts.ssh; the zero SSH: no SSH server
-	node          Node       // nil while Join starts it; read through d.nodeOf from other goroutines
+	ssh           tsopts.SSH    // ts.ssh; the zero SSH: no SSH server
+	egress        tsopts.Egress // ts.accept-routes, ts.advertise-*, ts.exit-node*
+	node          Node          // nil while Join starts it; read through d.nodeOf from other goroutines
 	debugLog      *boundedlog.File
 	cancel        context.CancelFunc // stops the attach goroutine
 	attached      chan struct{}      // closed when the attach goroutine ends

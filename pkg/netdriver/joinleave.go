@@ -67,6 +67,7 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	}
 	ep := d.newEndpoint(req.EndpointID, req.NetworkID, info.ID, info.Name, req.SandboxKey, ct.Hostname, ct.Serve)
 	ep.ssh = ct.SSH
+	ep.egress = ct.Egress
 	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return nil, failed(ReasonAuthKey, err)
@@ -155,6 +156,7 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		Wait:       wait,
 		Serve:      ep.serve,
 		SSH:        d.sshConfig(ep),
+		Egress:     ep.egress,
 
 		DNSUpstreams: d.cfg.DNSUpstreams,
 	})

@@ -149,6 +149,7 @@ func (d *Driver) recoverOne(ctx context.Context, rec record) (done bool) {
 	}
 	ep := d.newEndpoint(rec.EndpointID, rec.NetworkID, rec.ContainerID, rec.ContainerName, rec.SandboxKey, rec.Hostname, rec.Serve)
 	ep.ssh = rec.SSH
+	ep.egress = rec.Egress
 	authKey, err := d.authKeyFor(nw, ep.stateDir)
 	if err != nil {
 		return d.recoveryFailed(rec, err)

@@ -23,12 +23,13 @@ type record struct {
 	Hostname      string
 	Tags          []string // what the node registered with; a node must keep asking for them
 	SandboxKey    string
-	Serve         tsopts.Serve // the ts.serve.*/ts.service/ts.direct labels, parsed
-	SSH           tsopts.SSH   `json:",omitzero"` // the ts.ssh label, parsed
+	Serve         tsopts.Serve  // the ts.serve.*/ts.service/ts.direct labels, parsed
+	SSH           tsopts.SSH    `json:",omitzero"` // the ts.ssh label, parsed
+	Egress        tsopts.Egress `json:",omitzero"` // the egress labels, parsed
 }
 
 func (d *Driver) saveRecord(ep *endpoint) {
-	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, ep.sandboxKey, ep.serve, ep.ssh}
+	rec := record{ep.id, ep.networkID, ep.containerID, ep.containerName, ep.hostname, ep.tags, ep.sandboxKey, ep.serve, ep.ssh, ep.egress}
 	b, _ := json.Marshal(rec)
 	p := d.dir.EndpointRecord(ep.id)
 	os.MkdirAll(filepath.Dir(p), 0o700)

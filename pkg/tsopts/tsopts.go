@@ -284,6 +284,7 @@ type Container struct {
 	Tags     []string // nil: the network's default tags
 	Serve    Serve
 	SSH      SSH // ts.ssh; the zero SSH: no SSH server
+	Egress   Egress
 }
 
 // Serve protocols and types: package nodespec has them (package stack uses
@@ -361,7 +362,13 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 				errs = append(errs, fmt.Errorf("label %s=%q: want true or false", k, v))
 			}
 		default:
-			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect, LabelSSH))
+			if handled, err := parseEgressLabel(k, v, &c.Egress); handled {
+				if err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			errs = append(errs, fmt.Errorf("unknown label %s: tslink accepts %s, %s, %s<port>, %s, %s, %s, %s", k, LabelHostname, LabelTags, LabelServePrefix, LabelService, LabelDirect, LabelSSH, strings.Join(egressLabels, ", ")))
 		}
 	}
 	if len(errs) == 0 {
@@ -373,6 +380,9 @@ func ParseContainer(labels map[string]string, containerName string) (*Container,
 			errs = append(errs, fmt.Errorf("label %s=false serves only through %s, which is not set: add %s=svc:<name> or drop %s", LabelDirect, LabelService, LabelService, LabelDirect))
 		}
 		if err := checkSSHPort(c); err != nil {
+			errs = append(errs, err)
+		}
+		if err := checkEgress(c.Egress); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -77,6 +77,9 @@ func TestBadInputThroughTheCLI(t *testing.T) {
 		{"33 tags", "good", []string{"ts.tags=" + manyTags(33)}, []string{"label ts.tags: more than 32 tags"}, 10 * time.Second},
 		{"bad ssh allow-list", "good", []string{"ts.ssh=alice"}, []string{"label ts.ssh", "alice@example.com,tag:ops"}, 10 * time.Second},
 		{"ssh port served", "good", []string{"ts.ssh=tag:ops", "ts.serve.22=tcp:2222"}, []string{"labels ts.serve.22 and ts.ssh", "port 22"}, 10 * time.Second},
+		{"route with host bits", "good", []string{"ts.advertise-routes=10.1.2.3/24"}, []string{"label ts.advertise-routes", "10.1.2.0/24", "comma-separated IPv4 or IPv6 prefixes"}, 10 * time.Second},
+		{"exit node not a name", "good", []string{"ts.exit-node=my_laptop"}, []string{"label ts.exit-node", "MagicDNS name"}, 10 * time.Second},
+		{"exit node not offered", "good", []string{"ts.exit-node=nosuch"}, []string{"exit node not offered by control", "ts.exit-node=nosuch"}, 15 * time.Second},
 	}
 	for _, tc := range runCases {
 		args := []string{"run", "--rm", "--network", tc.network}

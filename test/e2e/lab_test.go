@@ -37,6 +37,8 @@ type lab struct {
 	engine  *enginetest.Engine
 	control *devcontrol.Server
 	laptop  *netnstest.Laptop
+	// internet is the "internet" host's netns (startInternet).
+	internet *netnstest.NetNS
 }
 
 func newLab(t *testing.T, pluginEnv ...string) *lab {
@@ -57,7 +59,7 @@ func newLabWith(t *testing.T, dockerdArgs []string, pluginEnv ...string) *lab {
 	}
 	t.Cleanup(func() { l.control.Close() })
 	l.laptop.Up(t, l.control.URL(), testAuthKey)
-	startInternet(t)
+	l.internet = startInternet(t)
 	l.engine = enginetest.StartEngine(t, dockerdArgs...)
 	l.engine.ImportBusybox(t)
 	for i, kv := range pluginEnv {
@@ -79,8 +81,8 @@ func newLabWith(t *testing.T, dockerdArgs []string, pluginEnv ...string) *lab {
 }
 
 // startInternet makes the "internet" netns with an HTTP server on
-// 10.239.0.2:80, wired to the lab netns (10.239.0.1).
-func startInternet(t *testing.T) {
+// 10.239.0.2:80, wired to the lab netns (10.239.0.1), and returns it.
+func startInternet(t *testing.T) *netnstest.NetNS {
 	ns := netnstest.NewNetNS(t, "inet")
 	veth := fmt.Sprintf("inet%d", os.Getpid()%100000)
 	netnstest.Run(t, "ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns.Name)
@@ -103,6 +105,7 @@ func startInternet(t *testing.T) {
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
+	return ns
 }
 
 // docker runs the CLI, failing the test on error.
