@@ -130,6 +130,8 @@ if ! docker image inspect $IMAGE >/dev/null 2>&1; then
   rm -rf $WORK/img && mkdir -p $WORK/img/bin $WORK/img/www $WORK/img/etc
   cp "$(command -v busybox)" $WORK/img/bin/busybox
   for a in $(busybox --list); do [ "$a" = busybox ] || ln -s busybox $WORK/img/bin/$a; done
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > $WORK/img/etc/passwd
+  printf 'root:x:0:\nnogroup:x:65534:\n' > $WORK/img/etc/group
   tar -C $WORK/img -c . | docker import -c 'ENV PATH=/bin' - $IMAGE >/dev/null
 fi
 
@@ -191,6 +193,9 @@ KEEP=1: everything keeps running. Try:
   $PWD/bin/tslink status                  # the plugin's view
   grep -a tslink: $STATE/by-hostname/demo-alpha/debug.log
   grep plugin= $WORK/dockerd.log          # the plugin's own log, if the demo started dockerd
+  # SSH into a container (README "SSH"); the laptop logged in first, so its login is user-1@…:
+  docker run -d --name shell --network $NET --label ts.ssh=user-1@fake-control.example.net $IMAGE sleep 1d
+  ip netns exec tslink-demo-laptop ssh root@<shell's 100.x address>   # needs an OpenSSH client on the host
 Clean up with: make demo-clean
 MSG
 fi
