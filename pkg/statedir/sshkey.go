@@ -41,21 +41,7 @@ func SSHHostKey(nodeDir string) (gossh.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(nodeDir, SSHHostKeyName+".tmp*") // 0600
-	if err != nil {
-		return nil, fmt.Errorf("SSH host key: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(pem.EncodeToMemory(block))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		if lerr := os.Link(tmp.Name(), p); lerr != nil && !errors.Is(lerr, os.ErrExist) {
-			err = lerr
-		}
-	}
-	if err != nil {
+	if err := createOnce(p, pem.EncodeToMemory(block)); err != nil {
 		return nil, fmt.Errorf("SSH host key %s: %w", p, err)
 	}
 	b, err := os.ReadFile(p)

@@ -142,22 +142,7 @@ func (d Dir) identitySecret() ([]byte, error) {
 	if err := os.MkdirAll(d.Root, 0o700); err != nil {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(d.Root, identitySecretName+".tmp*") // 0600
-	if err != nil {
-		return nil, fmt.Errorf("creating %s: %w", shown, err)
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(secret)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		// Link fails if a concurrent Join created it first: use that one.
-		if lerr := os.Link(tmp.Name(), p); lerr != nil && !errors.Is(lerr, os.ErrExist) {
-			err = lerr
-		}
-	}
-	if err != nil {
+	if err := createOnce(p, secret); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", shown, err)
 	}
 	b, err := os.ReadFile(p)
@@ -195,3 +180,26 @@ const (
 	optAuthKeyFile = "ts.authkey-file"
 	labelHostname  = "ts.hostname"
 )
+
+// createOnce writes content to path, 0600, unless path already exists: the
+// file is written under a temporary name and linked into place, so
+// concurrent first callers agree on one file and a reader never sees part
+// of it. The caller reads path back for the content that won.
+func createOnce(path string, content []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*") // 0600
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(content)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
+}
