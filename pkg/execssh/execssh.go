@@ -93,6 +93,8 @@ type Server struct {
 	// discards them.
 	Logf func(format string, args ...any)
 
+	preAuth chan struct{} // slots of connections not yet logged in: maxPreAuth
+
 	mu     sync.Mutex
 	srv    *gliderssh.Server
 	closed bool
@@ -101,6 +103,11 @@ type Server struct {
 
 // handshakeTimeout bounds a connection's key exchange and authentication.
 const handshakeTimeout = 30 * time.Second
+
+// maxPreAuth bounds the connections of one server that have not logged in
+// yet. golang.org/x/crypto/ssh allocates what a peer's packet header claims
+// (up to 256 KiB) during key exchange, before any authentication.
+const maxPreAuth = 16
 
 // ctxKeyWho is where a connection's context keeps who Authorize let in.
 type ctxKeyWho struct{}
@@ -111,10 +118,16 @@ func (s *Server) Serve(ln net.Listener) error {
 	if s.HostKey == nil || s.Exec == nil || s.Authorize == nil {
 		return errors.New("execssh: Server needs HostKey, Authorize and Exec")
 	}
+	s.preAuth = make(chan struct{}, maxPreAuth)
 	srv := &gliderssh.Server{
-		Version:     "tslink",
-		HostSigners: []gliderssh.Signer{s.HostKey},
-		Handler:     s.session,
+		Version: "tslink",
+		// A peer Authorize refuses is disconnected before the SSH
+		// handshake, and at most maxPreAuth others handshake at once:
+		// what a peer can make the plugin hold before it has logged in
+		// stays bounded.
+		ConnCallback: s.admit,
+		HostSigners:  []gliderssh.Signer{s.HostKey},
+		Handler:      s.session,
 		// A connection that has not logged in by then is closed.
 		HandshakeTimeout: handshakeTimeout,
 		// "none" is accepted for an authorised peer (OpenSSH and Go's
@@ -149,6 +162,44 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
+// admit is the server's ConnCallback: it refuses a peer Authorize refuses,
+// and one over maxPreAuth, before any SSH byte is read; a connection it
+// admits holds a pre-authentication slot until it logs in or closes.
+func (s *Server) admit(ctx gliderssh.Context, conn net.Conn) net.Conn {
+	remote, err := netip.ParseAddrPort(conn.RemoteAddr().String())
+	if err != nil {
+		return nil
+	}
+	if _, err := s.Authorize(ctx, remote); err != nil {
+		s.logf("ssh: refused %v: %v", remote, err)
+		return nil
+	}
+	select {
+	case s.preAuth <- struct{}{}:
+	default:
+		s.logf("ssh: refused %v: %d connections are already logging in", remote, maxPreAuth)
+		return nil
+	}
+	c := &preAuthConn{Conn: conn, release: sync.OnceFunc(func() { <-s.preAuth })}
+	ctx.SetValue(ctxKeyPreAuth{}, c)
+	return c
+}
+
+// ctxKeyPreAuth is where a connection's context keeps its *preAuthConn.
+type ctxKeyPreAuth struct{}
+
+// preAuthConn gives back its pre-authentication slot when it logs in or
+// closes, whichever comes first.
+type preAuthConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *preAuthConn) Close() error {
+	c.release()
+	return c.Conn.Close()
+}
+
 // ctxKeyRefused marks a connection whose refusal was logged.
 type ctxKeyRefused struct{}
 
@@ -168,6 +219,9 @@ func (s *Server) authorize(ctx gliderssh.Context) error {
 		return errors.New("permission denied")
 	}
 	ctx.SetValue(ctxKeyWho{}, who)
+	if c, ok := ctx.Value(ctxKeyPreAuth{}).(*preAuthConn); ok {
+		c.release()
+	}
 	return nil
 }
 
