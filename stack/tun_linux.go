@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/tailscale/wireguard-go/tun"
@@ -93,16 +94,23 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 }
 
 // readUntilClosed reads from the kernel TUN. When the TUN fails for good
-// (deleted with the container's netns, as after a failed Join) before the
-// node closed it, the read waits for Close instead of returning the error:
-// wireguard-go closes its device on a TUN read error, wgengine then closes
-// magicsock, and tailscale.com v1.102.5 panics when the node's first netmap
-// is applied to a closed magicsock (stack/closing.go). The node stays
-// whole until its own teardown, which waits for that netmap.
+// (an errno or a closed file: deleted with the container's netns, as after
+// a failed Join) before the node closed it, the read waits for Close instead
+// of returning the error: wireguard-go closes its device on a TUN read
+// error, wgengine then closes magicsock, and tailscale.com v1.102.5 panics
+// when the node's first netmap is applied to a closed magicsock
+// (stack/closing.go). The node stays whole until its own teardown, which
+// waits for that netmap. An error about one packet (wireguard-go's offload
+// parsing: a malformed header the container sent) drops that packet.
 func (d *device) readUntilClosed(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := d.Device.Read(bufs, sizes, offset)
 	if err == nil || n > 0 || errors.Is(err, tun.ErrTooManySegments) {
 		return n, err
+	}
+	var errno unix.Errno
+	if !errors.Is(err, os.ErrClosed) && !errors.As(err, &errno) {
+		time.Sleep(time.Millisecond) // bounds a stream of bad packets
+		return 0, nil
 	}
 	<-d.closed
 	return 0, os.ErrClosed
