@@ -101,6 +101,8 @@ type Driver struct {
 	unrecovered  map[string]unrecovered     // by endpoint ID: recovery failing (recoveryFailed)
 	leaving      map[string]leaving         // by hostname: nodes being stopped for good (takeLeaving)
 
+	failedJoins sync.WaitGroup // finishFailedJoin's background teardowns, waited for by Shutdown
+
 	releases   atomic.Uint64 // releaseMemory runs
 	collecting atomic.Bool   // a collectStoppedNodes is pending
 
@@ -169,13 +171,16 @@ func (d *Driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityR
 // Shutdown prepares the process to exit on SIGTERM (`docker plugin
 // disable`, upgrades) without touching the nodes: containers keep
 // tailscale0, addresses and routes, and the next plugin process adopts them
-// ([Driver.Recover]). The caller must exit afterwards.
+// ([Driver.Recover]). Nodes of failed Joins still closing in the background
+// (they belong to no container) finish closing first, so an ephemeral one
+// still logs out. The caller must exit afterwards.
 func (d *Driver) Shutdown() {
 	var wg sync.WaitGroup
 	for _, ep := range d.startedEndpoints() {
 		wg.Go(func() { d.detachEndpoint(ep) })
 	}
 	wg.Wait()
+	d.failedJoins.Wait() // nodes of failed Joins, closing after their first netmap
 }
 
 // controlName is a control URL as logs show it ([nodespec.ControlDisplay]).

@@ -225,7 +225,7 @@ func (d *Driver) finishFailedJoin(ep *endpoint, teardown <-chan struct{}, newDir
 	case <-teardown:
 		finish()
 	default:
-		go finish()
+		d.failedJoins.Go(finish)
 	}
 }
 
