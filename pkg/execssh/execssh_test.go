@@ -438,6 +438,16 @@ func TestPreAuthSlots(t *testing.T) {
 		defer c.Close()
 		idle = append(idle, c)
 	}
+	// The server sends its version only after admit took a slot, and it
+	// admits in a goroutine per connection: wait for every banner so the
+	// next login is sure to find the slots taken.
+	for i, c := range idle {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		banner := make([]byte, 4)
+		if _, err := io.ReadFull(c, banner); err != nil || string(banner) != "SSH-" {
+			t.Fatalf("idle connection %d: no SSH banner (%q, %v)", i, banner, err)
+		}
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(logs.String(), "already logging in") && time.Now().Before(deadline) {
 		if c, err := dial(t, addr, "root", hk); err == nil {
