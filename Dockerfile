@@ -5,6 +5,7 @@
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY . .
+RUN bash scripts/patch-modules.sh
 RUN CGO_ENABLED=0 go build -trimpath -o /out/tslink ./cmd/tslink
 
 FROM scratch

@@ -12,16 +12,21 @@ ENGINE_PKGS = ./test/e2e ./test/bench
 RACE_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/bench)
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: release demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
+.PHONY: patched-deps release demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
 
 all: build
 
+# go.mod replaces wireguard-go with the module as served plus a small patch
+# (docs/wireguard-go-patch.md): every go command of this module needs it.
+patched-deps:
+	@bash scripts/patch-modules.sh
+
 build: bin/tslink bin/tslink-devcontrol
 
-bin/tslink:
+bin/tslink: patched-deps
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/tslink
 
-bin/tslink-devcontrol:
+bin/tslink-devcontrol: patched-deps
 	CGO_ENABLED=0 $(GO) build -trimpath -o $@ ./cmd/tslink-devcontrol
 
 # The managed plugin's bundle (config.json + rootfs/), assembled from the
@@ -49,11 +54,11 @@ demo:
 demo-clean:
 	bash scripts/demo.sh clean
 
-vet:
+vet: patched-deps
 	$(GO) vet ./...
 
 # The module proxy serves staticcheck; nothing to install beforehand.
-staticcheck:
+staticcheck: patched-deps
 	$(GO) run $(STATICCHECK) ./...
 
 # Every test layer: unit (no root) and netns integration (root) under the
@@ -67,20 +72,20 @@ test: vet staticcheck
 # leak checks on the plugin (goroutines, fds, RSS within 10%); and 10 rounds
 # of 30 starts, half timing out, while control holds first map responses.
 # `make test` runs small counts.
-soak:
+soak: patched-deps
 	TSLINK_SOAK_CYCLES=$${TSLINK_SOAK_CYCLES:-300} TSLINK_STORM_ROUNDS=$${TSLINK_STORM_ROUNDS:-10} $(GO) test -count=1 -timeout 60m -run 'TestSoak$$|TestTimeoutStormWhileControlHoldsMaps$$' -v ./test/e2e
 
 # Side-by-side benchmarks (start time, memory, throughput, scale) of tslink,
 # a tailscaled per container and a plain bridge, in one run: writes
 # docs/benchmarks.md and docs/bench/. `make test` runs a smoke size.
-bench:
+bench: patched-deps
 	TSLINK_BENCH=full $(GO) test -count=1 -timeout 80m -run '^TestBench$$' -v ./test/bench
 
 # Release: the plugin for amd64 and arm64, pushed as
 # $(REGISTRY)/tslink:$(VERSION)-<arch> (scripts/release.sh).
 ARCHES ?= amd64 arm64
 DIST ?= dist
-release:
+release: patched-deps
 	REGISTRY='$(REGISTRY)' VERSION='$(VERSION)' ARCHES='$(ARCHES)' DIST='$(DIST)' GO='$(GO)' bash scripts/release.sh
 
 fmt:

@@ -86,7 +86,7 @@ fi
 step "building and installing the plugin ($PLUGIN)"
 make -s plugin PLUGIN="$PLUGIN" STATE_DIR="$STATE"
 make -s bin/tslink-devcontrol bin/tslink
-go build -o bin/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale
+(cd test/tools && go build -o ../../bin/ tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale)
 
 step "a local tailnet: tslink-devcontrol on $LAB.1, the laptop on $LAB.2, the internet on $INET.2"
 ip netns add tslink-demo-laptop

@@ -82,7 +82,9 @@
 //     returns freed heap before and after starts (memory.go), and tailscale0
 //     reads at most tunBatchSize packets with gso_max_segs capped to
 //     match (wireguard-go drops a TSO packet with more segments than
-//     buffers).
+//     buffers). The unpatched wireguard-go sizes its readers by batch
+//     sizes of 128 nothing can lower; tslink's patch caps them
+//     (docs/wireguard-go-patch.md), which needs UDP GRO off.
 //   - tsnet runs a logtail logger and a port mapper per node whatever
 //     TS_NO_LOGS_NO_SUPPORT says; with log upload off the node turns logtail
 //     off process-wide; the port mapper is off unless the plugin's

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	wgdevice "github.com/tailscale/wireguard-go/device"
 	"tailscale.com/envknob"
 )
 
@@ -18,16 +19,32 @@ const portMapperSetting = "TS_DISABLE_PORTMAPPER"
 
 var processDefaultsOnce sync.Once
 
+// receiveBatchSize is the most UDP messages one receive of a node's
+// wireguard-go receive routine takes (patched wireguard-go's
+// device.MaxReceiveBatchSize; unpatched: 128). Each of a node's three
+// receive routines holds this many 64 KiB buffers for its lifetime.
+const receiveBatchSize = 8
+
+// udpGROSetting is tailscale's envknob that keeps UDP GRO off magicsock's
+// sockets (tailscale.com net/batching). With GRO, one message can carry up
+// to 64 coalesced datagrams, which net/batching splits into the following
+// messages of the same receive: more than [receiveBatchSize] holds.
+const udpGROSetting = "TS_DEBUG_DISABLE_UDP_GRO"
+
 // applyProcessDefaults sets, once per process and before the first node,
-// the tailscale switches that hold for every node: log upload (see
-// [AllowLogUpload]) and the port mapper off unless the plugin's
-// environment sets TS_DISABLE_PORTMAPPER itself.
+// the switches that hold for every node: log upload (see
+// [AllowLogUpload]), the port mapper off unless the plugin's environment
+// sets TS_DISABLE_PORTMAPPER itself, and wireguard-go's batch caps
+// (docs/wireguard-go-patch.md) with UDP GRO off, which they require.
 func applyProcessDefaults() {
 	processDefaultsOnce.Do(func() {
 		applyLogPolicy()
 		if _, set := os.LookupEnv(portMapperSetting); !set {
 			envknob.Setenv(portMapperSetting, "1")
 		}
+		envknob.Setenv(udpGROSetting, "true")
+		wgdevice.MaxBatchSize = tunBatchSize
+		wgdevice.MaxReceiveBatchSize = receiveBatchSize
 	})
 }
 

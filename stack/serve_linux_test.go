@@ -1,7 +1,10 @@
 package stack
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -291,5 +294,73 @@ func TestServeTCPCarriesHalfClose(t *testing.T) {
 	got, err := halfCloseExchange(l.laptop.NS.Dial, netip.AddrPortFrom(v4, 80).String(), "GET /hc HTTP/1.1\r\nHost: "+v4.String()+"\r\nConnection: close\r\n\r\n")
 	if !strings.HasPrefix(got, "HTTP/1.1 502 ") {
 		t.Errorf("http request then half-close: %q, %v; want the documented 502", got, err)
+	}
+}
+
+// TestServeTCPCarriesBulkBothWays: 16 MiB each way through TCP serve relays,
+// whose tailnet side is tsnet's netstack: its segmentation-offloaded
+// packets must fit wireguard-go's capped batch (docs/wireguard-go-patch.md).
+func TestServeTCPCarriesBulkBothWays(t *testing.T) {
+	l := newLab(t)
+	cfg := l.config("bulk")
+	cfg.Serve = nodespec.Serve{Endpoints: []nodespec.ServeEndpoint{
+		{Port: 7100, Proto: nodespec.ProtoTCP, Target: 7101},
+		{Port: 7102, Proto: nodespec.ProtoTCP, Target: 7103},
+	}}
+	n, ctr := l.startNode(t, cfg)
+	data := make([]byte, 16<<20)
+	rand.Read(data)
+	want := sha256.Sum256(data)
+	go serveConns(ctr.Listen(t, "tcp", "127.0.0.1:7101"), func(c net.Conn) {
+		h := sha256.New()
+		io.Copy(h, c)
+		c.Write(h.Sum(nil))
+	})
+	go serveConns(ctr.Listen(t, "tcp", "127.0.0.1:7103"), func(c net.Conn) { c.Write(data) })
+	v4, _ := n.Addrs()
+
+	exchange := func(port uint16, send []byte) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := l.laptop.NS.Dial(ctx, "tcp", netip.AddrPortFrom(v4, port).String())
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		if _, err := c.Write(send); err != nil {
+			return nil, err
+		}
+		c.(*net.TCPConn).CloseWrite()
+		return io.ReadAll(c)
+	}
+	var got []byte
+	err := waitFor(15*time.Second, func() (err error) {
+		got, err = exchange(7100, data)
+		if err == nil && !bytes.Equal(got, want[:]) {
+			err = fmt.Errorf("the container hashed something else (%d-byte answer)", len(got))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("laptop -> serve relay -> container, 16 MiB: %v", err)
+	}
+	got, err = exchange(7102, nil)
+	if err != nil || sha256.Sum256(got) != want {
+		t.Fatalf("container -> serve relay -> laptop, 16 MiB: got %d bytes (intact: %v), %v", len(got), sha256.Sum256(got) == want, err)
+	}
+}
+
+// serveConns runs handle on each connection ln accepts, then closes it.
+func serveConns(ln net.Listener, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			handle(c)
+		}()
 	}
 }

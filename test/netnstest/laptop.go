@@ -23,9 +23,9 @@ var (
 	buildErr  error
 )
 
-// TailscaleBinaries builds tailscaled and tailscale from the pinned
-// tailscale.com module (go.mod's tool directives) once per test binary and
-// returns the directory holding them. The Go build cache keeps this fast
+// TailscaleBinaries builds tailscaled and tailscale from the tools module
+// (test/tools: tailscale.com as released, without the main module's patched
+// wireguard-go) once per test binary and returns the directory holding them. The Go build cache keeps this fast
 // after the first time.
 func TailscaleBinaries(t testing.TB) string {
 	t.Helper()
@@ -33,7 +33,7 @@ func TailscaleBinaries(t testing.TB) string {
 		binDir = filepath.Join(os.TempDir(), fmt.Sprintf("tslink-tsbin-%d", os.Getpid()))
 		AtExit(func() { os.RemoveAll(binDir) })
 		cmd := exec.Command("go", "build", "-o", binDir+"/", "tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale")
-		cmd.Dir = ModuleRoot()
+		cmd.Dir = filepath.Join(ModuleRoot(), "test", "tools")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("building tailscaled: %v\n%s", err, out)
 		}
