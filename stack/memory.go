@@ -35,18 +35,36 @@ const udpGROSetting = "TS_DEBUG_DISABLE_UDP_GRO"
 // the switches that hold for every node: log upload (see
 // [AllowLogUpload]), the port mapper off unless the plugin's environment
 // sets TS_DISABLE_PORTMAPPER itself, and wireguard-go's batch caps
-// (docs/wireguard-go-patch.md) with UDP GRO off, which they require.
+// (docs/wireguard-go-patch.md) with UDP GRO off, which they require,
+// unless [KeepFullPacketBatches] was called.
 func applyProcessDefaults() {
 	processDefaultsOnce.Do(func() {
 		applyLogPolicy()
 		if _, set := os.LookupEnv(portMapperSetting); !set {
 			envknob.Setenv(portMapperSetting, "1")
 		}
+		if fullPacketBatches.Load() {
+			return
+		}
 		envknob.Setenv(udpGROSetting, "true")
 		wgdevice.MaxBatchSize = tunBatchSize
 		wgdevice.MaxReceiveBatchSize = receiveBatchSize
 	})
 }
+
+// PacketBatchSetting is the plugin setting that chooses wireguard-go's
+// batch sizes: "small" (the default: tslink's caps) or "full" (see
+// [KeepFullPacketBatches]).
+const PacketBatchSetting = "TSLINK_PACKET_BATCH"
+
+var fullPacketBatches atomic.Bool
+
+// KeepFullPacketBatches makes every node of this process use wireguard-go's
+// batch sizes as tailscale.com ships them (128 packets per receive and per
+// TUN read, UDP GRO on) instead of tslink's caps: about 28 MiB more heap
+// per node (docs/wireguard-go-patch.md). Call it before the first [Start];
+// the choice is process-wide because wireguard-go's caps are.
+func KeepFullPacketBatches() { fullPacketBatches.Store(true) }
 
 // freedMemory coalesces [releaseFreedMemory] calls.
 var freedMemory struct {

@@ -24,6 +24,8 @@
 //	TSLINK_HEAP_PROFILE    1: sample allocations for /debug/pprof/heap (off by default)
 //	TSLINK_LOG_UPLOAD      1: let every node upload Tailscale's client logs (off by default;
 //	                       a tailnet with network flow logs on requires it)
+//	TSLINK_PACKET_BATCH    small (default) or full: wireguard-go's packet batches per node
+//	                       (full: as tailscale ships them, ~28 MiB more heap per node)
 //	TSLINK_METRICS         where to serve /metrics (Prometheus) and /healthz: a port (on
 //	                       127.0.0.1) or IP:port; off by default. Both are always on the
 //	                       status socket.
@@ -115,6 +117,15 @@ func run(args []string) error {
 	case "", "0":
 	default:
 		return fmt.Errorf("plugin setting %s=%q: want 1 (allow Tailscale log upload) or empty", stack.LogUploadSetting, v)
+	}
+
+	switch v := os.Getenv(stack.PacketBatchSetting); v {
+	case "full":
+		stack.KeepFullPacketBatches()
+		log.Info("wireguard-go's full packet batches for every node", "setting", stack.PacketBatchSetting)
+	case "", "small":
+	default:
+		return fmt.Errorf("plugin setting %s=%q: want small (the default: less memory per node) or full (wireguard-go's batches as tailscale ships them)", stack.PacketBatchSetting, v)
 	}
 
 	stateDir := cmp.Or(os.Getenv("TSLINK_STATE_DIR"), "/data")
