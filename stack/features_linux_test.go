@@ -271,6 +271,7 @@ func TestTwentyNodesInParallel(t *testing.T) {
 	l := newLab(t)
 	baseline := runtime.NumGoroutine()
 	rssBefore := rssKiB()
+	heapBefore := liveHeapBytes()
 	const count = 20
 	for round := range 3 {
 		began := time.Now()
@@ -306,7 +307,7 @@ func TestTwentyNodesInParallel(t *testing.T) {
 				t.Errorf("round %d: node %d (%v) unreachable from the laptop: %v", round, i, v4, err)
 			}
 		}
-		t.Logf("round %d: all reachable after %v; process RSS +%d MiB for %d nodes (%.1f MiB each)", round, time.Since(began), (rssKiB()-rssBefore)>>10, count, float64(rssKiB()-rssBefore)/1024/count)
+		t.Logf("round %d: all reachable after %v; process RSS +%d MiB for %d nodes (%.1f MiB each), live heap %.1f MiB each", round, time.Since(began), (rssKiB()-rssBefore)>>10, count, float64(rssKiB()-rssBefore)/1024/count, float64(liveHeapBytes()-heapBefore)/(1<<20)/count)
 		for i, n := range nodes {
 			lns[i].Close()
 			wg.Go(func() { n.Close(context.Background()) })
@@ -324,6 +325,14 @@ func TestTwentyNodesInParallel(t *testing.T) {
 		f.Close()
 	}
 	t.Logf("live heap after 3 rounds, all closed: %d MiB", ms.HeapAlloc>>20)
+}
+
+// liveHeapBytes returns the heap in use after a collection.
+func liveHeapBytes() int64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
 }
 
 // rssKiB returns this process's resident set size.
