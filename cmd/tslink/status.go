@@ -53,6 +53,7 @@ func serveStatus(stateDir string, d *netdriver.Driver, tracker *engine.Tracker, 
 		json.NewEncoder(w).Encode(v)
 	})
 	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.Handle("GET /metrics", metrics)
 	mux.Handle("GET /healthz", metrics)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
