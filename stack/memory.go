@@ -3,6 +3,7 @@ package stack
 import (
 	"os"
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -74,7 +75,8 @@ var freedMemory struct {
 }
 
 // releaseFreedMemory returns the process's freed heap to the OS before a
-// node starts (debug.FreeOSMemory: a GC, then every free page released).
+// node starts ([releaseBeforeStart]) and after a burst of starts
+// (debug.FreeOSMemory: a GC, then every free page released).
 //
 // A node allocates about 40 MiB of 64 KiB packet buffers at start
 // (wireguard-go's receive and TUN readers, tstun), most of which it never
@@ -87,16 +89,70 @@ var freedMemory struct {
 // Calls are serialized and coalesce: a caller that waited while another
 // release ran returns once a release that began after it arrived has
 // finished, so many starts at once cost about two releases, not one each.
-func releaseFreedMemory() {
+func releaseFreedMemory() { releaseFreedMemoryOver(0) }
+
+// releaseFreedMemoryOver is [releaseFreedMemory], skipped when, once the
+// caller's turn has come, the heap keeps less than minFree bytes of free
+// pages.
+func releaseFreedMemoryOver(minFree uint64) {
 	arrived := freedMemory.begun.Load()
 	freedMemory.mu.Lock()
 	defer freedMemory.mu.Unlock()
-	if freedMemory.covered > arrived {
+	if freedMemory.covered > arrived || heapFreeKept() < minFree {
 		return
 	}
 	seq := freedMemory.begun.Add(1)
 	debug.FreeOSMemory()
 	freedMemory.covered = seq
+}
+
+// releaseWorthwhile is the free heap, kept by the runtime and resident,
+// below which a node starts without [releaseFreedMemory]: the most the
+// node's buffers could reuse (and so keep resident) instead of taking
+// released pages.
+const releaseWorthwhile = 8 << 20
+
+// startReleaseWait bounds how long a node start waits for
+// [releaseBeforeStart]'s release. A forced GC of a multi-GiB heap takes
+// about a tenth of a second on an idle host but seconds on a starved one,
+// where every Join would otherwise spend them from its budget (and wait
+// behind the release of the Join before it).
+const startReleaseWait = time.Second
+
+// releaseBeforeStart runs [releaseFreedMemory] before a node start when the
+// heap keeps at least [releaseWorthwhile] of free pages (as after nodes
+// were removed); a heap with less has nothing worth a forced GC. It waits
+// for the release at most [startReleaseWait]; a longer release goes on in
+// the background (the node's buffers then partly reuse kept pages). It
+// returns how long it waited.
+func releaseBeforeStart() time.Duration {
+	if heapFreeKept() < releaseWorthwhile {
+		return 0
+	}
+	began := time.Now()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		releaseFreedMemoryOver(releaseWorthwhile)
+	}()
+	select {
+	case <-done:
+	case <-time.After(startReleaseWait):
+	}
+	return time.Since(began)
+}
+
+// heapFreeKept reads the runtime's free heap pages that are still backed by
+// memory (runtime/metrics /memory/classes/heap/free:bytes: free and
+// eligible to be returned to the OS but not returned). Reading it does not
+// stop the world.
+func heapFreeKept() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // startSettleDelay is how long after the last node start

@@ -134,6 +134,9 @@ type Node struct {
 	loginRefused bool          // control refused the login: no netmap can follow (closing.go)
 	selfSeen     chan struct{} // closed once the IPN bus showed the self node: the first netmap was applied
 	selfOnce     sync.Once
+
+	control controlProgress // the login's steps, from the backend log
+	phases  startPhases     // Start's steps before waitRunning
 }
 
 func (n *Node) setDNSSuffix(st *ipnstate.Status) {
@@ -223,11 +226,14 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	}()
 
 	authKey := ""
+	phaseBegan := time.Now()
 	if stateHasNodeKey(cfg.StateDir) {
 		n.keyless = true
 	} else if authKey, err = n.loginKey(ctx); err != nil {
 		return nil, err
 	}
+	n.phases.authKey = time.Since(phaseBegan)
+	phaseBegan = time.Now()
 
 	if cfg.AdoptNetNS != "" {
 		// Opening the TUN gives it carrier, which makes its DNS route
@@ -246,6 +252,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	n.phases.tun = time.Since(phaseBegan)
 
 	n.srv = &tsnet.Server{
 		Dir:           cfg.StateDir,
@@ -255,12 +262,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		Ephemeral:     cfg.Ephemeral,
 		AdvertiseTags: slices.Clone(cfg.Tags),
 		Tun:           n.dev,
-		Logf:          n.logf,
+		Logf:          n.control.tap(n.logf),
 		UserLogf:      n.logf,
 	}
 	_, statErr := os.Stat(statedir.StateFile(cfg.StateDir))
 	freshState := errors.Is(statErr, os.ErrNotExist)
-	releaseFreedMemory()
+	n.phases.memoryRelease = releaseBeforeStart()
 	startedAt := time.Now()
 	if err := n.srv.Start(); err != nil {
 		return nil, fmt.Errorf("starting tsnet: %s", Redact(err.Error(), cfg.AuthKey))
@@ -269,11 +276,12 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	n.phases.tsnetStart = time.Since(startedAt)
 	from := ""
 	if n.keyless {
 		from = " from its state (no auth key sent)"
 	}
-	n.logf("tslink: tsnet started in %v%s", time.Since(startedAt).Round(time.Millisecond), from)
+	n.logf("tslink: tsnet started in %v%s (start steps: %v)", time.Since(startedAt).Round(time.Millisecond), from, n.phases)
 	waitCtx := ctx
 	if dl, ok := ctx.Deadline(); ok {
 		var cancel context.CancelFunc
@@ -360,7 +368,10 @@ func (n *Node) waitRunning(ctx context.Context) error {
 	start := time.Now()
 	w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyNoNetMap)
 	if err != nil {
-		return n.nodeError(ErrControlUnreachable, err.Error())
+		if ctx.Err() != nil {
+			return n.waitEnded(start, false)
+		}
+		return fmt.Errorf("watching node state: %w", err)
 	}
 	defer w.Close()
 	loggedIn := false
@@ -370,21 +381,7 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			if ctx.Err() == nil {
 				return fmt.Errorf("watching node state: %w", err)
 			}
-			waited := time.Since(start).Round(100 * time.Millisecond)
-			if loggedIn {
-				// Control accepted the node, but the backend is not
-				// Running yet: netmap pending, or no DERP connection
-				// (ipnlocal waits for a live DERP before Running), as
-				// when many nodes start at once on a busy host. The
-				// node carries on; its addresses reach tailscale0 when
-				// the netmap arrives, and peers reach it once connected.
-				n.logf("tslink: node logged in but %v after %v (control or this host is slow); continuing", n.state, waited)
-				return nil
-			}
-			if !loggedIn && (n.state == ipn.NoState || n.state == ipn.NeedsLogin) {
-				return n.nodeError(ErrControlUnreachable, fmt.Sprintf("no answer after %v%s", waited, n.healthDetail()))
-			}
-			return n.nodeError(ErrNotReady, fmt.Sprintf("state %v after %v%s", n.state, waited, n.healthDetail()))
+			return n.waitEnded(start, loggedIn)
 		}
 		if nt.ErrMessage != nil {
 			msg := *nt.ErrMessage
@@ -431,6 +428,48 @@ func (n *Node) waitRunning(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// waitEnded is [Node.waitRunning]'s answer when its wait (begun at start)
+// ended before the node was Running; loggedIn: the IPN bus showed control's
+// acceptance.
+//
+// Control's answers reach the IPN bus only after LocalBackend processed
+// them, seconds late on a starved host, so the login's steps in the backend
+// log (controlProgress) decide what is reported: a node control accepted
+// carries on like one the bus showed logged in; "control server
+// unreachable" only when control did not answer at all; a registration
+// still pending, or answered without authorizing the node, is "not ready".
+// The detail says how long the wait was and what Start did before it.
+func (n *Node) waitEnded(start time.Time, loggedIn bool) error {
+	now := time.Now()
+	waited := fmt.Sprintf("%v (the start steps before the wait took %v: %v)", roundDuration(now.Sub(start)), roundDuration(n.phases.total()), n.phases)
+	if !loggedIn && n.control.controlAccepted() {
+		n.logf("tslink: control accepted the node; the backend has not reported it yet")
+		n.setLoggedIn()
+		loggedIn = true
+	}
+	n.mu.Lock()
+	state := n.state
+	n.mu.Unlock()
+	if loggedIn {
+		// Control accepted the node, but the backend is not Running
+		// yet: netmap pending, or no DERP connection (ipnlocal waits
+		// for a live DERP before Running), as when many nodes start at
+		// once on a busy host. The node carries on; its addresses reach
+		// tailscale0 when the netmap arrives, and peers reach it once
+		// connected.
+		n.logf("tslink: node logged in but %v after %s (control or this host is slow); continuing", state, waited)
+		return nil
+	}
+	progress := n.control.describe(now)
+	if progress == "" && (state == ipn.NoState || state == ipn.NeedsLogin) {
+		return n.nodeError(ErrControlUnreachable, fmt.Sprintf("no answer after %s%s", waited, n.healthDetail()))
+	}
+	if progress != "" {
+		progress = "; " + progress
+	}
+	return n.nodeError(ErrNotReady, fmt.Sprintf("state %v after %s%s%s", state, waited, progress, n.healthDetail()))
 }
 
 // loginWithKey answers control's request for a login of a node started

@@ -104,6 +104,7 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	}
 	jctx, jcancel := context.WithDeadline(context.Background(), began.Add(joinBudget))
 	defer jcancel()
+	beforeStart := time.Since(began)
 	err = d.startNode(jctx, ep, nw, authKey, tags, "", wait)
 	if err != nil && restoring && !errors.Is(err, errEndpointGone) {
 		// The engine is restoring its containers and will not retry a
@@ -118,12 +119,13 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 		// The backend's last words go to the plugin log: with a new dir
 		// removed below, debug.log goes too.
 		d.log.Warn("join failed", "container", info.Name, "hostname", ct.Hostname, "err", err,
+			"before_node_start", beforeStart.Round(time.Millisecond), "took", time.Since(began).Round(time.Millisecond),
 			"debug_log_tail", tailLines(statedir.DebugLog(ep.stateDir), 60))
 		d.finishFailedJoin(ep, stack.TeardownDone(err), newDir)
 		return nil, fmt.Errorf("tslink: %s: %w", ct.Hostname, err)
 	}
 	v4, v6 := ep.node.Addrs()
-	d.log.Info("node up", "container", info.Name, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "took", time.Since(began).Round(time.Millisecond))
+	d.log.Info("node up", "container", info.Name, "hostname", ct.Hostname, "ipv4", v4, "ipv6", v6, "before_node_start", beforeStart.Round(time.Millisecond), "took", time.Since(began).Round(time.Millisecond))
 	d.saveRecord(ep)
 
 	actx, acancel := context.WithCancel(context.Background())
