@@ -12,15 +12,6 @@ import (
 	"tailscale.com/types/logger"
 )
 
-// The login steps as tailscale.com's controlclient logs them, through the
-// "control: " prefix LocalBackend gives its control client's logger.
-func logLoginSteps(logf logger.Logf, authorized bool) {
-	control := logger.WithPrefix(logf, "control: ")
-	control("control server key from %s: ts2021=%s, legacy=%v", "http://10.238.0.1:1", "[k1]", "[k2]")
-	control("RegisterReq: onode=%v node=%v fup=%v nks=%v", "", "[n1]", false, false)
-	control("RegisterReq: got response; nodeKeyExpired=%v, machineAuthorized=%v; authURL=%v", false, authorized, false)
-}
-
 func TestControlProgressFollowsLoginSteps(t *testing.T) {
 	var lines []string
 	var p controlProgress
