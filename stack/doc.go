@@ -68,6 +68,12 @@
 //   - tsnet.Server.Up never returns on NeedsLogin/NeedsMachineAuth and blocks
 //     while control is unreachable; [Start] watches the IPN bus itself and
 //     turns those states into [NodeError]s.
+//   - The IPN bus shows control's answer to the registration only once
+//     LocalBackend processed it (seconds late on a starved host), while
+//     controlclient logs each login step as it happens (progress.go): a
+//     wait that ends before the bus showed the login is reported by the
+//     step the log reached, "control server unreachable" only when control
+//     did not answer at all.
 //   - tsnet.Server.Close must not run concurrently with Start; Node serialises
 //     them.
 //   - tsnet sends Server.AuthKey in the register request of every start, and
@@ -79,7 +85,9 @@
 //     wireguard-go's receive and TUN readers and tstun's read vector (whose
 //     length is the TUN's BatchSize) are 64 KiB each. An unwritten buffer is
 //     not resident if it came from pages returned to the OS, so the node
-//     returns freed heap before and after starts (memory.go), and tailscale0
+//     returns freed heap before a start (when the heap keeps a node's worth
+//     of free pages, waited for at most a second) and after a burst of
+//     starts (memory.go), and tailscale0
 //     reads at most tunBatchSize packets with gso_max_segs capped to
 //     match (wireguard-go drops a TSO packet with more segments than
 //     buffers). The unpatched wireguard-go sizes its readers by batch
