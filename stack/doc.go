@@ -16,8 +16,8 @@
 //     tailnet port 22 (ssh.go; sessions are Docker execs, made on demand).
 //     On failure it returns a [*NodeError] and leaves no TUN, lock or goroutine;
 //     a node control had already accepted is torn down in the background once
-//     its first netmap has been applied (closing.go), and [TeardownDone] says
-//     when.
+//     its first netmap has been applied (closing.go), as is one whose close
+//     outlasts Start's ctx, and [TeardownDone] says when.
 //   - [Node.Attach] (once the sandbox netns appears): installs an
 //     unreachable fallback route for each tailnet route in the netns, moves
 //     the TUN into the netns, renames it tailscale0, assigns the node's IPv4

@@ -165,11 +165,13 @@ const finishReserve = 3 * time.Second
 // the wait ends (netmap or DERP connection still pending, e.g. on a starved
 // CPU) is returned rather than failed: tailscale0 gets its addresses when the
 // netmap arrives and peers reach it once it is connected. On error nothing
-// is left behind: no TUN, lock or goroutine; the error is a [*NodeError] for
-// failures of the node itself. A node control had accepted whose first
-// netmap was not applied yet is the exception: it is torn down in the
-// background once that netmap was applied (at most [firstNetmapWait]), and
-// [TeardownDone] of the error says when it is gone.
+// is left behind once [TeardownDone] of the error is closed: no TUN, lock or
+// goroutine; the error is a [*NodeError] for failures of the node itself.
+// Start waits for the teardown while ctx lasts; it returns before the
+// teardown ends when ctx ends first (closing a node waits for a slot among
+// the process's closes, closing.go) and when control had accepted the node
+// but its first netmap was not applied yet (torn down once it was, at most
+// [firstNetmapWait] later).
 //
 // A node whose state dir holds a logged-in node (a node key, not logged
 // out) starts without cfg.AuthKey: tsnet would send the key in the register
@@ -208,20 +210,31 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 		}
 		// A failed adoption keeps tailscale0 for the next attempt.
 		keepTUN := cfg.AdoptNetNS != ""
-		if !n.firstNetmapPending() {
+		if n.srv == nil {
+			// No tsnet server: nothing that can take long to stop.
 			n.safeTeardown(keepTUN)
-			n.wg.Wait() // a login with the key (loginWithKey) ends with tsnet
 			return
 		}
-		// Logged in, netmap not applied yet: closing now could race it
-		// (closing.go). The caller gets the error now; TeardownDone
-		// tells it when the node is gone.
+		netmapPending := n.firstNetmapPending()
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
 			n.safeTeardown(keepTUN)
-			n.wg.Wait()
+			n.wg.Wait() // a login with the key (loginWithKey) ends with tsnet
 		}()
+		if !netmapPending {
+			// A close waits for a slot among the process's closes
+			// and for the backend's shutdown, seconds on a starved
+			// host: wait for it while the caller's budget lasts.
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+			}
+		}
+		// Logged in with the netmap not applied yet (closing now could
+		// race it: closing.go), or out of time: the caller gets the
+		// error now; TeardownDone tells it when the node is gone.
 		retErr = &pendingTeardown{err: retErr, done: done}
 	}()
 
