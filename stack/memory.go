@@ -72,8 +72,6 @@ var freedMemory struct {
 	mu      sync.Mutex
 	begun   atomic.Uint64 // releases begun so far
 	covered uint64        // the number of the last finished release, under mu
-	ended   time.Time     // when the last release ended, under mu
-	took    time.Duration // how long it took, under mu
 }
 
 // releaseFreedMemory returns the process's freed heap to the OS before a
@@ -104,11 +102,8 @@ func releaseFreedMemoryOver(minFree uint64) {
 		return
 	}
 	seq := freedMemory.begun.Add(1)
-	began := time.Now()
 	debug.FreeOSMemory()
 	freedMemory.covered = seq
-	freedMemory.ended = time.Now()
-	freedMemory.took = freedMemory.ended.Sub(began)
 }
 
 // releaseWorthwhile is the free heap, kept by the runtime and resident,
@@ -124,23 +119,14 @@ const releaseWorthwhile = 8 << 20
 // behind the release of the Join before it).
 const startReleaseWait = time.Second
 
-// releaseSpacing is how many times its own duration the last release must
-// lie in the past for a node start to run another: forced releases before
-// starts then take at most a fifth of the time, whatever the host's load.
-const releaseSpacing = 4
-
 // releaseBeforeStart runs [releaseFreedMemory] before a node start when the
 // heap keeps at least [releaseWorthwhile] of free pages (as after nodes
-// were removed; a heap with less has nothing worth a forced GC), no release
-// is running (its own scavenge returns those pages) and the last one ended
-// at least [releaseSpacing] times its duration ago (in a burst of starts on
-// a starved host each release takes seconds; the release after the burst,
-// [releaseFreedMemorySoon], returns the burst's garbage). It waits for the
-// release at most [startReleaseWait]; a longer release goes on in the
-// background (the node's buffers then partly reuse kept pages). It returns
-// how long it waited.
+// were removed); a heap with less has nothing worth a forced GC. It waits
+// for the release at most [startReleaseWait]; a longer release goes on in
+// the background (the node's buffers then partly reuse kept pages). It
+// returns how long it waited.
 func releaseBeforeStart() time.Duration {
-	if heapFreeKept() < releaseWorthwhile || !releaseDue() {
+	if heapFreeKept() < releaseWorthwhile {
 		return 0
 	}
 	began := time.Now()
@@ -154,16 +140,6 @@ func releaseBeforeStart() time.Duration {
 	case <-time.After(startReleaseWait):
 	}
 	return time.Since(began)
-}
-
-// releaseDue reports whether no release runs and the last one ended
-// [releaseSpacing] times its duration ago or more.
-func releaseDue() bool {
-	if !freedMemory.mu.TryLock() {
-		return false
-	}
-	defer freedMemory.mu.Unlock()
-	return time.Since(freedMemory.ended) >= releaseSpacing*freedMemory.took
 }
 
 // heapFreeKept reads the runtime's free heap pages that are still backed by
