@@ -704,7 +704,7 @@ func (r *results) writeTargets(p func(string, ...any)) {
 	if ts, ts1 := r.memory(kindTslink, 30), r.memory(kindTslink, 1); ts != nil && ts1 != nil {
 		add, _ := perAdditionalKiB(ts1, ts)
 		per := float64(ts.Mem.RSS-r.PluginBase.RSS) / float64(cmp.Or(ts.Running, 30))
-		row(t, fmt.Sprintf("%s MiB RSS per additional (%s MiB per container over none)", mib(int64(add)), mib(int64(per))), ts.Running == 30 && add <= 10*1024)
+		row(t, fmt.Sprintf("%s MiB RSS per additional (%s MiB per container over none)%s", mib(int64(add)), mib(int64(per)), running(ts)), cmp.Or(ts.Running, ts.N) == ts.N && add <= 10*1024)
 	} else {
 		unmeasured(t)
 	}
@@ -712,8 +712,8 @@ func (r *results) writeTargets(p func(string, ...any)) {
 		t := fmt.Sprintf("the same after %d create/remove cycles (%d at a time), N=%d", h.Cycles, h.Parallel, r.Sizes.HistoryN)
 		m, m1 := h.memory(r.Sizes.HistoryN), h.memory(1)
 		if add, ok := perAdditionalKiB(m1, m); ok {
-			row(t, fmt.Sprintf("%s MiB RSS per additional (%d/%d cycles answered, %d runs failed)", mib(int64(add)), h.Reachable, h.Cycles, h.FailedRuns),
-				m.Running == m.N && add <= 10*1024)
+			row(t, fmt.Sprintf("%s MiB RSS per additional%s (%d/%d cycles answered, %d runs failed)", mib(int64(add)), running(m), h.Reachable, h.Cycles, h.FailedRuns),
+				cmp.Or(m.Running, m.N) == m.N && add <= 10*1024)
 		} else {
 			unmeasured(t)
 		}
@@ -768,6 +768,15 @@ func (r *results) writeTargets(p func(string, ...any)) {
 		unmeasured(t)
 	}
 	p("\n")
+}
+
+// running notes a memory reading with fewer containers than the round
+// started (a target at N needs all N).
+func running(m *memRow) string {
+	if m.Running == 0 || m.Running == m.N {
+		return ""
+	}
+	return fmt.Sprintf("; only %d of %d started", m.Running, m.N)
 }
 
 func failed(s *startSummary) string {
