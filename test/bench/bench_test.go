@@ -625,6 +625,7 @@ func (r *results) historyRound(l *lab) {
 	}
 	wg.Wait()
 	h.Seconds = time.Since(began).Seconds()
+	time.Sleep(sz.Settle) // as after every round's removal
 	for _, row := range rows {
 		if row.OK {
 			h.Reachable++
