@@ -23,8 +23,12 @@ import (
 // Kinds of container networking measured side by side.
 const (
 	kindTslink = "tslink" // a tslink network: one tsnet node per container in the plugin
-	kindAnchor = "anchor" // one tailscaled with a kernel TUN in each container, on a bridge network
-	kindBridge = "bridge" // a plain Docker bridge network, no tailnet (the baseline / limit)
+	// kindTslinkFull is tslink with the plugin set to TSLINK_PACKET_BATCH=full:
+	// wireguard-go's batches as tailscale ships them, the unchanged build's
+	// data path (throughput round only).
+	kindTslinkFull = "tslink-full"
+	kindAnchor     = "anchor" // one tailscaled with a kernel TUN in each container, on a bridge network
+	kindBridge     = "bridge" // a plain Docker bridge network, no tailnet (the baseline / limit)
 )
 
 // sizes are what one run measures.
@@ -35,16 +39,23 @@ type sizes struct {
 	Settle        time.Duration // wait after removing a round's containers
 	TransferMiB   int64
 	WarmupMiB     int64
-	ScaleN        int // 0: no scale round
-	ScaleParallel int // docker run -d in flight at once in the scale round
+	ScaleN        int           // 0: no scale round
+	ScaleParallel int           // docker run -d in flight at once in the scale round
+	ScaleSettle   time.Duration // wait after the last container answered, before the idle reading
 	ScaleIdle     time.Duration
+	// The history round: HistoryCycles `docker run -d`/`docker rm -f`
+	// cycles, HistoryParallel at a time, then start rounds of 1 and
+	// HistoryN containers. 0 cycles: no history round.
+	HistoryCycles, HistoryParallel, HistoryN int
 }
 
 func benchSizes() sizes {
-	s := sizes{StartNs: []int{1}, Idle: time.Second, Settle: time.Second, TransferMiB: 16, WarmupMiB: 2}
+	s := sizes{StartNs: []int{1}, Idle: time.Second, Settle: time.Second, TransferMiB: 16, WarmupMiB: 2,
+		HistoryCycles: 5, HistoryParallel: 5, HistoryN: 3}
 	if os.Getenv("TSLINK_BENCH") == "full" {
 		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 15 * time.Second, Settle: 5 * time.Second, TransferMiB: 1024, WarmupMiB: 128,
-			ScaleN: 100, ScaleParallel: 10, ScaleIdle: 30 * time.Second}
+			ScaleN: 100, ScaleParallel: 10, ScaleSettle: 15 * time.Second, ScaleIdle: 60 * time.Second,
+			HistoryCycles: 300, HistoryParallel: 10, HistoryN: 30}
 	}
 	if v := os.Getenv("TSLINK_BENCH_N"); v != "" {
 		s.StartNs = nil
@@ -57,7 +68,15 @@ func benchSizes() sizes {
 	if n, err := strconv.Atoi(os.Getenv("TSLINK_BENCH_SCALE")); err == nil {
 		s.ScaleN = n
 		s.ScaleParallel = max(1, min(10, n))
+		s.ScaleSettle = max(s.ScaleSettle, 2*time.Second)
 		s.ScaleIdle = max(s.ScaleIdle, 5*time.Second)
+	}
+	if n, err := strconv.Atoi(os.Getenv("TSLINK_BENCH_HISTORY")); err == nil && n >= 0 {
+		s.HistoryCycles = n
+		s.HistoryParallel = max(1, min(10, n))
+	}
+	if n, err := strconv.Atoi(os.Getenv("TSLINK_BENCH_HISTORY_N")); err == nil && n > 1 {
+		s.HistoryN = n
 	}
 	if n, err := strconv.ParseInt(os.Getenv("TSLINK_BENCH_MIB"), 10, 64); err == nil && n > 0 {
 		s.TransferMiB, s.WarmupMiB = n, max(1, n/8)
@@ -79,9 +98,10 @@ func kinds(order ...string) []string {
 	return slices.DeleteFunc(order, func(k string) bool { return !slices.Contains(strings.Split(v, ","), k) })
 }
 
-// phases lists which rounds run (TSLINK_BENCH_PHASES=start,throughput,scale;
-// default all). TSLINK_BENCH_N, _SCALE, _MIB and _IDLE (a Go duration)
-// override the sizes.
+// phaseOn reports whether a round runs
+// (TSLINK_BENCH_PHASES=start,throughput,history,scale; default all).
+// TSLINK_BENCH_N, _SCALE, _HISTORY (cycles), _HISTORY_N, _MIB and _IDLE (a
+// Go duration) override the sizes.
 func phaseOn(name string) bool {
 	v := os.Getenv("TSLINK_BENCH_PHASES")
 	return v == "" || slices.Contains(strings.Split(v, ","), name)
@@ -133,9 +153,12 @@ func TestBench(t *testing.T) {
 		}
 	}
 	if phaseOn("throughput") {
-		for _, kind := range kinds(kindBridge, kindTslink, kindAnchor) {
+		for _, kind := range kinds(kindBridge, kindTslink, kindTslinkFull, kindAnchor) {
 			r.throughputRound(l, kind)
 		}
+	}
+	if phaseOn("history") && sz.HistoryCycles > 0 {
+		r.historyRound(l)
 	}
 	if phaseOn("scale") && sz.ScaleN > 0 {
 		r.scaleRound(l)
@@ -164,13 +187,37 @@ func TestBench(t *testing.T) {
 // answers HTTP, measures the network stack's memory and idle CPU, and
 // removes them.
 func (r *results) startRound(l *lab, kind string, n int) {
+	m := r.measureStart(l, kind, namePrefix[kind], n)
+	r.Starts = append(r.Starts, m.rows...)
+	r.StartSummaries = append(r.StartSummaries, m.summary)
+	if m.memory != nil {
+		r.Memory = append(r.Memory, *m.memory)
+	}
+}
+
+// namePrefix starts the names of a kind's containers (their hostnames, by
+// which the laptop finds a node at control): distinct per kind, so that a
+// round never finds an earlier round's node.
+var namePrefix = map[string]string{kindTslink: "t", kindTslinkFull: "f", kindAnchor: "a", kindBridge: "b"}
+
+// startMeasure is what one start round measured: a row per container,
+// their summary, and the memory reading (nil for the bridge).
+type startMeasure struct {
+	rows    []startRow
+	summary startSummary
+	memory  *memRow
+}
+
+// measureStart starts n containers of kind named prefix<n>-<i>
+// concurrently, waits until each answers HTTP, measures the network stack's
+// memory and idle CPU, and removes them.
+func (r *results) measureStart(l *lab, kind, prefix string, n int) startMeasure {
 	t := l.t
 	if kind != kindBridge {
 		r.freshTailnet(l)
 	}
 	before := r.pluginMemory()
-	rows, names, all := l.startContainers(kind, kind[:1], n, n)
-	r.Starts = append(r.Starts, rows...)
+	rows, names, all := l.startContainers(kind, prefix, n, n)
 	failed := 0
 	for _, row := range rows {
 		if !row.OK {
@@ -178,20 +225,21 @@ func (r *results) startRound(l *lab, kind string, n int) {
 		}
 	}
 	sum := summarize(kind, n, rows, all)
-	r.StartSummaries = append(r.StartSummaries, sum)
-	t.Logf("start %s N=%d: run -d returned median %.2fs max %.2fs; reachable median %.2fs max %.2fs; all %d/%d reachable %.2fs after the first run",
-		kind, n, sum.RunMedian, sum.RunMax, sum.ReachMedian, sum.ReachMax, n-failed, n, all)
+	res := startMeasure{rows: rows, summary: sum}
+	t.Logf("start %s N=%d (%s…): run -d returned median %.2fs max %.2fs; reachable median %.2fs max %.2fs; all %d/%d reachable %.2fs after the first run",
+		kind, n, prefix, sum.RunMedian, sum.RunMax, sum.ReachMedian, sum.ReachMax, n-failed, n, all)
 	if kind != kindBridge {
 		m := l.idleReading(kind, names, r.Sizes.Idle, r.PluginPID)
 		if kind == kindTslink {
-			l.saveProfiles(fmt.Sprintf("tslink-n%d", n))
+			l.saveProfiles(fmt.Sprintf("%s-%s-n%d", kind, prefix, n))
 		}
 		m.Before = before
 		m.Running = n - failed
-		r.Memory = append(r.Memory, m)
+		res.memory = &m
 		t.Logf("memory %s N=%d: RSS %d KiB, PSS %d KiB (before %d/%d), idle CPU %.2f%% of a core", kind, n, m.Mem.RSS, m.Mem.PSS, before.RSS, before.PSS, m.IdleCPUPct)
 	}
 	l.removeContainers(names, r.Sizes.Settle)
+	return res
 }
 
 // freshTailnet starts each full-size round on a tailnet holding only the
@@ -268,7 +316,7 @@ func bridgeIP(i int) string { return fmt.Sprintf("10.240.%d.%d", 1+i/250, 2+i%25
 func (l *lab) runArgs(kind, name string, i int) []string {
 	httpd := []string{image, "httpd", "-f", "-p", "8080", "-h", "/www"}
 	switch kind {
-	case kindTslink:
+	case kindTslink, kindTslinkFull:
 		return append([]string{"run", "-d", "--name", name, "--network", tslinkNet}, httpd...)
 	case kindBridge:
 		return append([]string{"run", "-d", "--name", name, "--network", bridgeNet, "--ip", bridgeIP(i)}, httpd...)
@@ -369,13 +417,19 @@ func (l *lab) removeContainers(names []string, settle time.Duration) {
 }
 
 // throughputRound sends TransferMiB from a container to the laptop (host,
-// for the bridge) and to a second container, after a warm-up transfer.
+// for the bridge) and to a second container, after a warm-up transfer. For
+// tslink-full it restarts the plugin with TSLINK_PACKET_BATCH=full first and
+// with small again after.
 func (r *results) throughputRound(l *lab, kind string) {
 	t := l.t
+	if kind == kindTslinkFull {
+		r.PluginPID = l.setPacketBatch("full")
+		defer func() { r.PluginPID = l.setPacketBatch("small") }()
+	}
 	if kind != kindBridge {
 		r.freshTailnet(l)
 	}
-	rows, names, _ := l.startContainers(kind, "p"+kind[:1], 2, 2)
+	rows, names, _ := l.startContainers(kind, "p"+namePrefix[kind], 2, 2)
 	defer l.removeContainers(names, r.Sizes.Settle)
 	for _, row := range rows {
 		if !row.OK {
@@ -406,6 +460,32 @@ func (r *results) throughputRound(l *lab, kind string) {
 		r.Throughput = append(r.Throughput, row)
 		t.Logf("throughput %s %s: %d MiB in %.2fs = %.1f MB/s, %.2f CPU-s/GB (machine)", kind, p.name, row.MiB, row.Seconds, row.MBps, row.CPUPerGB)
 	}
+}
+
+// packetBatchSetting is the plugin setting choosing wireguard-go's batch
+// sizes (stack.PacketBatchSetting, read by cmd/tslink at start): small
+// (default) or full.
+const packetBatchSetting = "TSLINK_PACKET_BATCH"
+
+// setPacketBatch restarts the plugin with packetBatchSetting=value
+// (`docker plugin set` needs it disabled; -f because the tslink network
+// uses it) and returns the new plugin process's PID. The plugin restores
+// its networks when enabled again (the engine-restart design).
+func (l *lab) setPacketBatch(value string) int {
+	t := l.t
+	l.docker("plugin", "disable", "-f", plugin)
+	l.docker("plugin", "set", plugin, packetBatchSetting+"="+value)
+	l.docker("plugin", "enable", plugin)
+	var pid int
+	err := netnstest.WaitFor(30*time.Second, func() (err error) {
+		pid, err = findPluginPID(l.engine.StateDir())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the plugin after setting %s=%s: %v", packetBatchSetting, value, err)
+	}
+	t.Logf("plugin restarted with %s=%s: pid %d", packetBatchSetting, value, pid)
+	return pid
 }
 
 // transfer sends mib MiB of zeros from a socket opened inside the sender
@@ -470,26 +550,118 @@ func (l *lab) transfer(sender, dst, nsPath string, mib int64) (tputRow, error) {
 }
 
 // scaleRound starts ScaleN containers on one tslink network, ScaleParallel
-// at a time, checks all answer, and reads the plugin's RSS and idle CPU.
+// at a time, checks all answer, lets the plugin settle for ScaleSettle and
+// reads its RSS and idle CPU over ScaleIdle; a plugin restart shows as a
+// new PID or as a panic in the engine's log (which holds the plugin's
+// stderr).
 func (r *results) scaleRound(l *lab) {
 	sz := r.Sizes
 	r.freshTailnet(l)
+	pidBefore, logBefore := r.PluginPID, len(l.engine.Log())
 	began := time.Now()
 	rows, names, all := l.startContainers(kindTslink, "s", sz.ScaleN, sz.ScaleParallel)
-	row := scaleRow{N: sz.ScaleN, Parallel: sz.ScaleParallel, AllReachable: all}
+	row := scaleRow{N: sz.ScaleN, Parallel: sz.ScaleParallel, AllReachable: all, PluginPIDBefore: pidBefore}
 	for _, s := range rows {
 		if s.OK {
 			row.Reachable++
 		}
 	}
 	r.Starts = append(r.Starts, rows...)
+	time.Sleep(sz.ScaleSettle)
 	m := l.idleReading(kindTslink, names, sz.ScaleIdle, r.PluginPID)
-	row.Mem, row.IdleCPUPct, row.IdleWindow = m.Mem, m.IdleCPUPct, sz.ScaleIdle.Seconds()
+	row.Mem, row.IdleCPUPct, row.IdleWindow, row.SettleWait = m.Mem, m.IdleCPUPct, sz.ScaleIdle.Seconds(), sz.ScaleSettle.Seconds()
 	row.BackendCallMaxMs = l.backendCallMaxMs()
+	row.PluginPIDAfter, _ = findPluginPID(l.engine.StateDir())
+	row.PluginPanics = panicLines(l.engine.Log()[logBefore:])
+	if row.PluginPIDAfter != 0 && row.PluginPIDAfter != pidBefore {
+		r.PluginPID = row.PluginPIDAfter
+	}
 	r.Scale = &row
-	l.t.Logf("scale: %d/%d reachable, all within %.1fs (%v with checks); plugin RSS %d KiB, PSS %d KiB, idle CPU %.2f%% of a core over %v; longest LocalBackend call %d ms",
-		row.Reachable, row.N, all, time.Since(began).Round(time.Second), m.Mem.RSS, m.Mem.PSS, m.IdleCPUPct, sz.ScaleIdle, row.BackendCallMaxMs)
+	l.t.Logf("scale: %d/%d reachable, %d docker run failed, all within %.1fs (%v with checks); plugin pid %d -> %d, %d panic lines; plugin RSS %d KiB, PSS %d KiB, idle CPU %.2f%% of a core over %v after %v; longest LocalBackend call %d ms",
+		row.Reachable, row.N, failedRuns(rows), all, time.Since(began).Round(time.Second), pidBefore, row.PluginPIDAfter, len(row.PluginPanics),
+		m.Mem.RSS, m.Mem.PSS, m.IdleCPUPct, sz.ScaleIdle, sz.ScaleSettle, row.BackendCallMaxMs)
+	for _, f := range groupFailures(rows) {
+		l.t.Logf("scale failures: %d× %s", f.Count, f.Reason)
+	}
 	l.removeContainers(names, r.Sizes.Settle)
+}
+
+// historyRound runs HistoryCycles create/remove cycles of tslink
+// containers, HistoryParallel at a time (each: `docker run -d`, wait until
+// it answers the laptop, `docker rm -f`), then start rounds of 1 and
+// HistoryN containers with their memory readings: the plugin's history
+// must not make new nodes dearer.
+func (r *results) historyRound(l *lab) {
+	sz := r.Sizes
+	t := l.t
+	r.freshTailnet(l)
+	h := historyRow{Cycles: sz.HistoryCycles, Parallel: sz.HistoryParallel, PluginPIDBefore: r.PluginPID}
+	logBefore := len(l.engine.Log())
+	began := time.Now()
+	rows := make([]startRow, sz.HistoryCycles)
+	slots := make(chan struct{}, sz.HistoryParallel)
+	var wg sync.WaitGroup
+	for i := range sz.HistoryCycles {
+		name := fmt.Sprintf("hc-%03d", i)
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+			defer cancel()
+			row := startRow{Kind: kindTslink, Name: name}
+			t0 := time.Now()
+			_, err := l.engine.Docker(ctx, l.runArgs(kindTslink, name, i)...)
+			row.RunReturned = time.Since(t0).Seconds()
+			if err != nil {
+				row.Err = err.Error()
+			} else if at := l.waitReachable(ctx, kindTslink, name, i); !at.IsZero() {
+				row.OK, row.Reachable = true, at.Sub(t0).Seconds()
+			}
+			if _, err := l.engine.Docker(context.Background(), "rm", "-f", name); err != nil {
+				t.Logf("history: %v", err)
+			}
+			rows[i] = row
+		})
+	}
+	wg.Wait()
+	h.Seconds = time.Since(began).Seconds()
+	time.Sleep(sz.Settle) // as after every round's removal
+	for _, row := range rows {
+		if row.OK {
+			h.Reachable++
+		}
+	}
+	h.FailedRuns, h.Failures = failedRuns(rows), groupFailures(rows)
+	h.PluginPIDAfter, _ = findPluginPID(l.engine.StateDir())
+	h.PluginPanics = panicLines(l.engine.Log()[logBefore:])
+	t.Logf("history: %d create/remove cycles, %d at a time, in %.0fs: %d answered the laptop, %d docker run failed; plugin pid %d -> %d",
+		h.Cycles, h.Parallel, h.Seconds, h.Reachable, h.FailedRuns, h.PluginPIDBefore, h.PluginPIDAfter)
+	for _, f := range h.Failures {
+		t.Logf("history failures: %d× %s", f.Count, f.Reason)
+	}
+	if h.PluginPIDAfter != 0 {
+		r.PluginPID = h.PluginPIDAfter
+	}
+	for _, n := range []int{1, sz.HistoryN} {
+		m := r.measureStart(l, kindTslink, "h", n)
+		h.Summaries = append(h.Summaries, m.summary)
+		if m.memory != nil {
+			h.Memory = append(h.Memory, *m.memory)
+		}
+	}
+	r.History = &h
+}
+
+// panicLines are the lines of an engine log excerpt that show a Go panic
+// or fatal error (the plugin's stderr reaches dockerd's log).
+func panicLines(log string) []string {
+	var out []string
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "panic:") || strings.Contains(line, "fatal error:") {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // backendCallMaxMs reads the plugin's longest LocalBackend call latency so

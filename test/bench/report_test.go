@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,10 +96,115 @@ type scaleRow struct {
 	AllReachable           float64
 	Mem                    memKiB
 	IdleCPUPct, IdleWindow float64
+	SettleWait             float64 // seconds between the last answer and the idle window
+	// The plugin's PID before and after the round (0: not found) and the
+	// engine log's panic lines during it: a restart shows in either.
+	PluginPIDBefore, PluginPIDAfter int
+	PluginPanics                    []string
 	// BackendCallMaxMs is the plugin's longest LocalBackend call latency
 	// (every node probed once a second) from its start to the end of the
 	// round; tailscale's deadlock watchdog panics at about 35 s.
 	BackendCallMaxMs int64
+}
+
+// scaleStarts are the scale round's rows in r.Starts (named s<N>-<i>).
+func (r *results) scaleStarts() []startRow {
+	if r.Scale == nil {
+		return nil
+	}
+	return slices.DeleteFunc(slices.Clone(r.Starts), func(s startRow) bool {
+		return s.Kind != kindTslink || s.N != r.Scale.N || !strings.HasPrefix(s.Name, fmt.Sprintf("s%d-", r.Scale.N))
+	})
+}
+
+// failedRuns counts the rows whose `docker run -d` returned an error.
+func failedRuns(rows []startRow) int {
+	n := 0
+	for _, s := range rows {
+		if s.Err != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// notAnswered is the failure reason of a container that started but never
+// answered the laptop.
+const notAnswered = "started, but never answered the laptop"
+
+// restarted reports whether the plugin process changed or panicked during
+// the round.
+func (s *scaleRow) restarted() bool {
+	return s.PluginPIDAfter != s.PluginPIDBefore || len(s.PluginPanics) > 0
+}
+
+// historyRow is the history round: create/remove cycles, then start
+// rounds on the plugin that ran them.
+type historyRow struct {
+	Cycles, Parallel      int
+	Reachable, FailedRuns int
+	Failures              []failureGroup
+	Seconds               float64
+	PluginPIDBefore       int
+	PluginPIDAfter        int
+	PluginPanics          []string
+	Summaries             []startSummary // start rounds after the cycles (N=1 and HistoryN)
+	Memory                []memRow
+}
+
+func (h *historyRow) memory(n int) *memRow {
+	for i := range h.Memory {
+		if m := &h.Memory[i]; m.N == n {
+			return m
+		}
+	}
+	return nil
+}
+
+// failureGroup is how many containers of a round failed for one reason.
+type failureGroup struct {
+	Reason     string
+	Count      int
+	Containers []string
+}
+
+var (
+	hexID        = regexp.MustCompile(`[0-9a-f]{12,}`)
+	helpHint     = regexp.MustCompile(`\s*See 'docker run --help'\.?|\s*Run 'docker run --help' for more information`)
+	dockerPrefix = regexp.MustCompile(`^docker run [^:]*: `)
+)
+
+// groupFailures groups a round's failed containers by reason: the `docker
+// run` error (the daemon's message when it gave one; IDs and the
+// container's name blanked so that equal causes group), or [notAnswered].
+// Largest group first.
+func groupFailures(rows []startRow) []failureGroup {
+	var groups []failureGroup
+	for _, row := range rows {
+		if row.OK {
+			continue
+		}
+		reason := notAnswered
+		if row.Err != "" {
+			reason = dockerPrefix.ReplaceAllString(row.Err, "")
+			if i := strings.Index(reason, "Error response from daemon: "); i >= 0 {
+				reason = reason[i:]
+			}
+			reason = helpHint.ReplaceAllString(reason, "")
+			reason = strings.ReplaceAll(reason, row.Name, "<name>")
+			reason = hexID.ReplaceAllString(reason, "…")
+			reason = strings.Join(strings.Fields(reason), " ")
+		}
+		i := slices.IndexFunc(groups, func(g failureGroup) bool { return g.Reason == reason })
+		if i < 0 {
+			groups = append(groups, failureGroup{Reason: reason})
+			i = len(groups) - 1
+		}
+		groups[i].Count++
+		groups[i].Containers = append(groups[i].Containers, row.Name)
+	}
+	slices.SortStableFunc(groups, func(a, b failureGroup) int { return cmp.Compare(b.Count, a.Count) })
+	return groups
 }
 
 // deadlockWatchdogMs is when tailscale's ipnlocal deadlock watchdog panics
@@ -119,6 +225,7 @@ type results struct {
 	Memory                []memRow
 	Throughput            []tputRow
 	Scale                 *scaleRow
+	History               *historyRow
 }
 
 func loadavg() string {
@@ -239,11 +346,32 @@ func (r *results) writeCSVs(dir string) error {
 	for _, t := range r.Throughput {
 		tput = append(tput, []string{t.Kind, t.Path, fmt.Sprint(t.MiB), ff(t.Seconds), ff(t.MBps), ff(t.CPUPerGB)})
 	}
-	scale := [][]string{{"n", "parallel", "reachable", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "plugin_idle_cpu_pct_of_core", "idle_window_s", "longest_backend_call_ms"}}
+	scale := [][]string{{"n", "parallel", "reachable", "failed_runs", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "plugin_idle_cpu_pct_of_core", "idle_window_s", "settle_s", "plugin_pid_before", "plugin_pid_after", "panic_lines", "longest_backend_call_ms"}}
+	failures := [][]string{{"round", "count", "reason", "containers"}}
 	if s := r.Scale; s != nil {
-		scale = append(scale, []string{fmt.Sprint(s.N), fmt.Sprint(s.Parallel), fmt.Sprint(s.Reachable), ff(s.AllReachable), fmt.Sprint(s.Mem.RSS), fmt.Sprint(s.Mem.PSS), ff(s.IdleCPUPct), ff(s.IdleWindow), fmt.Sprint(s.BackendCallMaxMs)})
+		scale = append(scale, []string{fmt.Sprint(s.N), fmt.Sprint(s.Parallel), fmt.Sprint(s.Reachable), fmt.Sprint(failedRuns(r.scaleStarts())), ff(s.AllReachable), fmt.Sprint(s.Mem.RSS), fmt.Sprint(s.Mem.PSS), ff(s.IdleCPUPct), ff(s.IdleWindow), ff(s.SettleWait),
+			fmt.Sprint(s.PluginPIDBefore), fmt.Sprint(s.PluginPIDAfter), fmt.Sprint(len(s.PluginPanics)), fmt.Sprint(s.BackendCallMaxMs)})
+		for _, g := range groupFailures(r.scaleStarts()) {
+			failures = append(failures, []string{"scale", fmt.Sprint(g.Count), g.Reason, strings.Join(g.Containers, " ")})
+		}
 	}
-	for name, rows := range map[string][][]string{"start.csv": start, "memory.csv": mem, "throughput.csv": tput, "scale.csv": scale} {
+	history := [][]string{{"cycles", "parallel", "reachable", "failed_runs", "seconds", "plugin_pid_before", "plugin_pid_after", "panic_lines", "n_after", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "idle_cpu_pct_of_core"}}
+	if h := r.History; h != nil {
+		for _, m := range h.Memory {
+			all := math.NaN()
+			for _, s := range h.Summaries {
+				if s.N == m.N {
+					all = s.AllReachable
+				}
+			}
+			history = append(history, []string{fmt.Sprint(h.Cycles), fmt.Sprint(h.Parallel), fmt.Sprint(h.Reachable), fmt.Sprint(h.FailedRuns), ff(h.Seconds),
+				fmt.Sprint(h.PluginPIDBefore), fmt.Sprint(h.PluginPIDAfter), fmt.Sprint(len(h.PluginPanics)), fmt.Sprint(m.N), ff(all), fmt.Sprint(m.Mem.RSS), fmt.Sprint(m.Mem.PSS), ff(m.IdleCPUPct)})
+		}
+		for _, g := range h.Failures {
+			failures = append(failures, []string{"history", fmt.Sprint(g.Count), g.Reason, strings.Join(g.Containers, " ")})
+		}
+	}
+	for name, rows := range map[string][][]string{"start.csv": start, "memory.csv": mem, "throughput.csv": tput, "scale.csv": scale, "history.csv": history, "failures.csv": failures} {
 		if err := writeCSV(filepath.Join(dir, name), rows); err != nil {
 			return err
 		}
@@ -252,9 +380,10 @@ func (r *results) writeCSVs(dir string) error {
 }
 
 var kindTitles = map[string]string{
-	kindTslink: "tslink (tsnet nodes in the plugin)",
-	kindAnchor: "anchor (tailscaled + kernel TUN per container)",
-	kindBridge: "bridge (no tailnet)",
+	kindTslink:     "tslink (tsnet nodes in the plugin)",
+	kindAnchor:     "anchor (tailscaled + kernel TUN per container)",
+	kindBridge:     "bridge (no tailnet)",
+	kindTslinkFull: "tslink-full (plugin set to TSLINK_PACKET_BATCH=full)",
 }
 
 func (r *results) plotStart(path string) error {
@@ -310,7 +439,13 @@ func (r *results) plotMemory(path string) error {
 	return p.Save(7*vg.Inch, 4.5*vg.Inch, path)
 }
 
-func mib(kib int64) string  { return fmt.Sprintf("%.1f", float64(kib)/1024) }
+func mib(kib int64) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
+func num(v float64, decimals int) string {
+	if math.IsNaN(v) {
+		return "—"
+	}
+	return strconv.FormatFloat(v, 'f', decimals, 64)
+}
 func secs(v float64) string { return fmt.Sprintf("%.2f", v) }
 func ratio(a, b float64) string {
 	if b == 0 || math.IsNaN(a) || math.IsNaN(b) {
@@ -344,6 +479,8 @@ func (r *results) markdown(notes string) string {
 	p("  state in memory, `tailscale up --authkey`), built from the pinned tailscale.com, on a Docker bridge network\n")
 	p("  (`--cap-add NET_ADMIN --device /dev/net/tun`), its app next to it in the same container. Its tailnet traffic leaves\n")
 	p("  through Docker's NAT, as a sidecar's does.\n")
+	p("- **tslink-full** (throughput only): tslink with the plugin set to `TSLINK_PACKET_BATCH=full`, wireguard-go's packet\n")
+	p("  batches as tailscale ships them: the unchanged build's data path, for the throughput target.\n")
 	p("- **bridge**: the same containers on a plain Docker bridge network with no tailnet: the start-time baseline and the\n")
 	p("  throughput limit.\n\n")
 	p("Every container runs busybox `httpd` on port 8080. All containers of a round are started with concurrent\n")
@@ -358,11 +495,19 @@ func (r *results) markdown(notes string) string {
 	p("Each full-size round (tslink and anchor) starts on a fresh tailnet holding only the laptop: a new devcontrol, the\n")
 	p("laptop logged in to it, the tslink network re-created. devcontrol deletes only logged-out ephemeral nodes (and\n")
 	p("then builds every netmap itself), so otherwise every round's nodes would carry earlier rounds' leftovers as peers.\n\n")
-	p("Commands: `make bench` (full sizes, ~%s); `make test` runs the same harness at N=1 with %d MiB transfers and no\n", "20–30 min", 16)
-	p("scale round. Environment knobs: `TSLINK_BENCH_N=1,10,30`, `TSLINK_BENCH_MIB=1024`, `TSLINK_BENCH_SCALE=100`,\n")
-	p("`TSLINK_BENCH_PHASES=start,throughput,scale`, `TSLINK_BENCH_OUT=dir`, `TSLINK_BENCH_PROFILES=dir` (the plugin's heap\n")
-	p("profile and counters at each tslink memory reading, and dockerd's log with the plugin's), `TSLINK_BENCH_REPORT=1 go test\n")
-	p("-run TestBenchReport ./test/bench` (re-render this file from `docs/bench/results.json`).\n\n")
+	p("Commands: `make bench` (full sizes, ~%s); `make test` runs the same harness at N=1 with %d MiB transfers, a history\n", "40–50 min", 16)
+	p("round of 5 cycles and N=3, and no scale round. Environment knobs: `TSLINK_BENCH_N=1,10,30`, `TSLINK_BENCH_MIB=1024`,\n")
+	p("`TSLINK_BENCH_SCALE=100`, `TSLINK_BENCH_HISTORY=300` (cycles), `TSLINK_BENCH_HISTORY_N=30`,\n")
+	p("`TSLINK_BENCH_PHASES=start,throughput,history,scale`, `TSLINK_BENCH_KINDS=tslink,tslink-full,anchor,bridge`,\n")
+	p("`TSLINK_BENCH_OUT=dir`, `TSLINK_BENCH_PROFILES=dir` (the plugin's heap profile and counters at each tslink memory\n")
+	p("reading, and dockerd's log with the plugin's), `TSLINK_BENCH_REPORT=1 go test -run TestBenchReport ./test/bench`\n")
+	p("(re-render this file from `docs/bench/results.json`).\n\n")
+	p("Issue 13's targets, which the last section states with this run's verdicts: ≤ 10 MiB RSS per additional idle\n")
+	p("container at N=30, and the same after 300 create/remove cycles; throughput at least 90 %% of the unchanged build's\n")
+	p("(*tslink-full*) in the same run; 100 containers 10 at a time all reachable from the laptop with 0 failed `docker run`,\n")
+	p("no plugin restart and plugin idle CPU < 5 %% of a core over 60 s once settled, its RSS stated; N=30 all reachable\n")
+	p("within 2× the bridge baseline of the same run and N=10 within 1.5×; the longest LocalBackend call during the\n")
+	p("100-container round against tailscale's ~35 s deadlock watchdog.\n\n")
 
 	p("## 1. Start time\n\n")
 	p("Seconds. *all* = first `docker run -d` until the last of the N containers answered; *median/max* are per container,\n")
@@ -379,6 +524,11 @@ func (r *results) markdown(notes string) string {
 			secs(br.AllReachable), secs(br.RunMedian),
 			secs(an.AllReachable), failed(an), secs(an.ReachMedian), secs(an.ReachMax),
 			ratio(ts.AllReachable, br.AllReachable), ratio(ts.AllReachable, an.AllReachable))
+	}
+	if ts := r.summary(kindTslink, 1); ts != nil && ts.Failed == 0 {
+		// Probing starts when run -d returned: an answer to the first
+		// probes means the tailnet was ready then.
+		p("\nN=1: `docker run -d` returned after %s s; the laptop's first probes then got an answer %s s later.\n", secs(ts.RunMedian), secs(ts.ReachMedian-ts.RunMedian))
 	}
 	p("\n![start time against N](bench/start.png)\n\n")
 
@@ -418,13 +568,13 @@ func (r *results) markdown(notes string) string {
 	p("(busybox `nc` copies in small chunks and was the bottleneck). MB/s = 10⁶ bytes/s from accept to the last byte;\n")
 	p("CPU = the whole machine's busy CPU-seconds (/proc/stat) per 10⁹ bytes over the same interval (sender, receiver,\n")
 	p("the network stack and anything else that ran).\n\n")
-	p("| path | tslink MB/s | anchor MB/s | limit (bridge) MB/s | tslink ÷ anchor | tslink ÷ limit | tslink CPU-s/GB | anchor CPU-s/GB | limit CPU-s/GB |\n")
-	p("|---|---|---|---|---|---|---|---|---|\n")
-	for _, path := range []struct{ name, tailnet, bridge string }{
-		{"container → laptop (limit: container → host)", "container->laptop", "container->host"},
-		{"container → container", "container->container", "container->container"},
-	} {
-		ts, an, br := r.tput(kindTslink, path.tailnet), r.tput(kindAnchor, path.tailnet), r.tput(kindBridge, path.bridge)
+	p("*tslink-full* is the unchanged build's data path in the same run: the plugin disabled, `docker plugin set %s\n", plugin)
+	p("TSLINK_PACKET_BATCH=full` (wireguard-go's packet batches and UDP GRO as tailscale ships them), enabled, the same two\n")
+	p("paths measured with tslink containers, then set back to `small` (the default: capped batches) the same way.\n\n")
+	p("| path | tslink MB/s | tslink-full MB/s | anchor MB/s | limit (bridge) MB/s | tslink ÷ tslink-full | tslink ÷ anchor | tslink ÷ limit | tslink CPU-s/GB | tslink-full CPU-s/GB | anchor CPU-s/GB | limit CPU-s/GB |\n")
+	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, path := range throughputPaths {
+		ts, tf, an, br := r.tput(kindTslink, path.tailnet), r.tput(kindTslinkFull, path.tailnet), r.tput(kindAnchor, path.tailnet), r.tput(kindBridge, path.bridge)
 		v := func(t *tputRow) (float64, float64) {
 			if t == nil {
 				return math.NaN(), math.NaN()
@@ -432,55 +582,201 @@ func (r *results) markdown(notes string) string {
 			return t.MBps, t.CPUPerGB
 		}
 		tsM, tsC := v(ts)
+		tfM, tfC := v(tf)
 		anM, anC := v(an)
 		brM, brC := v(br)
-		p("| %s | %.0f | %.0f | %.0f | %s | %s | %.1f | %.1f | %.1f |\n", path.name, tsM, anM, brM, ratio(tsM, anM), ratio(tsM, brM), tsC, anC, brC)
+		p("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", path.name, num(tsM, 0), num(tfM, 0), num(anM, 0), num(brM, 0),
+			ratio(tsM, tfM), ratio(tsM, anM), ratio(tsM, brM), num(tsC, 1), num(tfC, 1), num(anC, 1), num(brC, 1))
 	}
 	p("\n")
 
 	p("## 4. Scale\n\n")
 	if s := r.Scale; s != nil {
 		p("%d containers on one tslink network, `docker run -d` %d at a time: %d/%d reachable from the laptop, the last %.1f s\n", s.N, s.Parallel, s.Reachable, s.N, s.AllReachable)
-		p("after the first run. Then, all idle: plugin RSS %s MiB, PSS %s MiB, plugin CPU %.2f%% of one core over %.0f s", mib(s.Mem.RSS), mib(s.Mem.PSS), s.IdleCPUPct, s.IdleWindow)
+		p("after the first run; %d `docker run -d` failed. Then, all idle, after a %.0f s wait for the plugin to settle:\n", failedRuns(r.scaleStarts()), s.SettleWait)
+		p("plugin RSS %s MiB, PSS %s MiB, plugin CPU %.2f%% of one core over %.0f s", mib(s.Mem.RSS), mib(s.Mem.PSS), s.IdleCPUPct, s.IdleWindow)
 		if s.Reachable == s.N {
 			p(" (%s MiB RSS per container over the plugin with none)", mib((s.Mem.RSS-r.PluginBase.RSS)/int64(s.N)))
 		}
 		p(".\n\n")
+		p("%s\n\n", restartSentence(s.PluginPIDBefore, s.PluginPIDAfter, s.PluginPanics))
+		writeFailures(p, "The round's failures", groupFailures(r.scaleStarts()))
 		p("Longest LocalBackend call latency (each node's backend probed once a second, from plugin start to the end of this round): %.2f s, against the ~%d s after which tailscale's deadlock watchdog panics the process.\n\n", float64(s.BackendCallMaxMs)/1000, deadlockWatchdogMs/1000)
 	} else {
 		p("Not measured in this run.\n\n")
 	}
 
-	p("## Targets\n\n")
-	p("| target | measured | verdict |\n|---|---|---|\n")
-	if ts, br := r.summary(kindTslink, 30), r.summary(kindBridge, 30); ts != nil && br != nil {
-		p("| N=30 all reachable within 1.5× the bridge baseline | %s s vs %s s (%s) | %s |\n", secs(ts.AllReachable), secs(br.AllReachable), ratio(ts.AllReachable, br.AllReachable), verdict(ts.Failed == 0 && ts.AllReachable <= 1.5*br.AllReachable))
-	}
-	if ts := r.summary(kindTslink, 1); ts != nil {
-		// Probing starts when run -d returned: an answer to the first
-		// probes (within half a second) means the tailnet was ready then.
-		p("| N=1 tailnet-ready by the time `docker run -d` returns | run -d returned after %s s; the laptop's first probes then got an answer %s s later | %s |\n", secs(ts.RunMedian), secs(ts.ReachMedian-ts.RunMedian), verdict(ts.Failed == 0 && ts.ReachMedian-ts.RunMedian <= 0.5))
-	}
-	if ts, ts1 := r.memory(kindTslink, 30), r.memory(kindTslink, 1); ts != nil && ts1 != nil {
-		running := float64(cmp.Or(ts.Running, 30))
-		add := float64(ts.Mem.RSS-ts1.Mem.RSS) / (running - 1)
-		per := float64(ts.Mem.RSS-r.PluginBase.RSS) / running
-		p("| ≤ 10 MiB per additional idle container at N=30 | %s MiB RSS per additional (%s MiB per container over none) | %s |\n", mib(int64(add)), mib(int64(per)), verdict(add <= 10*1024))
-	}
-	for _, path := range []string{"container->laptop", "container->container"} {
-		if ts, an := r.tput(kindTslink, path), r.tput(kindAnchor, path); ts != nil && an != nil {
-			p("| throughput ≥ anchor, %s | %.0f vs %.0f MB/s; %.1f vs %.1f CPU-s/GB | %s |\n", path, ts.MBps, an.MBps, ts.CPUPerGB, an.CPUPerGB, verdict(ts.MBps >= an.MBps))
+	p("## 5. History: memory of new nodes after create/remove cycles\n\n")
+	if h := r.History; h != nil {
+		p("%d cycles of `docker run -d` of a tslink container, wait until it answers the laptop, `docker rm -f`, %d cycles at a\n", h.Cycles, h.Parallel)
+		p("time (in parallel to keep the round short), on one plugin process: %.0f s, %d/%d answered, %d `docker run -d` failed.\n", h.Seconds, h.Reachable, h.Cycles, h.FailedRuns)
+		p("Then start rounds as in section 1 on the same plugin process (N=1, then N=%d), with the memory reading of section 2;\n", r.Sizes.HistoryN)
+		p("*RSS / additional* = (RSS at N − RSS at N=1, both after the cycles) ÷ (N−1).\n\n")
+		p("%s\n\n", restartSentence(h.PluginPIDBefore, h.PluginPIDAfter, h.PluginPanics))
+		writeFailures(p, "The cycles' failures", h.Failures)
+		p("| N | tslink all reachable (s) | plugin RSS (MiB) | RSS / additional (MiB) | RSS / additional before the cycles (section 2, MiB) | idle CPU |\n|---|---|---|---|---|---|\n")
+		for _, m := range h.Memory {
+			sum := "—"
+			for _, s := range h.Summaries {
+				if s.N == m.N {
+					sum = secs(s.AllReachable) + failed(&s)
+				}
+			}
+			p("| %d | %s | %s | %s | %s | %.1f%% |\n", m.N, sum, mib(m.Mem.RSS), perAdditional(h.memory(1), &m), perAdditional(r.memory(kindTslink, 1), r.memory(kindTslink, m.N)), m.IdleCPUPct)
 		}
+		p("\n")
+	} else {
+		p("Not measured in this run.\n\n")
 	}
-	if s := r.Scale; s != nil {
-		p("| %d containers all reachable, plugin idle CPU < 5%% of a core | %d/%d, %.2f%% | %s |\n", s.N, s.Reachable, s.N, s.IdleCPUPct, verdict(s.Reachable == s.N && s.IdleCPUPct < 5))
-		p("| longest LocalBackend call during the %d-container round well under the ~%d s deadlock watchdog | %.2f s | %s |\n", s.N, deadlockWatchdogMs/1000, float64(s.BackendCallMaxMs)/1000, verdict(s.BackendCallMaxMs < deadlockWatchdogMs/4))
-	}
-	p("\n")
+
+	r.writeTargets(p)
 	if strings.TrimSpace(notes) != "" {
 		p("%s\n", strings.TrimSpace(notes))
 	}
 	return b.String()
+}
+
+var throughputPaths = []struct{ name, tailnet, bridge string }{
+	{"container → laptop (limit: container → host)", "container->laptop", "container->host"},
+	{"container → container", "container->container", "container->container"},
+}
+
+// perAdditional is (RSS at m − RSS at one) ÷ (running containers − 1) in
+// MiB, "—" when either is missing.
+func perAdditional(one, m *memRow) string {
+	if v, ok := perAdditionalKiB(one, m); ok {
+		return mib(int64(v))
+	}
+	return "—"
+}
+
+func perAdditionalKiB(one, m *memRow) (float64, bool) {
+	if one == nil || m == nil {
+		return 0, false
+	}
+	running := float64(cmp.Or(m.Running, m.N))
+	if running <= 1 {
+		return 0, false
+	}
+	return float64(m.Mem.RSS-one.Mem.RSS) / (running - 1), true
+}
+
+func restartSentence(before, after int, panics []string) string {
+	switch {
+	case before == 0:
+		return "Plugin restarts were not recorded."
+	case after == 0:
+		return "The plugin process was gone at the end of the round (PID " + strconv.Itoa(before) + " before)."
+	case after != before:
+		return fmt.Sprintf("**The plugin restarted** during the round (PID %d, then %d).", before, after)
+	case len(panics) > 0:
+		return fmt.Sprintf("The plugin kept its PID (%d) but the engine log shows %d panic line(s), the first: `%s`.", before, len(panics), panics[0])
+	}
+	return fmt.Sprintf("No plugin restart: the same plugin process (PID %d) before and after, no panic in the engine log.", before)
+}
+
+func writeFailures(p func(string, ...any), title string, groups []failureGroup) {
+	if len(groups) == 0 {
+		return
+	}
+	p("%s, by reason:\n\n| containers | reason | which |\n|---|---|---|\n", title)
+	for _, g := range groups {
+		which := g.Containers
+		more := ""
+		if len(which) > 5 {
+			which, more = which[:5], fmt.Sprintf(" and %d more", len(g.Containers)-5)
+		}
+		p("| %d | %s | %s%s |\n", g.Count, strings.ReplaceAll(g.Reason, "|", `\|`), strings.Join(which, ", "), more)
+	}
+	p("\n")
+}
+
+// writeTargets states issue 13's targets, each with what this run measured
+// and a verdict (— when the run did not measure it).
+func (r *results) writeTargets(p func(string, ...any)) {
+	p("## Targets\n\n")
+	p("Issue 13's targets, each against this run's figures.\n\n")
+	p("| target | measured | verdict |\n|---|---|---|\n")
+	row := func(target, measured string, ok bool) { p("| %s | %s | %s |\n", target, measured, verdict(ok)) }
+	unmeasured := func(target string) { p("| %s | not measured in this run | — |\n", target) }
+
+	t := "≤ 10 MiB RSS per additional idle container at N=30"
+	if ts, ts1 := r.memory(kindTslink, 30), r.memory(kindTslink, 1); ts != nil && ts1 != nil {
+		add, _ := perAdditionalKiB(ts1, ts)
+		per := float64(ts.Mem.RSS-r.PluginBase.RSS) / float64(cmp.Or(ts.Running, 30))
+		row(t, fmt.Sprintf("%s MiB RSS per additional (%s MiB per container over none)%s", mib(int64(add)), mib(int64(per)), running(ts)), cmp.Or(ts.Running, ts.N) == ts.N && add <= 10*1024)
+	} else {
+		unmeasured(t)
+	}
+	if h := r.History; h != nil {
+		t := fmt.Sprintf("the same after %d create/remove cycles (%d at a time), N=%d", h.Cycles, h.Parallel, r.Sizes.HistoryN)
+		m, m1 := h.memory(r.Sizes.HistoryN), h.memory(1)
+		if add, ok := perAdditionalKiB(m1, m); ok {
+			row(t, fmt.Sprintf("%s MiB RSS per additional%s (%d/%d cycles answered, %d runs failed)", mib(int64(add)), running(m), h.Reachable, h.Cycles, h.FailedRuns),
+				cmp.Or(m.Running, m.N) == m.N && add <= 10*1024)
+		} else {
+			unmeasured(t)
+		}
+	} else {
+		unmeasured("the same after 300 create/remove cycles")
+	}
+	for _, path := range throughputPaths {
+		t := "throughput ≥ 90 % of the unchanged build's (tslink-full), " + path.name
+		if ts, tf := r.tput(kindTslink, path.tailnet), r.tput(kindTslinkFull, path.tailnet); ts != nil && tf != nil {
+			row(t, fmt.Sprintf("%.0f vs %.0f MB/s (%s); %.1f vs %.1f CPU-s/GB", ts.MBps, tf.MBps, ratio(ts.MBps, tf.MBps), ts.CPUPerGB, tf.CPUPerGB), ts.MBps >= 0.9*tf.MBps)
+		} else {
+			unmeasured(t)
+		}
+	}
+	if s := r.Scale; s != nil {
+		pre := fmt.Sprintf("%d containers, %d at a time: ", s.N, s.Parallel)
+		row(pre+"all reachable from the laptop", fmt.Sprintf("%d/%d (the last %.1f s after the first run)", s.Reachable, s.N, s.AllReachable), s.Reachable == s.N)
+		failed := failedRuns(r.scaleStarts())
+		row(pre+"0 failed `docker run`", fmt.Sprintf("%d failed (reasons in section 4)", failed), failed == 0)
+		if s.PluginPIDBefore != 0 {
+			row(pre+"no plugin restart", fmt.Sprintf("PID %d before, %d after; %d panic lines in the engine log", s.PluginPIDBefore, s.PluginPIDAfter, len(s.PluginPanics)), !s.restarted())
+		} else {
+			unmeasured(pre + "no plugin restart")
+		}
+		t := pre + "plugin idle CPU < 5 % of a core over 60 s once settled"
+		measured := fmt.Sprintf("%.2f %% over %.0f s, after %.0f s to settle", s.IdleCPUPct, s.IdleWindow, s.SettleWait)
+		if s.IdleWindow >= 60 {
+			row(t, measured, s.IdleCPUPct < 5)
+		} else {
+			p("| %s | %s | — (the window is shorter than 60 s) |\n", t, measured)
+		}
+		p("| %splugin RSS at %d idle stated | %s MiB RSS, %s MiB PSS | stated |\n", pre, s.N, mib(s.Mem.RSS), mib(s.Mem.PSS))
+	} else {
+		unmeasured("100 containers, 10 at a time: 100/100 reachable, 0 failed `docker run`, no plugin restart, idle CPU < 5 % of a core over 60 s, RSS stated")
+	}
+	for _, c := range []struct {
+		n     int
+		limit float64
+	}{{30, 2}, {10, 1.5}} {
+		t := fmt.Sprintf("N=%d all reachable within %g× the bridge baseline of the same run", c.n, c.limit)
+		if ts, br := r.summary(kindTslink, c.n), r.summary(kindBridge, c.n); ts != nil && br != nil {
+			row(t, fmt.Sprintf("%s s%s vs %s s (%s)", secs(ts.AllReachable), failed(ts), secs(br.AllReachable), ratio(ts.AllReachable, br.AllReachable)),
+				ts.Failed == 0 && ts.AllReachable <= c.limit*br.AllReachable)
+		} else {
+			unmeasured(t)
+		}
+	}
+	t = fmt.Sprintf("longest LocalBackend call during the 100-container round well under the ~%d s deadlock watchdog (< ¼ of it)", deadlockWatchdogMs/1000)
+	if s := r.Scale; s != nil && s.BackendCallMaxMs >= 0 {
+		row(t, fmt.Sprintf("%.2f s (%d containers)", float64(s.BackendCallMaxMs)/1000, s.N), s.BackendCallMaxMs < deadlockWatchdogMs/4)
+	} else {
+		unmeasured(t)
+	}
+	p("\n")
+}
+
+// running notes a memory reading with fewer containers than the round
+// started (a target at N needs all N).
+func running(m *memRow) string {
+	if m.Running == 0 || m.Running == m.N {
+		return ""
+	}
+	return fmt.Sprintf("; only %d of %d started", m.Running, m.N)
 }
 
 func failed(s *startSummary) string {
