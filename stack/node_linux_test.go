@@ -23,19 +23,12 @@ import (
 
 // echoServer accepts on ln and answers each line with "<remote addr> <line>".
 func echoServer(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+	serveConns(ln, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			fmt.Fprintf(c, "%s %s\n", c.RemoteAddr(), sc.Text())
 		}
-		go func() {
-			defer c.Close()
-			sc := bufio.NewScanner(c)
-			for sc.Scan() {
-				fmt.Fprintf(c, "%s %s\n", c.RemoteAddr(), sc.Text())
-			}
-		}()
-	}
+	})
 }
 
 // roundTrip sends line over c and returns the reply.

@@ -222,19 +222,12 @@ func TestServiceNeedsGrantedTags(t *testing.T) {
 // its EOF, waits a moment, answers "reply:<what it read>" and closes: a
 // status port, or an SSH/SMTP greeting followed by a reply.
 func bannerServer(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			io.WriteString(c, "banner\n")
-			got, _ := io.ReadAll(c)
-			time.Sleep(200 * time.Millisecond)
-			fmt.Fprintf(c, "reply:%s", got)
-		}()
-	}
+	serveConns(ln, func(c net.Conn) {
+		io.WriteString(c, "banner\n")
+		got, _ := io.ReadAll(c)
+		time.Sleep(200 * time.Millisecond)
+		fmt.Fprintf(c, "reply:%s", got)
+	})
 }
 
 // halfCloseExchange dials addr from dial, sends req, closes its sending side
