@@ -62,7 +62,7 @@ var fullPacketBatches atomic.Bool
 
 // KeepFullPacketBatches makes every node of this process use wireguard-go's
 // batch sizes as tailscale.com ships them (128 packets per receive and per
-// TUN read, UDP GRO on) instead of tslink's caps: about 28 MiB more heap
+// TUN read, UDP GRO on) instead of tslink's caps: about 26 MiB more heap
 // per node (docs/wireguard-go-patch.md). Call it before the first [Start];
 // the choice is process-wide because wireguard-go's caps are.
 func KeepFullPacketBatches() { fullPacketBatches.Store(true) }
