@@ -628,6 +628,13 @@ func (n *Node) watch(ctx context.Context) {
 					close(n.peersKnown)
 				}
 			}
+			if nt.SelfChange != nil && n.startPeersFromFullNetmap() {
+				select {
+				case <-n.peersKnown:
+				default:
+					close(n.peersKnown)
+				}
+			}
 			n.updatePeers(nt.PeersChanged, nt.PeersRemoved)
 			if nt.ErrMessage != nil {
 				n.mu.Lock()

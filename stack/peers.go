@@ -74,6 +74,22 @@ func (n *Node) setPeersFromNetMap(nm *netmap.NetworkMap) {
 	n.syncPeerRoutesLocked()
 }
 
+// startPeersFromFullNetmap starts an empty peer set if none is known yet,
+// and reports whether it did. A watcher that subscribed before the node's
+// first netmap (Start returned before Running) gets no initial NetMap; it
+// sees each full netmap as a SelfChange with every peer in PeersChanged
+// (tailscale.com ipn/ipnlocal setControlClientStatusLocked, v1.102.5), so
+// the first SelfChange starts the set that PeersChanged then fills.
+func (n *Node) startPeersFromFullNetmap() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.peers != nil {
+		return false
+	}
+	n.peers = map[tailcfg.NodeID][]netip.Prefix{}
+	return true
+}
+
 // updatePeers applies a netmap delta from the IPN bus.
 func (n *Node) updatePeers(changed []*tailcfg.Node, removed []tailcfg.NodeID) {
 	if len(changed) == 0 && len(removed) == 0 {
