@@ -622,18 +622,10 @@ func (n *Node) watch(ctx context.Context) {
 					n.markSelfSeen()
 				}
 				n.setPeersFromNetMap(nm)
-				select {
-				case <-n.peersKnown:
-				default:
-					close(n.peersKnown)
-				}
+				n.markPeersKnown()
 			}
 			if nt.SelfChange != nil && n.startPeersFromFullNetmap() {
-				select {
-				case <-n.peersKnown:
-				default:
-					close(n.peersKnown)
-				}
+				n.markPeersKnown()
 			}
 			n.updatePeers(nt.PeersChanged, nt.PeersRemoved)
 			if nt.ErrMessage != nil {

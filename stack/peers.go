@@ -90,6 +90,15 @@ func (n *Node) startPeersFromFullNetmap() bool {
 	return true
 }
 
+// markPeersKnown closes n.peersKnown once; only the watcher calls it.
+func (n *Node) markPeersKnown() {
+	select {
+	case <-n.peersKnown:
+	default:
+		close(n.peersKnown)
+	}
+}
+
 // updatePeers applies a netmap delta from the IPN bus.
 func (n *Node) updatePeers(changed []*tailcfg.Node, removed []tailcfg.NodeID) {
 	if len(changed) == 0 && len(removed) == 0 {
