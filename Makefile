@@ -16,8 +16,9 @@ STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 all: build
 
-# go.mod replaces wireguard-go with the module as served plus a small patch
-# (docs/wireguard-go-patch.md): every go command of this module needs it.
+# go.mod replaces wireguard-go and tailscale.com with the modules as served
+# plus a small patch each (docs/wireguard-go-patch.md,
+# docs/testcontrol-patch.md): every go command of this module needs them.
 patched-deps:
 	@bash scripts/patch-modules.sh
 

@@ -113,3 +113,5 @@ require (
 )
 
 replace github.com/tailscale/wireguard-go => ./.patched/wireguard-go
+
+replace tailscale.com => ./.patched/tailscale.com

@@ -597,12 +597,12 @@ func (n *Node) firstNetmapPending() bool {
 // whose routes it keeps on tailscale0 (peers.go).
 func (n *Node) watch(ctx context.Context) {
 	for ctx.Err() == nil {
-		w, err := n.lc.WatchIPNBus(ctx, ipn.NotifyInitialState|ipn.NotifyInitialNetMap|ipn.NotifyPeerPatches|ipn.NotifyNoNetMap)
+		w, err := watchBus(ctx, n.lc, ipn.NotifyInitialState|ipn.NotifyInitialNetMap|ipn.NotifyPeerPatches|ipn.NotifyNoNetMap)
 		if err != nil {
 			return
 		}
 		for {
-			nt, err := w.Next()
+			nt, err := w.next()
 			if err != nil {
 				break
 			}
@@ -616,12 +616,12 @@ func (n *Node) watch(ctx context.Context) {
 					n.mu.Unlock()
 				}
 			}
-			//lint:ignore SA1019 v1.102.5 delivers the first netmap here (NotifyInitialNetMap) on Linux too; later changes come as PeersChanged/PeersRemoved
+			// v1.102.5 delivers the first netmap here (NotifyInitialNetMap) on Linux too; later changes come as PeersChanged/PeersRemoved
 			if nm := nt.NetMap; nm != nil {
-				if nm.SelfNode.Valid() {
+				if nm.SelfNode != nil {
 					n.markSelfSeen()
 				}
-				n.setPeersFromNetMap(nm)
+				n.setPeers(nm.Peers)
 				n.markPeersKnown()
 			}
 			if nt.SelfChange != nil && n.startPeersFromFullNetmap() {

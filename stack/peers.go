@@ -6,7 +6,6 @@ import (
 	"slices"
 
 	"tailscale.com/tailcfg"
-	"tailscale.com/types/netmap"
 )
 
 // Peer routes. tailscale0 carries 100.100.100.100, fd7a:115c:a1e0::/48 and
@@ -61,12 +60,12 @@ func (s *peerSet) tailnetDst(dst netip.Addr) bool {
 	return false
 }
 
-// setPeersFromNetMap replaces the known peers with nm's. Called with the
-// watcher's first notification; reports whether anything changed.
-func (n *Node) setPeersFromNetMap(nm *netmap.NetworkMap) {
+// setPeers replaces the known peers with a netmap's, from the watcher's
+// first notification.
+func (n *Node) setPeers(netmapPeers []busPeer) {
 	peers := map[tailcfg.NodeID][]netip.Prefix{}
-	for _, p := range nm.Peers {
-		peers[p.ID()] = n.routedPrefixes(p.Addresses().AsSlice(), p.PrimaryRoutes().AsSlice())
+	for _, p := range netmapPeers {
+		peers[p.ID] = n.routedPrefixes(p.Addresses, p.PrimaryRoutes)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -100,7 +99,7 @@ func (n *Node) markPeersKnown() {
 }
 
 // updatePeers applies a netmap delta from the IPN bus.
-func (n *Node) updatePeers(changed []*tailcfg.Node, removed []tailcfg.NodeID) {
+func (n *Node) updatePeers(changed []busPeer, removed []tailcfg.NodeID) {
 	if len(changed) == 0 && len(removed) == 0 {
 		return
 	}

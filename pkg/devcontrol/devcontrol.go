@@ -78,7 +78,21 @@ type Options struct {
 	// TagOwners, if non-nil, turns on testcontrol's tag-ownership model
 	// from the start (see testcontrol.Server.TagOwners).
 	TagOwners map[string][]string
+	// MapUpdateInterval is the least time between two netmaps control
+	// sends one node: changes in between reach the node together in the
+	// next one. Zero means [DefaultMapUpdateInterval]; negative sends a
+	// netmap on every change, as unpatched testcontrol does.
+	MapUpdateInterval time.Duration
 }
+
+// DefaultMapUpdateInterval is [Options.MapUpdateInterval]'s default:
+// headscale's default batching delay for changes it sends nodes
+// (tuning.batch_change_delay, 800 ms). testcontrol sends every node a full
+// netmap on every change of any node (a registration, an endpoint or
+// Hostinfo update), where Tailscale's control batches changes and sends
+// deltas; without a batching interval, N nodes starting together cost each
+// node a full netmap of N peers per change (docs/testcontrol-patch.md).
+const DefaultMapUpdateInterval = 800 * time.Millisecond
 
 // Server is a running local tailnet. Its methods are safe for concurrent use.
 type Server struct {
@@ -96,6 +110,11 @@ type Server struct {
 	controlMu *sync.Mutex // testcontrol's own: findControlLock
 
 	firstMapHold atomic.Int64 // HoldFirstMapResponse, in nanoseconds
+
+	mapInterval time.Duration // Options.MapUpdateInterval, resolved
+	pushMu      sync.Mutex    // serializes pushes, so a later push's map is queued after an earlier one's
+	pushWanted  chan struct{} // schedulePush → pushLoop, one slot
+	closing     chan struct{} // closed by Close
 
 	mu        sync.Mutex
 	authKeys  map[string]bool         // keys control accepts; empty: any not revoked
@@ -133,6 +152,10 @@ func Start(opts Options) (_ *Server, retErr error) {
 		ephemeral: map[key.NodePublic]bool{},
 		deleted:   map[key.NodePublic]bool{},
 		domain:    cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
+
+		mapInterval: max(0, cmp.Or(opts.MapUpdateInterval, DefaultMapUpdateInterval)),
+		pushWanted:  make(chan struct{}, 1),
+		closing:     make(chan struct{}),
 	}
 	defer func() {
 		if retErr != nil {
@@ -200,6 +223,7 @@ func Start(opts Options) (_ *Server, retErr error) {
 		ModifyFirstMapResponse: s.modifyFirstMapResponse,
 		ExplicitBaseURL:        s.url,
 		TagOwners:              opts.TagOwners,
+		MapResponseMinInterval: s.mapInterval,
 	}
 	if opts.NoHTTPSCerts {
 		// testcontrol adds a cert domain per node whenever it knows the
@@ -215,6 +239,7 @@ func Start(opts Options) (_ *Server, retErr error) {
 		return nil, err
 	}
 	s.serveControl()
+	s.closeWG.Go(s.pushLoop)
 	return s, nil
 }
 
@@ -306,6 +331,7 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	close(s.closing)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	var errs []error
@@ -492,8 +518,11 @@ func (s *Server) SetPacketFilter(rules []tailcfg.FilterRule) {
 
 // pushAll sends every connected node a full map response with the current
 // filter. testcontrol then stops sending that node automatic responses, so
-// holdMapRequest re-pushes after every change that would have produced one.
+// holdMapRequest re-pushes (schedulePush) after every change that would
+// have produced one.
 func (s *Server) pushAll() {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
 	s.mu.Lock()
 	filter := s.filter
 	takeover := filter != nil || len(s.deleted) > 0
@@ -571,7 +600,41 @@ func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 			s.mu.Unlock()
 		}
 	}
-	return func() { go s.pushAll() }
+	return s.schedulePush
+}
+
+// schedulePush asks pushLoop for a [Server.pushAll]. Requests made while one
+// is pending or while the last push is less than the map update interval
+// old are served by one push: testcontrol queues each raw map response it is
+// given (AddRawMapResponse), so a push per lite map update from each of N
+// nodes would queue N full netmaps for every node.
+func (s *Server) schedulePush() {
+	select {
+	case s.pushWanted <- struct{}{}:
+	default:
+	}
+}
+
+// pushLoop serves schedulePush until Close: it pushes at once when the last
+// push it made is at least the map update interval old, else when it is.
+func (s *Server) pushLoop() {
+	var last time.Time
+	for {
+		select {
+		case <-s.closing:
+			return
+		case <-s.pushWanted:
+		}
+		if wait := s.mapInterval - time.Since(last); wait > 0 {
+			select {
+			case <-s.closing:
+				return
+			case <-time.After(wait):
+			}
+		}
+		last = time.Now()
+		s.pushAll()
+	}
 }
 
 func serveSTUN(pc net.PacketConn) {

@@ -32,7 +32,7 @@ func (s *Server) noteEphemeral(req *tailcfg.RegisterRequest) {
 	}
 	s.mu.Unlock()
 	if deleted {
-		s.pushAll()
+		s.schedulePush()
 	}
 }
 
