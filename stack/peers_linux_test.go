@@ -119,3 +119,36 @@ func TestPeerRoutesFollowNetmap(t *testing.T) {
 		t.Errorf("the laptop's route went too (route %v, fallback %v)", r, f)
 	}
 }
+
+// TestPeerRoutesWhenWatchBeginsBeforeNetmap: a node whose Start returned
+// logged in but before its first netmap (control holds the map response
+// longer than ts.timeout, as a loaded control or a restore does) subscribes
+// to the IPN bus before that netmap, which then comes as a SelfChange with
+// every peer in PeersChanged, not as an initial NetMap; tailscale0 still
+// gets the peers' routes when it comes.
+func TestPeerRoutesWhenWatchBeginsBeforeNetmap(t *testing.T) {
+	l := newLab(t)
+	const hold = 4 * time.Second
+	l.control.HoldFirstMapResponse(hold)
+	cfg := l.config("early")
+	cfg.Wait = time.Second
+	n, ctr := l.startNode(t, cfg)
+	if v4, _ := n.Addrs(); v4.IsValid() {
+		t.Fatalf("Start returned with address %v: the netmap was not held, the test proves nothing", v4)
+	}
+	laptop := l.laptop.IPv4(t)
+	if err := netnstest.WaitFor(hold+10*time.Second, func() error {
+		if v4, _ := n.Addrs(); !v4.IsValid() {
+			return fmt.Errorf("no address yet")
+		}
+		if r, f := peerRouted(tunRoutes(t, ctr), laptop); !r || !f {
+			return fmt.Errorf("laptop %v: route %v, fallback %v", laptop, r, f)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("after the held netmap: %v\n%s", err, tunRoutes(t, ctr))
+	}
+	if out, err := ctr.Exec(context.Background(), "busybox", "ping", "-c", "1", "-W", "3", laptop.String()); err != nil {
+		t.Errorf("container pings laptop %v: %v\n%s", laptop, err, out)
+	}
+}

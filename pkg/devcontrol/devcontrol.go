@@ -590,6 +590,10 @@ func (s *Server) holdFirstMap(req *tailcfg.MapRequest) {
 // and re-pushes custom filters after endpoint updates.
 func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 	s.holdFirstMap(req)
+	if !req.Stream && s.selfOnlyUpdate(req) {
+		req.ReadOnly = true // testcontrol then neither stores it nor wakes the peers
+		return nil
+	}
 	if req.Stream { // MapRequest.ReadOnly is always false since capability version 68
 		s.mu.Lock()
 		s.online[req.NodeKey]++
@@ -601,6 +605,31 @@ func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 		}
 	}
 	return s.schedulePush
+}
+
+// selfOnlyUpdate reports whether req, a lite map update (not a stream),
+// changes nothing of its node that the node's peers see: the same
+// endpoints and disco key, and a Hostinfo that differs from the stored one
+// at most in NetInfo fields other than PreferredDERP (its netcheck's
+// latencies and NAT findings, which the client re-sends whenever they
+// change: magicsock's NetInfo.BasicallyEqual). testcontrol would store it
+// and send every peer a full netmap; Tailscale's control sends peers only
+// what changed for them (a DERP home change comes as a PeerChange).
+func (s *Server) selfOnlyUpdate(req *tailcfg.MapRequest) bool {
+	n := s.control.Node(req.NodeKey)
+	if n == nil || req.Hostinfo == nil || req.Hostinfo.NetInfo == nil || !n.Hostinfo.Valid() || !n.Hostinfo.NetInfo().Valid() {
+		return false
+	}
+	if !slices.Equal(n.Endpoints, req.Endpoints) || n.DiscoKey != req.DiscoKey || n.Cap != req.Version {
+		return false
+	}
+	stored := n.Hostinfo.AsStruct()
+	if stored.NetInfo.PreferredDERP != req.Hostinfo.NetInfo.PreferredDERP {
+		return false
+	}
+	sent := req.Hostinfo.Clone()
+	stored.NetInfo, sent.NetInfo = nil, nil
+	return stored.Equal(sent)
 }
 
 // schedulePush asks pushLoop for a [Server.pushAll]. Requests made while one

@@ -49,12 +49,19 @@ type sizes struct {
 	HistoryCycles, HistoryParallel, HistoryN int
 }
 
+// scaleSettle is the full scale round's wait between the last reachability
+// check and the idle reading: tailscale's magicsock keeps heartbeating a
+// peer and re-STUNning (netcheck) for sessionActiveTimeout (45 s in
+// v1.102.5) after the last packet, so a node is idle only that long after
+// the checks' traffic.
+const scaleSettle = 60 * time.Second
+
 func benchSizes() sizes {
 	s := sizes{StartNs: []int{1}, Idle: time.Second, Settle: time.Second, TransferMiB: 16, WarmupMiB: 2,
 		HistoryCycles: 5, HistoryParallel: 5, HistoryN: 3}
 	if os.Getenv("TSLINK_BENCH") == "full" {
 		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 15 * time.Second, Settle: 5 * time.Second, TransferMiB: 1024, WarmupMiB: 128,
-			ScaleN: 100, ScaleParallel: 10, ScaleSettle: 15 * time.Second, ScaleIdle: 60 * time.Second,
+			ScaleN: 100, ScaleParallel: 10, ScaleSettle: scaleSettle, ScaleIdle: 60 * time.Second,
 			HistoryCycles: 300, HistoryParallel: 10, HistoryN: 30}
 	}
 	if v := os.Getenv("TSLINK_BENCH_N"); v != "" {
@@ -70,6 +77,9 @@ func benchSizes() sizes {
 		s.ScaleParallel = max(1, min(10, n))
 		s.ScaleSettle = max(s.ScaleSettle, 2*time.Second)
 		s.ScaleIdle = max(s.ScaleIdle, 5*time.Second)
+	}
+	if d, err := time.ParseDuration(os.Getenv("TSLINK_BENCH_SCALE_SETTLE")); err == nil && d > 0 {
+		s.ScaleSettle = d
 	}
 	if n, err := strconv.Atoi(os.Getenv("TSLINK_BENCH_HISTORY")); err == nil && n >= 0 {
 		s.HistoryCycles = n
