@@ -591,7 +591,8 @@ func (s *Server) holdFirstMap(req *tailcfg.MapRequest) {
 func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 	s.holdFirstMap(req)
 	if !req.Stream && s.selfOnlyUpdate(req) {
-		req.ReadOnly = true // testcontrol then neither stores it nor wakes the peers
+		//lint:ignore SA1019 clients no longer send it, but testcontrol v1.102.5 still honours it: it then neither stores the update nor wakes the peers
+		req.ReadOnly = true
 		return nil
 	}
 	if req.Stream { // MapRequest.ReadOnly is always false since capability version 68
