@@ -157,6 +157,17 @@ func ignoreRoutesWithoutCarrier(nsPath string) (err6 error, err error) {
 	return writeSysctl(nsPath, "net/ipv6/conf/"+TUNName+"/ignore_routes_with_linkdown", "1"), nil
 }
 
+// noRouterSolicitations sets net.ipv6.conf.tailscale0.router_solicitations
+// to 0 in the netns at nsPath. There is no router to find on tailscale0, but
+// Linux (since 4.9, RFC 7559 backoff; default -1) sends router solicitations
+// on an IPv6 link without end, at growing intervals up to an hour. Each one
+// is a packet into the node's TUN, which tailscale counts as activity: the
+// node then keeps re-STUNning for 45 s (magicsock's sessionActiveTimeout)
+// instead of going idle.
+func noRouterSolicitations(nsPath string) error {
+	return writeSysctl(nsPath, "net/ipv6/conf/"+TUNName+"/router_solicitations", "0")
+}
+
 // configureTUN makes tailscale0 in the netns at nsPath carry exactly addrs
 // (host prefixes), be up, and route [tailnetRoutes], backed by
 // [installFallbacks] routes that take over when it loses carrier
@@ -173,13 +184,14 @@ func configureTUN(nsPath string, addrs []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
+	noRS6 := noRouterSolicitations(nsPath)
 	var err6 error
 	err = withNetNSHandle(nsPath, func(h *netlink.Handle) error {
 		l, err := h.LinkByName(TUNName)
 		if err != nil {
 			return fmt.Errorf("finding %s: %w", TUNName, err)
 		}
-		err6 = errors.Join(fallback6, ignore6, syncAddrs(h, l, addrs))
+		err6 = errors.Join(fallback6, ignore6, noRS6, syncAddrs(h, l, addrs))
 		if err := h.LinkSetUp(l); err != nil {
 			return fmt.Errorf("setting %s up: %w", TUNName, err)
 		}

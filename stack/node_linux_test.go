@@ -309,3 +309,36 @@ func udpBothWays(t *testing.T, ctr, laptop *netnstest.NetNS, dst netip.Addr) {
 		t.Fatalf("UDP GSO node -> laptop: %v", err)
 	}
 }
+
+// TestIdleContainerSendsNothing: once attached, an idle container's kernel
+// sends nothing into tailscale0 (no IPv6 router solicitations, which Linux
+// otherwise repeats without end and tailscale counts as activity, keeping
+// the node re-STUNning).
+func TestIdleContainerSendsNothing(t *testing.T) {
+	l := newLab(t)
+	_, ctr := l.startNode(t, l.config("quiet"))
+	out, err := ctr.Exec(context.Background(), "cat", "/proc/sys/net/ipv6/conf/"+TUNName+"/router_solicitations")
+	if err != nil || strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("router_solicitations on %s = %q (%v), want 0", TUNName, out, err)
+	}
+	txPackets := func() string { // /proc/net/dev is the reading process's netns's
+		out, err := ctr.Exec(context.Background(), "cat", "/proc/net/dev")
+		if err != nil {
+			t.Fatalf("/proc/net/dev: %v %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if name, counters, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(name) == TUNName {
+				if f := strings.Fields(counters); len(f) >= 10 {
+					return f[9] // receive: bytes packets errs drop fifo frame compressed multicast; transmit: bytes packets
+				}
+			}
+		}
+		t.Fatalf("no %s in /proc/net/dev:\n%s", TUNName, out)
+		return ""
+	}
+	before := txPackets()
+	time.Sleep(12 * time.Second) // the kernel's solicitations come 4 s apart, then 8, 16...
+	if after := txPackets(); after != before {
+		t.Errorf("the idle container sent %s -> %s packets into %s", before, after, TUNName)
+	}
+}
