@@ -132,9 +132,20 @@ func TestPeerRoutesWhenWatchBeginsBeforeNetmap(t *testing.T) {
 	l.control.HoldFirstMapResponse(hold)
 	cfg := l.config("early")
 	cfg.Wait = time.Second
-	n, ctr := l.startNode(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	began := time.Now()
+	n, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	t.Cleanup(func() { n.Close(context.Background()) })
 	if v4, _ := n.Addrs(); v4.IsValid() {
-		t.Fatalf("Start returned with address %v: the netmap was not held, the test proves nothing", v4)
+		t.Fatalf("Start returned after %v with address %v: the netmap was not held, the test proves nothing", time.Since(began), v4)
+	}
+	ctr := newCtr(t)
+	if err := n.Attach(ctr.Path); err != nil {
+		t.Fatalf("Attach: %v", err)
 	}
 	laptop := l.laptop.IPv4(t)
 	if err := netnstest.WaitFor(hold+10*time.Second, func() error {

@@ -80,19 +80,19 @@ type Options struct {
 	TagOwners map[string][]string
 	// MapUpdateInterval is the least time between two netmaps control
 	// sends one node: changes in between reach the node together in the
-	// next one. Zero means [DefaultMapUpdateInterval]; negative sends a
-	// netmap on every change, as unpatched testcontrol does.
+	// next one. Zero sends a netmap on every change, as testcontrol does;
+	// make bench uses [BatchingMapUpdateInterval].
 	MapUpdateInterval time.Duration
 }
 
-// DefaultMapUpdateInterval is [Options.MapUpdateInterval]'s default:
-// headscale's default batching delay for changes it sends nodes
-// (tuning.batch_change_delay, 800 ms). testcontrol sends every node a full
-// netmap on every change of any node (a registration, an endpoint or
-// Hostinfo update), where Tailscale's control batches changes and sends
-// deltas; without a batching interval, N nodes starting together cost each
-// node a full netmap of N peers per change (docs/testcontrol-patch.md).
-const DefaultMapUpdateInterval = 800 * time.Millisecond
+// BatchingMapUpdateInterval is headscale's default batching delay for the
+// changes it sends nodes (tuning.batch_change_delay, 800 ms). testcontrol
+// sends every node a full netmap on every change of any node (a
+// registration, an endpoint or Hostinfo update), where Tailscale's control
+// batches changes and sends deltas; without a batching interval, N nodes
+// starting together cost each node a full netmap of N peers per change
+// (docs/testcontrol-patch.md).
+const BatchingMapUpdateInterval = 800 * time.Millisecond
 
 // Server is a running local tailnet. Its methods are safe for concurrent use.
 type Server struct {
@@ -153,7 +153,7 @@ func Start(opts Options) (_ *Server, retErr error) {
 		deleted:   map[key.NodePublic]bool{},
 		domain:    cmp.Or(opts.MagicDNSDomain, DefaultMagicDNSDomain),
 
-		mapInterval: max(0, cmp.Or(opts.MapUpdateInterval, DefaultMapUpdateInterval)),
+		mapInterval: max(0, opts.MapUpdateInterval),
 		pushWanted:  make(chan struct{}, 1),
 		closing:     make(chan struct{}),
 	}

@@ -86,7 +86,7 @@ func (l *lab) freshTailnet() {
 		l.control.Close()
 	}
 	var err error
-	l.control, err = devcontrol.Start(devcontrol.Options{ListenAddr: netnstest.LabAddr, AuthKey: authKey})
+	l.control, err = devcontrol.Start(devcontrol.Options{ListenAddr: netnstest.LabAddr, AuthKey: authKey, MapUpdateInterval: devcontrol.BatchingMapUpdateInterval})
 	if err != nil {
 		t.Fatal(err)
 	}
