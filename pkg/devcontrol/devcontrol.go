@@ -646,7 +646,7 @@ func (s *Server) schedulePush() {
 }
 
 // pushLoop serves schedulePush until Close: it pushes at once when the last
-// push it made is at least the map update interval old, else when it is.
+// push it made is at least the map update interval old, else once it is.
 func (s *Server) pushLoop() {
 	var last time.Time
 	for {
