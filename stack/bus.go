@@ -14,14 +14,13 @@ import (
 	"tailscale.com/tailcfg"
 )
 
-// The running node's IPN bus watcher reads only the fields it acts on.
-// tailscale's LocalBackend sends every peer of the netmap as a full
-// tailcfg.Node in Notify.PeersChanged on each full netmap to a watcher that
-// asked for peer changes (ipn/ipnlocal setControlClientStatusLocked,
-// v1.102.5); decoding those into tailcfg.Node (Hostinfo, keys, endpoints,
-// capabilities) for every node of the process on every netmap change is
-// what local.Client.WatchIPNBus would do; the JSON decoder skips the
-// fields not named below.
+// The running node's IPN bus watcher decodes only the fields it acts on.
+// On each full netmap, LocalBackend sends a watcher that asked for peer
+// changes every peer as a full tailcfg.Node in Notify.PeersChanged
+// (ipn/ipnlocal setControlClientStatusLocked, v1.102.5).
+// local.Client.WatchIPNBus would decode each one whole (Hostinfo, keys,
+// endpoints, capabilities) in every node of the process; here the JSON
+// decoder skips all but the fields named below.
 
 // busNotify is the subset of an [ipn.Notify] that [Node.watch] reads, with
 // the same JSON field names.

@@ -597,6 +597,8 @@ func (n *Node) firstNetmapPending() bool {
 // whose routes it keeps on tailscale0 (peers.go).
 func (n *Node) watch(ctx context.Context) {
 	for ctx.Err() == nil {
+		// NotifyPeerPatches: per-field peer changes (endpoints, online) come
+		// as PeerChangedPatch, which the watcher skips, not as full nodes.
 		w, err := watchBus(ctx, n.lc, ipn.NotifyInitialState|ipn.NotifyInitialNetMap|ipn.NotifyPeerPatches|ipn.NotifyNoNetMap)
 		if err != nil {
 			return
