@@ -28,7 +28,7 @@ patch_module() {
   fi
 
   tmp=$(mktemp -d .patched.tmp.XXXXXX)
-  trap 'rm -rf "$tmp"' EXIT
+  trap "rm -rf '$tmp'" EXIT # expanded now: $tmp is local to this function
   cp -R "$dir/." "$tmp/"
   chmod -R u+w "$tmp"
   git apply --directory="$tmp" -p1 "$patch"
