@@ -2,7 +2,7 @@
 # make demo: tslink's main job on a local tailnet, end to end, on this machine.
 # Installs what a fresh Debian machine lacks, builds and installs the plugin,
 # starts tslink-devcontrol (a local control server) and a "laptop" (tailscaled
-# in its own netns), creates a tslink network, runs two containers and shows
+# in its own netns), creates a tslink network, runs three containers (one serving an app) and shows
 # them on the tailnet. KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
