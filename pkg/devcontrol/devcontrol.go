@@ -521,17 +521,27 @@ func (s *Server) SetPacketFilter(rules []tailcfg.FilterRule) {
 // holdMapRequest re-pushes (schedulePush) after every change that would
 // have produced one.
 func (s *Server) pushAll() {
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
 	s.mu.Lock()
-	filter := s.filter
-	takeover := filter != nil || len(s.deleted) > 0
 	var keys []key.NodePublic
 	for k, n := range s.online {
 		if n > 0 && !s.deleted[k] {
 			keys = append(keys, k)
 		}
 	}
+	s.mu.Unlock()
+	s.pushTo(keys)
+}
+
+// pushTo queues a full map response for each node in keys (testcontrol's
+// AddRawMapResponse) when devcontrol builds netmaps itself: a custom packet
+// filter is set or an ephemeral node was deleted. Otherwise testcontrol's
+// automatic responses serve, and pushTo does nothing.
+func (s *Server) pushTo(keys []key.NodePublic) {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	s.mu.Lock()
+	filter := s.filter
+	takeover := filter != nil || len(s.deleted) > 0
 	s.mu.Unlock()
 	if !takeover {
 		return
@@ -597,8 +607,10 @@ func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 	}
 	if req.Stream { // MapRequest.ReadOnly is always false since capability version 68
 		s.mu.Lock()
+		pollOpen := s.online[req.NodeKey] > 0
 		s.online[req.NodeKey]++
 		s.mu.Unlock()
+		s.pushNewPoll(req.NodeKey, pollOpen)
 		return func() {
 			s.mu.Lock()
 			s.online[req.NodeKey]--
@@ -606,6 +618,24 @@ func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 		}
 	}
 	return s.schedulePush
+}
+
+// pushNewPoll gives a node that opens a streaming map poll its netmap when
+// devcontrol builds netmaps (see [Server.pushTo]). testcontrol sends a node
+// that was ever given a raw map response no automatic one again, not even on
+// a new poll (a node restarted from its state, same node key), and the poll
+// is registered only after HoldMapRequest returns: the response is queued
+// now, on the node's previous poll channel, and the new poll's loop takes
+// queued messages first. A node that never polled is not queued to (its
+// first, automatic response goes through ModifyFirstMapResponse). When the
+// node's previous poll is still open, that poll may take the queued
+// response; pollOpen then also schedules a push, which runs after the new
+// poll is registered.
+func (s *Server) pushNewPoll(k key.NodePublic, pollOpen bool) {
+	s.pushTo([]key.NodePublic{k})
+	if pollOpen {
+		s.schedulePush()
+	}
 }
 
 // selfOnlyUpdate reports whether req, a lite map update (not a stream),
