@@ -12,7 +12,7 @@ ENGINE_PKGS = ./test/e2e ./test/bench
 RACE_PKGS = $(shell $(GO) list ./... | grep -v -e /test/e2e -e /test/bench)
 STATICCHECK = honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: patched-deps release demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
+.PHONY: patched-deps test-tools release demo demo-clean soak bench all build bin/tslink bin/tslink-devcontrol rootfs plugin test vet staticcheck fmt clean
 
 all: build
 
@@ -21,6 +21,13 @@ all: build
 # docs/testcontrol-patch.md): every go command of this module needs them.
 patched-deps:
 	@bash scripts/patch-modules.sh
+
+# The laptop's and the anchor's tailscaled come from the tools module
+# (test/tools), built by the tests themselves from inside their network
+# namespaces, where the module proxy cannot be reached: fetch and compile it
+# here first, so the tests' build finds everything in the caches.
+test-tools:
+	cd test/tools && $(GO) build tailscale.com/cmd/tailscaled tailscale.com/cmd/tailscale
 
 build: bin/tslink bin/tslink-devcontrol
 
@@ -64,7 +71,7 @@ staticcheck: patched-deps
 
 # Every test layer: unit (no root) and netns integration (root) under the
 # race detector, engine end-to-end (root, own dockerd), small fuzz run.
-test: vet staticcheck
+test: vet staticcheck test-tools
 	$(GO) test $(TEST_FLAGS) -race -p 1 $(RACE_PKGS)
 	$(GO) test $(TEST_FLAGS) -p 1 $(ENGINE_PKGS)
 	$(GO) test -run '^$$' -fuzz FuzzParseContainer -fuzztime 10s ./pkg/tsopts
@@ -73,14 +80,14 @@ test: vet staticcheck
 # leak checks on the plugin (goroutines, fds, RSS within 10%); and 10 rounds
 # of 30 starts, half timing out, while control holds first map responses.
 # `make test` runs small counts.
-soak: patched-deps
+soak: patched-deps test-tools
 	TSLINK_SOAK_CYCLES=$${TSLINK_SOAK_CYCLES:-300} TSLINK_STORM_ROUNDS=$${TSLINK_STORM_ROUNDS:-10} $(GO) test -count=1 -timeout 60m -run 'TestSoak$$|TestTimeoutStormWhileControlHoldsMaps$$' -v ./test/e2e
 
 # Side-by-side benchmarks (start time, memory, throughput, history of 300
 # create/remove cycles, scale) of tslink, a tailscaled per container and a
 # plain bridge, in one run, with issue 13's targets and verdicts: writes
 # docs/benchmarks.md and docs/bench/. `make test` runs a smoke size.
-bench: patched-deps
+bench: patched-deps test-tools
 	TSLINK_BENCH=full $(GO) test -count=1 -timeout 120m -run '^TestBench$$' -v ./test/bench
 
 # Release: the plugin for amd64 and arm64, pushed as
