@@ -92,7 +92,8 @@
 //     match (wireguard-go drops a TSO packet with more segments than
 //     buffers). The unpatched wireguard-go sizes its readers by batch
 //     sizes of 128 nothing can lower; tslink's patch caps them
-//     (docs/wireguard-go-patch.md), which needs UDP GRO off.
+//     (docs/wireguard-go-patch.md); UDP GRO stays on with a receive of
+//     64 through a net/batching patch (docs/batching-patch.md).
 //   - tsnet runs a logtail logger and a port mapper per node whatever
 //     TS_NO_LOGS_NO_SUPPORT says; with log upload off the node turns logtail
 //     off process-wide; the port mapper is off unless the plugin's

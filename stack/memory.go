@@ -23,31 +23,29 @@ var processDefaultsOnce sync.Once
 // receiveBatchSize is the most UDP messages one receive of a node's
 // wireguard-go receive routine takes (patched wireguard-go's
 // device.MaxReceiveBatchSize; unpatched: 128). Each of a node's three
-// receive routines holds this many 64 KiB buffers for its lifetime.
-const receiveBatchSize = 16
-
-// udpGROSetting is tailscale's envknob that keeps UDP GRO off magicsock's
-// sockets (tailscale.com net/batching). With GRO, one message can carry up
-// to 64 coalesced datagrams, which net/batching splits into the following
-// messages of the same receive: more than [receiveBatchSize] holds.
-const udpGROSetting = "TS_DEBUG_DISABLE_UDP_GRO"
+// receive routines holds this many 64 KiB buffers for its lifetime. With
+// UDP GRO, one message read carries up to 64 coalesced datagrams (the
+// kernel's UDP_GRO_CNT_MAX), which net/batching splits into the receive's
+// other messages: 64 holds one such message (patched net/batching reads
+// one message, not two, into a receive of fewer than 128:
+// docs/batching-patch.md).
+const receiveBatchSize = 64
 
 // applyProcessDefaults sets, once per process and before the first node,
 // the switches that hold for every node: log upload (see
 // [AllowLogUpload]), the port mapper off unless the plugin's environment
 // sets TS_DISABLE_PORTMAPPER itself, and wireguard-go's batch caps
-// (docs/wireguard-go-patch.md) with UDP GRO off, which they require,
-// unless [KeepFullPacketBatches] was called.
+// (docs/wireguard-go-patch.md), unless [KeepFullPacketBatches] was called.
 func applyProcessDefaults() {
 	processDefaultsOnce.Do(func() {
 		applyLogPolicy()
 		if _, set := os.LookupEnv(portMapperSetting); !set {
 			envknob.Setenv(portMapperSetting, "1")
 		}
+		go releaseWhenFreeHeapPilesUp()
 		if fullPacketBatches.Load() {
 			return
 		}
-		envknob.Setenv(udpGROSetting, "true")
 		wgdevice.MaxBatchSize = tunBatchSize
 		wgdevice.MaxReceiveBatchSize = receiveBatchSize
 	})
@@ -62,7 +60,7 @@ var fullPacketBatches atomic.Bool
 
 // KeepFullPacketBatches makes every node of this process use wireguard-go's
 // batch sizes as tailscale.com ships them (128 packets per receive and per
-// TUN read, UDP GRO on) instead of tslink's caps: about 25 MiB more heap
+// TUN read) instead of tslink's caps: about 16 MiB more heap
 // per node (docs/wireguard-go-patch.md). Call it before the first [Start];
 // the choice is process-wide because wireguard-go's caps are.
 func KeepFullPacketBatches() { fullPacketBatches.Store(true) }
@@ -178,4 +176,39 @@ func releaseFreedMemorySoon() {
 		return
 	}
 	settleRelease.timer.Reset(startSettleDelay)
+}
+
+// Thresholds of [releaseWhenFreeHeapPilesUp]: how often it looks, and the
+// least free heap, kept resident by the runtime, that it returns.
+const (
+	freeHeapCheckInterval = 30 * time.Second
+	freeHeapPileUp        = 256 << 20
+)
+
+// releaseWhenFreeHeapPilesUp runs for the process's life: every
+// freeHeapCheckInterval it returns the freed heap to the OS
+// ([releaseFreedMemoryOver]) when the runtime keeps at least
+// freeHeapPileUp of it and at least a quarter of the live heap. The Go
+// runtime keeps freed pages resident up to its heap goal, twice the live
+// heap at GOGC=100, and the live heap counts every node's unwritten packet
+// buffers: with many nodes, netmap updates after the last start leave
+// garbage the runtime would keep for as long as the plugin runs. Reading
+// the runtime's metrics does not stop the world; a release is a forced GC.
+func releaseWhenFreeHeapPilesUp() {
+	for range time.Tick(freeHeapCheckInterval) {
+		if kept := heapFreeKept(); kept >= freeHeapPileUp && kept >= heapLive()/4 {
+			releaseFreedMemoryOver(freeHeapPileUp)
+		}
+	}
+}
+
+// heapLive reads the runtime's live heap as of the last GC
+// (runtime/metrics /gc/heap/live:bytes).
+func heapLive() uint64 {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }

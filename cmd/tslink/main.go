@@ -25,7 +25,7 @@
 //	TSLINK_LOG_UPLOAD      1: let every node upload Tailscale's client logs (off by default;
 //	                       a tailnet with network flow logs on requires it)
 //	TSLINK_PACKET_BATCH    small (default) or full: wireguard-go's packet batches per node
-//	                       (full: as tailscale ships them, ~25 MiB more heap per node)
+//	                       (full: as tailscale ships them, ~16 MiB more heap per node)
 //	TSLINK_METRICS         where to serve /metrics (Prometheus) and /healthz: a port (on
 //	                       127.0.0.1) or IP:port; off by default. Both are always on the
 //	                       status socket.
