@@ -187,28 +187,40 @@ const (
 
 // releaseWhenFreeHeapPilesUp runs for the process's life: every
 // freeHeapCheckInterval it returns the freed heap to the OS
-// ([releaseFreedMemoryOver]) when the runtime keeps at least
-// freeHeapPileUp of it and at least a quarter of the live heap. The Go
-// runtime keeps freed pages resident up to its heap goal, twice the live
-// heap at GOGC=100, and the live heap counts every node's unwritten packet
-// buffers: with many nodes, netmap updates after the last start leave
-// garbage the runtime would keep for as long as the plugin runs. Reading
-// the runtime's metrics does not stop the world; a release is a forced GC.
+// ([releaseFreedMemoryOver]: a forced GC, then every free page released)
+// when the heap beyond the live heap of the last GC (garbage not collected
+// yet, and free pages the runtime keeps resident) is at least
+// freeHeapPileUp and a quarter of the live heap. The Go runtime lets the
+// heap grow to twice the live heap (GOGC=100) before it collects, keeps
+// freed pages up to that goal, and the live heap counts every node's
+// unwritten packet buffers: with many nodes, netmap updates after the last
+// start would otherwise keep the plugin's RSS near that goal for as long
+// as it runs. Reading the runtime's metrics does not stop the world.
 func releaseWhenFreeHeapPilesUp() {
 	for range time.Tick(freeHeapCheckInterval) {
-		if kept := heapFreeKept(); kept >= freeHeapPileUp && kept >= heapLive()/4 {
-			releaseFreedMemoryOver(freeHeapPileUp)
+		live, beyond := heapBeyondLive()
+		if beyond >= freeHeapPileUp && beyond >= live/4 {
+			releaseFreedMemory()
 		}
 	}
 }
 
-// heapLive reads the runtime's live heap as of the last GC
-// (runtime/metrics /gc/heap/live:bytes).
-func heapLive() uint64 {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+// heapBeyondLive reads the runtime's live heap as of the last GC
+// (runtime/metrics /gc/heap/live:bytes) and how much more the heap holds
+// resident: objects allocated since, live or not
+// (/memory/classes/heap/objects:bytes minus live), and free pages not
+// returned to the OS (/memory/classes/heap/free:bytes).
+func heapBeyondLive() (live, beyond uint64) {
+	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
 	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+	for _, v := range s {
+		if v.Value.Kind() != metrics.KindUint64 {
+			return 0, 0
+		}
 	}
-	return s[0].Value.Uint64()
+	live = s[0].Value.Uint64()
+	if held := s[1].Value.Uint64() + s[2].Value.Uint64(); held > live {
+		beyond = held - live
+	}
+	return live, beyond
 }

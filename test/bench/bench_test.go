@@ -582,6 +582,7 @@ func (r *results) scaleRound(l *lab) {
 	row.Mem, row.IdleCPUPct, row.IdleWindow, row.SettleWait = m.Mem, m.IdleCPUPct, sz.ScaleIdle.Seconds(), sz.ScaleSettle.Seconds()
 	row.BackendCallMaxMs = l.backendCallMaxMs()
 	l.saveProfiles(fmt.Sprintf("%s-scale-n%d", kindTslink, sz.ScaleN))
+	l.saveCPUProfile(fmt.Sprintf("%s-scale-n%d-idle", kindTslink, sz.ScaleN))
 	row.PluginPIDAfter, _ = findPluginPID(l.engine.StateDir())
 	row.PluginPanics = panicLines(l.engine.Log()[logBefore:])
 	if row.PluginPIDAfter != 0 && row.PluginPIDAfter != pidBefore {

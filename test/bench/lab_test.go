@@ -199,6 +199,23 @@ func (l *lab) containerNetNS(name string) string {
 
 // saveProfiles writes the plugin's heap profile (after a GC) and counters
 // to TSLINK_BENCH_PROFILES/<label>.*, when that is set.
+// saveCPUProfile writes a 25 s CPU profile of the plugin (the status
+// socket's /debug/pprof/profile) to TSLINK_BENCH_PROFILES/<label>.cpu.pb.gz
+// when that is set.
+func (l *lab) saveCPUProfile(label string) {
+	dir := os.Getenv("TSLINK_BENCH_PROFILES")
+	if dir == "" {
+		return
+	}
+	os.MkdirAll(dir, 0o755)
+	b, err := l.engine.PluginGet("/debug/pprof/profile?seconds=25")
+	if err != nil {
+		l.t.Logf("plugin CPU profile: %v", err)
+		return
+	}
+	os.WriteFile(filepath.Join(dir, label+".cpu.pb.gz"), b, 0o644)
+}
+
 func (l *lab) saveProfiles(label string) {
 	dir := os.Getenv("TSLINK_BENCH_PROFILES")
 	if dir == "" {
