@@ -169,6 +169,7 @@ var settleRelease struct {
 // kept resident by the Go runtime, whose heap goal (twice the live heap at
 // GOGC=100) counts the nodes' untouched packet buffers as live.
 func releaseFreedMemorySoon() {
+	lastNodeStart.Store(time.Now().UnixNano())
 	settleRelease.mu.Lock()
 	defer settleRelease.mu.Unlock()
 	if settleRelease.timer == nil {
@@ -178,19 +179,26 @@ func releaseFreedMemorySoon() {
 	settleRelease.timer.Reset(startSettleDelay)
 }
 
-// Thresholds of [releaseWhenFreeHeapPilesUp]: how often it looks, and the
-// least free heap, kept resident by the runtime, that it returns.
+// Thresholds of [releaseWhenFreeHeapPilesUp]: how often it looks, how long
+// after the last node start, and the least heap beyond the live heap that
+// it returns.
 const (
 	freeHeapCheckInterval = 30 * time.Second
+	freeHeapQuietAfter    = time.Minute
 	freeHeapPileUp        = 256 << 20
 )
+
+// lastNodeStart is when a node last finished its start (Unix nanoseconds).
+var lastNodeStart atomic.Int64
 
 // releaseWhenFreeHeapPilesUp runs for the process's life: every
 // freeHeapCheckInterval it returns the freed heap to the OS
 // ([releaseFreedMemoryOver]: a forced GC, then every free page released)
-// when the heap beyond the live heap of the last GC (garbage not collected
-// yet, and free pages the runtime keeps resident) is at least
-// freeHeapPileUp and a quarter of the live heap. The Go runtime lets the
+// when no node started for freeHeapQuietAfter and the heap beyond the live
+// heap of the last GC (garbage not collected yet, and free pages the
+// runtime keeps resident) is at least freeHeapPileUp and a quarter of the
+// live heap. During a burst of starts, [releaseBeforeStart] and
+// [releaseFreedMemorySoon] release instead. The Go runtime lets the
 // heap grow to twice the live heap (GOGC=100) before it collects, keeps
 // freed pages up to that goal, and the live heap counts every node's
 // unwritten packet buffers: with many nodes, netmap updates after the last
@@ -198,6 +206,9 @@ const (
 // as it runs. Reading the runtime's metrics does not stop the world.
 func releaseWhenFreeHeapPilesUp() {
 	for range time.Tick(freeHeapCheckInterval) {
+		if time.Since(time.Unix(0, lastNodeStart.Load())) < freeHeapQuietAfter {
+			continue
+		}
 		live, beyond := heapBeyondLive()
 		if beyond >= freeHeapPileUp && beyond >= live/4 {
 			releaseFreedMemory()
