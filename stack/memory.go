@@ -36,6 +36,7 @@ const receiveBatchSize = 64
 // [AllowLogUpload]), the port mapper off unless the plugin's environment
 // sets TS_DISABLE_PORTMAPPER itself, and wireguard-go's batch caps
 // (docs/wireguard-go-patch.md), unless [KeepFullPacketBatches] was called.
+// It also starts [releaseWhenFreeHeapPilesUp] for the process's life.
 func applyProcessDefaults() {
 	processDefaultsOnce.Do(func() {
 		applyLogPolicy()
