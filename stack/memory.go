@@ -194,7 +194,7 @@ var lastNodeStart atomic.Int64
 
 // releaseWhenFreeHeapPilesUp runs for the process's life: every
 // freeHeapCheckInterval it returns the freed heap to the OS
-// ([releaseFreedMemoryOver]: a forced GC, then every free page released)
+// ([releaseFreedMemory]: a forced GC, then every free page released)
 // when no node started for freeHeapQuietAfter and the heap beyond the live
 // heap of the last GC (garbage not collected yet, and free pages the
 // runtime keeps resident) is at least freeHeapPileUp and a quarter of the
@@ -218,8 +218,8 @@ func releaseWhenFreeHeapPilesUp() {
 }
 
 // heapBeyondLive reads the runtime's live heap as of the last GC
-// (runtime/metrics /gc/heap/live:bytes) and how much more the heap holds
-// resident: objects allocated since, live or not
+// (runtime/metrics /gc/heap/live:bytes) and how much more the heap holds:
+// objects allocated since, live or not
 // (/memory/classes/heap/objects:bytes minus live), and free pages not
 // returned to the OS (/memory/classes/heap/free:bytes).
 func heapBeyondLive() (live, beyond uint64) {
