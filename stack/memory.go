@@ -143,15 +143,26 @@ func releaseBeforeStart() time.Duration {
 
 // heapFreeKept reads the runtime's free heap pages that are still backed by
 // memory (runtime/metrics /memory/classes/heap/free:bytes: free and
-// eligible to be returned to the OS but not returned). Reading it does not
-// stop the world.
+// eligible to be returned to the OS but not returned).
 func heapFreeKept() uint64 {
-	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
-	metrics.Read(s)
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
+	return runtimeMetrics("/memory/classes/heap/free:bytes")[0]
+}
+
+// runtimeMetrics reads the named uint64 runtime/metrics, in order (0 for
+// one the runtime does not offer). Reading them does not stop the world.
+func runtimeMetrics(names ...string) []uint64 {
+	s := make([]metrics.Sample, len(names))
+	for i, name := range names {
+		s[i].Name = name
 	}
-	return s[0].Value.Uint64()
+	metrics.Read(s)
+	values := make([]uint64, len(s))
+	for i, v := range s {
+		if v.Value.Kind() == metrics.KindUint64 {
+			values[i] = v.Value.Uint64()
+		}
+	}
+	return values
 }
 
 // startSettleDelay is how long after the last node start
@@ -204,7 +215,7 @@ var lastNodeStart atomic.Int64
 // freed pages up to that goal, and the live heap counts every node's
 // unwritten packet buffers: with many nodes, netmap updates after the last
 // start would otherwise keep the plugin's RSS near that goal for as long
-// as it runs. Reading the runtime's metrics does not stop the world.
+// as it runs.
 func releaseWhenFreeHeapPilesUp() {
 	for range time.Tick(freeHeapCheckInterval) {
 		if time.Since(time.Unix(0, lastNodeStart.Load())) < freeHeapQuietAfter {
@@ -223,15 +234,9 @@ func releaseWhenFreeHeapPilesUp() {
 // (/memory/classes/heap/objects:bytes minus live), and free pages not
 // returned to the OS (/memory/classes/heap/free:bytes).
 func heapBeyondLive() (live, beyond uint64) {
-	s := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}, {Name: "/memory/classes/heap/free:bytes"}}
-	metrics.Read(s)
-	for _, v := range s {
-		if v.Value.Kind() != metrics.KindUint64 {
-			return 0, 0
-		}
-	}
-	live = s[0].Value.Uint64()
-	if held := s[1].Value.Uint64() + s[2].Value.Uint64(); held > live {
+	m := runtimeMetrics("/gc/heap/live:bytes", "/memory/classes/heap/objects:bytes", "/memory/classes/heap/free:bytes")
+	live = m[0]
+	if held := m[1] + m[2]; held > live {
 		beyond = held - live
 	}
 	return live, beyond

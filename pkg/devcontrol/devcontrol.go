@@ -610,7 +610,20 @@ func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 		pollOpen := s.online[req.NodeKey] > 0
 		s.online[req.NodeKey]++
 		s.mu.Unlock()
-		s.pushNewPoll(req.NodeKey, pollOpen)
+		// testcontrol sends a node it ever gave a raw map response no
+		// automatic one again, not even on a new poll (a node restarted
+		// from its state, same node key), and registers the poll only
+		// after HoldMapRequest returns: the netmap is queued now, on the
+		// node's previous poll channel, and the new poll's loop takes
+		// queued messages first. A node that never polled is not queued
+		// to (its first, automatic response goes through
+		// ModifyFirstMapResponse). A previous poll still open may take
+		// the queued netmap; a scheduled push then runs after the new
+		// poll is registered.
+		s.pushTo([]key.NodePublic{req.NodeKey})
+		if pollOpen {
+			s.schedulePush()
+		}
 		return func() {
 			s.mu.Lock()
 			s.online[req.NodeKey]--
@@ -618,24 +631,6 @@ func (s *Server) holdMapRequest(req *tailcfg.MapRequest) func() {
 		}
 	}
 	return s.schedulePush
-}
-
-// pushNewPoll gives a node that opens a streaming map poll its netmap when
-// devcontrol builds netmaps (see [Server.pushTo]). testcontrol sends a node
-// that was ever given a raw map response no automatic one again, not even on
-// a new poll (a node restarted from its state, same node key), and the poll
-// is registered only after HoldMapRequest returns: the response is queued
-// now, on the node's previous poll channel, and the new poll's loop takes
-// queued messages first. A node that never polled is not queued to (its
-// first, automatic response goes through ModifyFirstMapResponse). When the
-// node's previous poll is still open, that poll may take the queued
-// response; pollOpen then also schedules a push, which runs after the new
-// poll is registered.
-func (s *Server) pushNewPoll(k key.NodePublic, pollOpen bool) {
-	s.pushTo([]key.NodePublic{k})
-	if pollOpen {
-		s.schedulePush()
-	}
 }
 
 // selfOnlyUpdate reports whether req, a lite map update (not a stream),
