@@ -569,7 +569,9 @@ func (r *results) scaleRound(l *lab) {
 	r.freshTailnet(l)
 	pidBefore, logBefore := r.PluginPID, len(l.engine.Log())
 	began := time.Now()
+	profiled := l.profileBurst(fmt.Sprintf("%s-scale-n%d-burst", kindTslink, sz.ScaleN), 60)
 	rows, names, all := l.startContainers(kindTslink, "s", sz.ScaleN, sz.ScaleParallel)
+	<-profiled
 	row := scaleRow{N: sz.ScaleN, Parallel: sz.ScaleParallel, AllReachable: all, PluginPIDBefore: pidBefore}
 	for _, s := range rows {
 		if s.OK {
@@ -582,7 +584,7 @@ func (r *results) scaleRound(l *lab) {
 	row.Mem, row.IdleCPUPct, row.IdleWindow, row.SettleWait = m.Mem, m.IdleCPUPct, sz.ScaleIdle.Seconds(), sz.ScaleSettle.Seconds()
 	row.BackendCallMaxMs = l.backendCallMaxMs()
 	l.saveProfiles(fmt.Sprintf("%s-scale-n%d", kindTslink, sz.ScaleN))
-	l.saveCPUProfile(fmt.Sprintf("%s-scale-n%d-idle", kindTslink, sz.ScaleN))
+	l.saveCPUProfile(fmt.Sprintf("%s-scale-n%d-idle", kindTslink, sz.ScaleN), 25)
 	row.PluginPIDAfter, _ = findPluginPID(l.engine.StateDir())
 	row.PluginPanics = panicLines(l.engine.Log()[logBefore:])
 	if row.PluginPIDAfter != 0 && row.PluginPIDAfter != pidBefore {

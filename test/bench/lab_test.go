@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -197,18 +198,16 @@ func (l *lab) containerNetNS(name string) string {
 	return "/proc/" + pid + "/ns/net"
 }
 
-// saveProfiles writes the plugin's heap profile (after a GC) and counters
-// to TSLINK_BENCH_PROFILES/<label>.*, when that is set.
-// saveCPUProfile writes a 25 s CPU profile of the plugin (the status
-// socket's /debug/pprof/profile) to TSLINK_BENCH_PROFILES/<label>.cpu.pb.gz
-// when that is set.
-func (l *lab) saveCPUProfile(label string) {
+// saveCPUProfile writes a CPU profile of the plugin over the next seconds
+// (the status socket's /debug/pprof/profile) to
+// TSLINK_BENCH_PROFILES/<label>.cpu.pb.gz when that is set.
+func (l *lab) saveCPUProfile(label string, seconds int) {
 	dir := os.Getenv("TSLINK_BENCH_PROFILES")
 	if dir == "" {
 		return
 	}
 	os.MkdirAll(dir, 0o755)
-	b, err := l.engine.PluginGet("/debug/pprof/profile?seconds=25")
+	b, err := l.engine.PluginGet(fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds))
 	if err != nil {
 		l.t.Logf("plugin CPU profile: %v", err)
 		return
@@ -216,6 +215,36 @@ func (l *lab) saveCPUProfile(label string) {
 	os.WriteFile(filepath.Join(dir, label+".cpu.pb.gz"), b, 0o644)
 }
 
+// profileBurst profiles, when TSLINK_BENCH_PROFILES is set, both the plugin
+// and this process (devcontrol, the harness) for the next seconds, to
+// <label>.cpu.pb.gz and <label>.control.cpu.pb.gz. It returns at once;
+// wait for the returned channel to close before the next profile.
+func (l *lab) profileBurst(label string, seconds int) <-chan struct{} {
+	done := make(chan struct{})
+	dir := os.Getenv("TSLINK_BENCH_PROFILES")
+	if dir == "" {
+		close(done)
+		return done
+	}
+	os.MkdirAll(dir, 0o755)
+	f, err := os.Create(filepath.Join(dir, label+".control.cpu.pb.gz"))
+	if err == nil && pprof.StartCPUProfile(f) != nil {
+		f.Close()
+		f = nil
+	}
+	go func() {
+		defer close(done)
+		l.saveCPUProfile(label, seconds)
+		if f != nil {
+			pprof.StopCPUProfile()
+			f.Close()
+		}
+	}()
+	return done
+}
+
+// saveProfiles writes the plugin's heap profile (after a GC) and counters
+// to TSLINK_BENCH_PROFILES/<label>.*, when that is set.
 func (l *lab) saveProfiles(label string) {
 	dir := os.Getenv("TSLINK_BENCH_PROFILES")
 	if dir == "" {

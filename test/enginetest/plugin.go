@@ -91,7 +91,7 @@ func (e *Engine) StateDir() string { return filepath.Join(e.Dir, "state") }
 // in [Engine.StateDir] (cmd/tslink's tslink-status.sock).
 func (e *Engine) PluginGet(path string) ([]byte, error) {
 	sock := statedir.New(e.StateDir(), "").StatusSocket()
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	c := &http.Client{Timeout: 90 * time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", sock)
 	}}}
