@@ -86,12 +86,20 @@ func (d *Driver) join(req *network.JoinRequest) (_ *network.JoinResponse, retErr
 	}()
 
 	_, statErr := os.Stat(ep.stateDir)
-	newDir := errors.Is(statErr, os.ErrNotExist)
+	// A dir whose first Join a dead plugin left unfinished holds no
+	// identity: this Join treats it as its own new dir.
+	newDir := errors.Is(statErr, os.ErrNotExist) || statedir.FirstJoinUnfinished(ep.stateDir)
 	if err := d.checkTailnet(ep, nw, tags); err != nil {
 		return nil, failed(ReasonIdentityMismatch, err)
 	}
 	if err := os.MkdirAll(ep.stateDir, 0o700); err != nil {
 		return nil, failed(ReasonStateDir, fmt.Errorf("creating state dir: %w", err))
+	}
+	if newDir {
+		if err := statedir.MarkFirstJoin(ep.stateDir); err != nil {
+			os.RemoveAll(ep.stateDir)
+			return nil, failed(ReasonStateDir, fmt.Errorf("marking the new state dir: %w", err))
+		}
 	}
 	if err := d.openDebugLog(ep); err != nil {
 		return nil, failed(ReasonStateDir, err)
@@ -185,7 +193,9 @@ func (d *Driver) startNode(ctx context.Context, ep *endpoint, nw *tsopts.Network
 		ep.debugLog.Logf("tslink: endpoint left while its node was starting; node closed")
 		return errEndpointGone
 	}
-	statedir.WriteTailnet(ep.stateDir, want)
+	if err := statedir.WriteTailnet(ep.stateDir, want); err == nil {
+		statedir.FirstJoinDone(ep.stateDir)
+	}
 	return nil
 }
 

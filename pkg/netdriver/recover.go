@@ -74,25 +74,38 @@ func (d *Driver) Recover(ctx context.Context) {
 	}
 }
 
-// sweepOrphanStateDirs removes the state dirs of ephemeral nodes whose Join
-// a previous plugin process did not finish (it died mid-Join, so no record
-// was written and dockerd failed the container): its lock is abandoned
-// ([statedir.RemoveAbandoned]). Persistent identities, dirs that
-// records name and locked dirs are left alone.
+// sweepOrphanStateDirs removes the state dirs of Joins that a previous
+// plugin process did not finish (it died mid-Join, so no record was written
+// and dockerd failed the container): a dir whose first node never came up
+// ([statedir.FirstJoinUnfinished]; it holds no identity a user relies on,
+// as a failed first Join leaves none), and an ephemeral node's dir whose
+// lock was abandoned ([statedir.RemoveAbandoned]). Dirs that records name,
+// locked dirs and hostnames a Join of this process holds are left alone.
 func (d *Driver) sweepOrphanStateDirs(recs []record) {
 	recorded := map[string]bool{}
 	for _, rec := range recs {
 		recorded[rec.Hostname] = true
 	}
-	dirs := d.dir.NodeDirs()
-	for _, dir := range dirs {
+	for _, dir := range d.dir.NodeDirs() {
 		host := filepath.Base(dir)
-		if recorded[host] || !statedir.IsEphemeral(dir) {
+		unfinished := statedir.FirstJoinUnfinished(dir)
+		if recorded[host] || (!unfinished && !statedir.IsEphemeral(dir)) {
 			continue
 		}
-		if holder, removed := statedir.RemoveAbandoned(dir); removed {
+		release, held := d.holdHostname(host, "recovery's sweep", nil)
+		if !held {
+			continue // a Join of this process has it
+		}
+		if unfinished {
+			if err := statedir.RemoveNodeDir(dir); err != nil {
+				d.log.Warn("state dir of an unfinished join not removed", "hostname", host, "err", err)
+			} else {
+				d.log.Info("swept state of an unfinished join", "hostname", host)
+			}
+		} else if holder, removed := statedir.RemoveAbandoned(dir); removed {
 			d.log.Info("swept state of an unfinished ephemeral join", "hostname", host, "was", holder)
 		}
+		release()
 	}
 }
 

@@ -28,21 +28,45 @@ func TestSweepOrphanStateDirs(t *testing.T) {
 	released := mk("released", "http://c ephemeral\n", "")
 	recorded := mk("recorded", "http://c ephemeral\n", "container p3 (bbbb)\n")
 	held := mk("held", "http://c ephemeral\n", "container p4 (cccc)\n")
-	f, err := os.Open(filepath.Join(held, statedir.LockFileName))
-	if err != nil {
-		t.Fatal(err)
+	// First Joins a killed plugin left: no tailnet record yet, a node key
+	// perhaps, tsnet's temporary state file, a lock naming its holder or none.
+	mkUnfinished := func(host, lock string) string {
+		dir := d.dir.Node(host)
+		os.MkdirAll(dir, 0o700)
+		if err := statedir.MarkFirstJoin(dir); err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(statedir.StateFile(dir), []byte("{}"), 0o600)
+		os.WriteFile(statedir.StateFile(dir)+".tmp123", []byte("{}"), 0o600)
+		if lock != "" {
+			os.WriteFile(filepath.Join(dir, statedir.LockFileName), []byte(lock), 0o600)
+		}
+		return dir
 	}
-	defer f.Close()
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
+	unfinished := mkUnfinished("unfinished", "container p5 (dddd)\n")
+	unfinishedNoLock := mkUnfinished("unfinished-nolock", "")
+	unfinishedHeld := mkUnfinished("unfinished-held", "container p6 (eeee)\n")
+	joining := mkUnfinished("joining", "")
+	d.endpoints["e7"] = d.newEndpoint("e7", "n1", "c7", "joining", "/run/docker/netns/0123456789ab", "joining", tsopts.Serve{})
+	for _, dir := range []string{held, unfinishedHeld} {
+		f, err := os.Open(filepath.Join(dir, statedir.LockFileName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	d.sweepOrphanStateDirs([]record{{EndpointID: "e3", Hostname: "recorded"}})
 
-	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
-		t.Errorf("ephemeral dir of an unfinished join was kept (%v)", err)
+	for _, dir := range []string{orphan, unfinished, unfinishedNoLock} {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("dir %s of an unfinished join was kept (%v)", filepath.Base(dir), err)
+		}
 	}
-	for _, dir := range []string{persistent, released, recorded, held} {
+	for _, dir := range []string{persistent, released, recorded, held, unfinishedHeld, joining} {
 		if _, err := os.Stat(statedir.StateFile(dir)); err != nil {
 			t.Errorf("%s was swept: %v", filepath.Base(dir), err)
 		}

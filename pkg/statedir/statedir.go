@@ -7,6 +7,7 @@
 //	    debug.log                  the node's backend log
 //	    tailnet                    which tailnet the identity belongs to: [Tailnet]
 //	    lock                       flock of the node running from the dir: [Lock]
+//	    first-join                 present until the dir's first node came up: [MarkFirstJoin]
 //	keys/<name>                    auth key files (ts.authkey-file): [Dir.ReadKey]
 //	identity-secret                random HMAC key for inline key sources (0600): [Dir.KeySourceInline]
 //	endpoints/<endpoint ID>.json   joined endpoints, for recovery
@@ -41,7 +42,36 @@ const (
 	TailnetFileName = "tailnet"
 	// LockFileName is the file whose flock marks the dir as in use ([Lock]).
 	LockFileName = "lock"
+	// FirstJoinFileName marks a dir whose first node has not come up yet
+	// ([MarkFirstJoin]).
+	FirstJoinFileName = "first-join"
 )
+
+// MarkFirstJoin marks nodeDir, which a Join has just created, as holding no
+// identity yet: until [FirstJoinDone], a plugin that dies mid-Join leaves a
+// dir that the next one knows it may remove ([FirstJoinUnfinished]). Errors
+// are the file system's.
+func MarkFirstJoin(nodeDir string) error {
+	return os.WriteFile(filepath.Join(nodeDir, FirstJoinFileName), nil, 0o600)
+}
+
+// FirstJoinDone removes nodeDir's [MarkFirstJoin] mark: its node came up and
+// its tailnet record is written. A missing mark is no error.
+func FirstJoinDone(nodeDir string) error {
+	err := os.Remove(filepath.Join(nodeDir, FirstJoinFileName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// FirstJoinUnfinished reports whether nodeDir still has its [MarkFirstJoin]
+// mark: its first node never came up (or the plugin died before it could
+// say so).
+func FirstJoinUnfinished(nodeDir string) bool {
+	_, err := os.Lstat(filepath.Join(nodeDir, FirstJoinFileName))
+	return err == nil
+}
 
 // StatusSocketName is the status socket's name in the state dir.
 const StatusSocketName = "tslink-status.sock"

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tslink/tslink/pkg/statedir"
 	"github.com/tslink/tslink/test/enginetest"
 	"github.com/tslink/tslink/test/netnstest"
 )
@@ -117,8 +118,20 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 			t.Fatal("plugin process not found")
 		}
 		began := time.Now()
+		ghost := ""
 		switch how {
 		case "kill -9":
+			// What a first Join leaves when the plugin dies in it: a new dir
+			// with its mark, a node key, tsnet's temporary state file and a
+			// lock naming the dead holder. The restarted plugin removes it.
+			ghost = filepath.Join(l.engine.StateDir(), "by-hostname", "ghost")
+			os.MkdirAll(ghost, 0o700)
+			if err := statedir.MarkFirstJoin(ghost); err != nil {
+				t.Fatal(err)
+			}
+			for name, content := range map[string]string{statedir.StateFileName: "{}", statedir.StateFileName + ".tmp42": "{}", statedir.LockFileName: "container ghost (0123456789ab)\n"} {
+				os.WriteFile(filepath.Join(ghost, name), []byte(content), 0o600)
+			}
 			syscall.Kill(pid, syscall.SIGKILL)
 			// dockerd restarts a managed plugin whose process died.
 			err := netnstest.WaitFor(15*time.Second, func() error {
@@ -145,6 +158,11 @@ func TestPluginRestartKeepsContainersOnTheTailnet(t *testing.T) {
 			t.Fatalf("%s: the laptop's TCP connection did not survive: %v", how, err)
 		}
 		t.Logf("%s: established TCP connection carried traffic again %v after the plugin was stopped", how, time.Since(began).Round(time.Millisecond))
+		if ghost != "" {
+			if _, err := os.Stat(ghost); !os.IsNotExist(err) {
+				t.Errorf("%s: the dir of a first Join the killed plugin left is still there (%v)", how, err)
+			}
+		}
 		if got := l.tsIP("svc", "-4"); got != ip {
 			t.Errorf("%s: tailnet IP %s; want %s", how, got, ip)
 		}
