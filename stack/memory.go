@@ -36,7 +36,9 @@ const receiveBatchSize = 64
 // [AllowLogUpload]), the port mapper off unless the plugin's environment
 // sets TS_DISABLE_PORTMAPPER itself, and wireguard-go's batch caps
 // (docs/wireguard-go-patch.md), unless [KeepFullPacketBatches] was called.
-// It also starts [releaseWhenFreeHeapPilesUp] for the process's life.
+// It also starts [releaseWhenFreeHeapPilesUp] for the process's life and
+// makes every node's netmon read interfaces through
+// [registerInterfaceGetter].
 func applyProcessDefaults() {
 	processDefaultsOnce.Do(func() {
 		applyLogPolicy()
@@ -44,6 +46,7 @@ func applyProcessDefaults() {
 			envknob.Setenv(portMapperSetting, "1")
 		}
 		go releaseWhenFreeHeapPilesUp()
+		registerInterfaceGetter()
 		if fullPacketBatches.Load() {
 			return
 		}
