@@ -89,6 +89,10 @@ type tputRow struct {
 	Seconds    float64
 	MBps       float64 // 10^6 bytes per second
 	CPUPerGB   float64 // whole machine's busy CPU-seconds per 10^9 bytes
+	// Runs transfers were made; this row is the median one, and
+	// MinMBps..MaxMBps their range.
+	Runs             int
+	MinMBps, MaxMBps float64
 }
 
 type scaleRow struct {
@@ -342,9 +346,9 @@ func (r *results) writeCSVs(dir string) error {
 	for _, m := range r.Memory {
 		mem = append(mem, []string{m.Kind, fmt.Sprint(m.N), fmt.Sprint(m.Processes), fmt.Sprint(m.Mem.RSS), fmt.Sprint(m.Mem.PSS), fmt.Sprint(m.Before.RSS), fmt.Sprint(m.Before.PSS), fmt.Sprint(r.PluginBase.RSS), ff(m.IdleCPUPct)})
 	}
-	tput := [][]string{{"kind", "path", "mib", "seconds", "mb_per_s", "machine_cpu_s_per_gb"}}
+	tput := [][]string{{"kind", "path", "mib", "seconds", "mb_per_s", "machine_cpu_s_per_gb", "runs", "min_mb_per_s", "max_mb_per_s"}}
 	for _, t := range r.Throughput {
-		tput = append(tput, []string{t.Kind, t.Path, fmt.Sprint(t.MiB), ff(t.Seconds), ff(t.MBps), ff(t.CPUPerGB)})
+		tput = append(tput, []string{t.Kind, t.Path, fmt.Sprint(t.MiB), ff(t.Seconds), ff(t.MBps), ff(t.CPUPerGB), fmt.Sprint(t.Runs), ff(t.MinMBps), ff(t.MaxMBps)})
 	}
 	scale := [][]string{{"n", "parallel", "reachable", "failed_runs", "all_reachable_s", "plugin_rss_kib", "plugin_pss_kib", "plugin_idle_cpu_pct_of_core", "idle_window_s", "settle_s", "plugin_pid_before", "plugin_pid_after", "panic_lines", "longest_backend_call_ms"}}
 	failures := [][]string{{"round", "count", "reason", "containers"}}
@@ -568,7 +572,8 @@ func (r *results) markdown(notes string) string {
 	p("## 3. Throughput\n\n")
 	p("%d MiB of zeros written (256 KiB writes) to a socket opened inside the sending container's netns, to a Go\n", r.Sizes.TransferMiB)
 	p("listener that counts bytes in the laptop netns (the host netns for bridge) or in the second container's netns,\n")
-	p("after a %d MiB warm-up on the same path. Both ends are the test process, so the path is measured, not a tool\n", r.Sizes.WarmupMiB)
+	p("after a %d MiB warm-up on the same path, %d times; the table gives the median transfer (the MB/s range of all\n", r.Sizes.WarmupMiB, max(1, r.Sizes.TransferRuns))
+	p("of them is in bench/throughput.csv). Both ends are the test process, so the path is measured, not a tool\n")
 	p("(busybox `nc` copies in small chunks and was the bottleneck). MB/s = 10⁶ bytes/s from accept to the last byte;\n")
 	p("CPU = the whole machine's busy CPU-seconds (/proc/stat) per 10⁹ bytes over the same interval (sender, receiver,\n")
 	p("the network stack and anything else that ran).\n\n")
