@@ -94,6 +94,13 @@
 //     sizes of 128 nothing can lower; tslink's patch caps them
 //     (docs/wireguard-go-patch.md); UDP GRO stays on with a receive of
 //     64 through a net/batching patch (docs/batching-patch.md).
+//   - Every tsnet node has its own netmon.Monitor, which re-reads the
+//     interface list and each interface's addresses on every link or
+//     address change, as each node's magicsock does when it re-gathers
+//     endpoints. netmon reads through a getter that
+//     netmon.RegisterInterfaceGetter replaces process-wide, and takes an
+//     Interface's AltAddrs, when not nil, as its addresses: the process
+//     registers one that all nodes share (interfaces_linux.go).
 //   - tsnet runs a logtail logger and a port mapper per node whatever
 //     TS_NO_LOGS_NO_SUPPORT says; with log upload off the node turns logtail
 //     off process-wide; the port mapper is off unless the plugin's
