@@ -39,7 +39,7 @@ type sizes struct {
 	Settle        time.Duration // wait after removing a round's containers
 	TransferMiB   int64
 	WarmupMiB     int64
-	TransferRuns  int // transfers per path and kind; the median is reported
+	TransferRuns  int           // transfers per path and kind; the median is reported
 	ScaleN        int           // 0: no scale round
 	ScaleParallel int           // docker run -d in flight at once in the scale round
 	ScaleSettle   time.Duration // wait after the last container answered, before the idle reading

@@ -106,7 +106,8 @@ type scaleRow struct {
 	PluginPIDBefore, PluginPIDAfter int
 	PluginPanics                    []string
 	// BackendCallMaxMs is the plugin's longest LocalBackend call latency
-	// (every node probed once a second) from its start to the end of the
+	// (each node probed every second up to 10 nodes, about 10 probes a
+	// second across the process beyond) from its start to the end of the
 	// round; tailscale's deadlock watchdog panics at about 35 s.
 	BackendCallMaxMs int64
 }
@@ -610,7 +611,7 @@ func (r *results) markdown(notes string) string {
 		p(".\n\n")
 		p("%s\n\n", restartSentence(s.PluginPIDBefore, s.PluginPIDAfter, s.PluginPanics))
 		writeFailures(p, "The round's failures", groupFailures(r.scaleStarts()))
-		p("Longest LocalBackend call latency (each node's backend probed once a second, from plugin start to the end of this round): %.2f s, against the ~%d s after which tailscale's deadlock watchdog panics the process.\n\n", float64(s.BackendCallMaxMs)/1000, deadlockWatchdogMs/1000)
+		p("Longest LocalBackend call latency (each node's backend probed every second up to 10 nodes, about 10 probes a second across the process beyond, from plugin start to the end of this round): %.2f s, against the ~%d s after which tailscale's deadlock watchdog panics the process.\n\n", float64(s.BackendCallMaxMs)/1000, deadlockWatchdogMs/1000)
 	} else {
 		p("Not measured in this run.\n\n")
 	}
