@@ -164,8 +164,16 @@ func TestBench(t *testing.T) {
 		}
 	}
 	if phaseOn("throughput") {
+		paired := len(kinds(kindTslink, kindTslinkFull)) == 2
 		for _, kind := range kinds(kindBridge, kindTslink, kindTslinkFull, kindAnchor) {
-			r.throughputRound(l, kind)
+			switch {
+			case paired && kind == kindTslink:
+				r.pairedThroughputRound(l)
+			case paired && kind == kindTslinkFull:
+				// measured with tslink
+			default:
+				r.throughputRound(l, kind)
+			}
 		}
 	}
 	if phaseOn("history") && sz.HistoryCycles > 0 {
@@ -428,56 +436,125 @@ func (l *lab) removeContainers(names []string, settle time.Duration) {
 }
 
 // throughputRound sends TransferMiB from a container to the laptop (host,
-// for the bridge) and to a second container, after a warm-up transfer. For
-// tslink-full it restarts the plugin with TSLINK_PACKET_BATCH=full first and
-// with small again after.
+// for the bridge) and to a second container, after a warm-up transfer,
+// TransferRuns times. For tslink-full it restarts the plugin with
+// TSLINK_PACKET_BATCH=full first and with small again after.
 func (r *results) throughputRound(l *lab, kind string) {
-	t := l.t
 	if kind == kindTslinkFull {
 		r.PluginPID = l.setPacketBatch("full")
 		defer func() { r.PluginPID = l.setPacketBatch("small") }()
 	}
+	names, paths, ok := r.throughputContainers(l, kind)
+	defer l.removeContainers(names, r.Sizes.Settle)
+	if !ok {
+		return
+	}
+	runs := map[string][]tputRow{}
+	for range max(1, r.Sizes.TransferRuns) {
+		r.transferEach(l, kind, names[0], paths, runs)
+	}
+	r.addMedians(kind, paths, runs)
+}
+
+// pairedThroughputRound measures tslink and tslink-full on the same two
+// tslink containers, switching the plugin's TSLINK_PACKET_BATCH between
+// them in the order small, full, full, small, small, full, … (TransferRuns
+// transfers per path each) so that both kinds meet the machine's other
+// load alike. Each switch restarts the plugin, which brings the
+// containers' nodes back (recovery) under the new setting; the transfers
+// wait until both answer the laptop again.
+func (r *results) pairedThroughputRound(l *lab) {
+	t := l.t
+	names, paths, ok := r.throughputContainers(l, kindTslink)
+	defer l.removeContainers(names, r.Sizes.Settle)
+	if !ok {
+		return
+	}
+	setting := "small"
+	defer func() {
+		if setting != "small" {
+			r.PluginPID = l.setPacketBatch("small")
+		}
+	}()
+	runs := map[string][]tputRow{}
+	order := []string{kindTslink, kindTslinkFull, kindTslinkFull, kindTslink}
+	for i := range 2 * max(1, r.Sizes.TransferRuns) {
+		kind := order[i%len(order)]
+		want := "small"
+		if kind == kindTslinkFull {
+			want = "full"
+		}
+		if want != setting {
+			r.PluginPID = l.setPacketBatch(want)
+			setting = want
+			for j, name := range names {
+				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+				at := l.waitReachable(ctx, kindTslink, name, j)
+				cancel()
+				if at.IsZero() {
+					t.Errorf("throughput: %s did not answer the laptop again after the plugin restarted with %s=%s", name, packetBatchSetting, want)
+					return
+				}
+			}
+		}
+		r.transferEach(l, kind, names[0], paths, runs)
+	}
+	r.addMedians(kindTslink, paths, runs)
+	r.addMedians(kindTslinkFull, paths, runs)
+}
+
+// throughputPath is one measured path: its name, the receiver's address
+// and the receiver's netns ("" for the lab netns).
+type throughputPath struct{ name, dst, ns string }
+
+// throughputContainers starts the sender and the receiver of a throughput
+// round (on a fresh tailnet but for the bridge) and returns their names
+// and the paths to measure; ok is false if they do not answer.
+func (r *results) throughputContainers(l *lab, kind string) (names []string, paths []throughputPath, ok bool) {
 	if kind != kindBridge {
 		r.freshTailnet(l)
 	}
 	rows, names, _ := l.startContainers(kind, "p"+namePrefix[kind], 2, 2)
-	defer l.removeContainers(names, r.Sizes.Settle)
 	for _, row := range rows {
 		if !row.OK {
-			t.Errorf("throughput %s: %s not reachable: %s", kind, row.Name, row.Err)
-			return
+			l.t.Errorf("throughput %s: %s not reachable: %s", kind, row.Name, row.Err)
+			return names, nil, false
 		}
 	}
-	sender, receiver := names[0], names[1]
-	type path struct{ name, dst, ns string }
-	var paths []path
-	switch kind {
-	case kindBridge:
-		paths = []path{{"container->host", bridgeGW, ""}, {"container->container", bridgeIP(1), l.containerNetNS(receiver)}}
-	default:
-		paths = []path{{"container->laptop", l.laptopIP, l.laptop.NS.Path}, {"container->container", l.tailnetIP(receiver), l.containerNetNS(receiver)}}
+	receiver := names[1]
+	if kind == kindBridge {
+		return names, []throughputPath{{"container->host", bridgeGW, ""}, {"container->container", bridgeIP(1), l.containerNetNS(receiver)}}, true
 	}
+	return names, []throughputPath{{"container->laptop", l.laptopIP, l.laptop.NS.Path}, {"container->container", l.tailnetIP(receiver), l.containerNetNS(receiver)}}, true
+}
+
+// transferEach makes one warm-up and one measured transfer from sender on
+// each path, adding the measured ones to runs under kind and path name.
+func (r *results) transferEach(l *lab, kind, sender string, paths []throughputPath, runs map[string][]tputRow) {
+	t := l.t
 	for _, p := range paths {
 		if _, err := l.transfer(sender, p.dst, p.ns, r.Sizes.WarmupMiB); err != nil {
 			t.Errorf("throughput %s %s warm-up: %v", kind, p.name, err)
 			continue
 		}
-		var runs []tputRow
-		for range max(1, r.Sizes.TransferRuns) {
-			row, err := l.transfer(sender, p.dst, p.ns, r.Sizes.TransferMiB)
-			if err != nil {
-				t.Errorf("throughput %s %s: %v", kind, p.name, err)
-				break
-			}
-			runs = append(runs, row)
-			t.Logf("throughput %s %s: %d MiB in %.2fs = %.1f MB/s, %.2f CPU-s/GB (machine)", kind, p.name, row.MiB, row.Seconds, row.MBps, row.CPUPerGB)
-		}
-		if len(runs) == 0 {
+		row, err := l.transfer(sender, p.dst, p.ns, r.Sizes.TransferMiB)
+		if err != nil {
+			t.Errorf("throughput %s %s: %v", kind, p.name, err)
 			continue
 		}
-		row := medianTransfer(runs)
-		row.Kind, row.Path = kind, p.name
-		r.Throughput = append(r.Throughput, row)
+		runs[kind+" "+p.name] = append(runs[kind+" "+p.name], row)
+		t.Logf("throughput %s %s: %d MiB in %.2fs = %.1f MB/s, %.2f CPU-s/GB (machine)", kind, p.name, row.MiB, row.Seconds, row.MBps, row.CPUPerGB)
+	}
+}
+
+// addMedians records kind's median transfer of each path in runs.
+func (r *results) addMedians(kind string, paths []throughputPath, runs map[string][]tputRow) {
+	for _, p := range paths {
+		if rs := runs[kind+" "+p.name]; len(rs) > 0 {
+			row := medianTransfer(rs)
+			row.Kind, row.Path = kind, p.name
+			r.Throughput = append(r.Throughput, row)
+		}
 	}
 }
 

@@ -579,8 +579,11 @@ func (r *results) markdown(notes string) string {
 	p("CPU = the whole machine's busy CPU-seconds (/proc/stat) per 10⁹ bytes over the same interval (sender, receiver,\n")
 	p("the network stack and anything else that ran).\n\n")
 	p("*tslink-full* is the unchanged build's data path in the same run: the plugin disabled, `docker plugin set %s\n", plugin)
-	p("TSLINK_PACKET_BATCH=full` (wireguard-go's packet batches as tailscale ships them), enabled, the same two\n")
-	p("paths measured with tslink containers, then set back to `small` (the default: capped batches) the same way.\n\n")
+	p("TSLINK_PACKET_BATCH=full` (wireguard-go's packet batches as tailscale ships them), enabled. tslink and\n")
+	p("tslink-full are measured on the same two tslink containers, the setting switched between transfers in the order\n")
+	p("small, full, full, small, small, full (each switch restarts the plugin, whose recovery brings the nodes back under\n")
+	p("the new setting), so that both meet the machine's other load alike; it is set back to `small` (the default:\n")
+	p("capped batches) after.\n\n")
 	p("| path | tslink MB/s | tslink-full MB/s | anchor MB/s | limit (bridge) MB/s | tslink ÷ tslink-full | tslink ÷ anchor | tslink ÷ limit | tslink CPU-s/GB | tslink-full CPU-s/GB | anchor CPU-s/GB | limit CPU-s/GB |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, path := range throughputPaths {
