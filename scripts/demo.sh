@@ -23,9 +23,10 @@ fail() { printf '\n\033[31mDEMO FAILED: %s\033[0m\n' "$*"; exit 1; }
 cleanup() {
   [ "${KEEP:-0}" = 1 ] && return
   step "cleaning up"
-  # Every container on the demo network, also ones added while KEEP=1 ran.
+  # Every container on the demo network, also ones added while KEEP=1 ran
+  # and stopped ones (which network inspect does not list).
   local ctrs
-  ctrs=$(docker network inspect -f '{{range $id, $c := .Containers}}{{$id}} {{end}}' "$NET" 2>/dev/null || true)
+  ctrs=$(docker ps -aq --filter network="$NET" 2>/dev/null || true)
   docker rm -f tslink-demo-alpha tslink-demo-beta tslink-demo-gamma $ctrs >/dev/null 2>&1 || true
   docker network rm "$NET" >/dev/null 2>&1 || true
   [ -f $WORK/laptop.pid ] && kill "$(cat $WORK/laptop.pid)" 2>/dev/null || true
@@ -44,7 +45,7 @@ cleanup() {
     local nets
     nets=$(docker network ls -q --filter driver="$PLUGIN" 2>/dev/null || true)
     for n in $nets; do
-      ctrs=$(docker network inspect -f '{{range $id, $c := .Containers}}{{$id}} {{end}}' "$n" 2>/dev/null || true)
+      ctrs=$(docker ps -aq --filter network="$n" 2>/dev/null || true)
       [ -z "$ctrs" ] || docker rm -f $ctrs >/dev/null 2>&1 || true
       docker network rm "$n" >/dev/null 2>&1 || true
     done
@@ -182,17 +183,24 @@ if [ "${KEEP:-0}" = 1 ]; then
   cat <<MSG
 
 KEEP=1: everything keeps running. Try:
-  docker exec -it tslink-demo-alpha sh    # then: ip addr show tailscale0; nslookup laptop
-  $TS status                              # (the local control server marks peers offline and keeps
-                                          #  every node it registered, ephemeral ones too; it keeps
-                                          #  nothing across its own restart: a restarted control
-                                          #  server is a new tailnet with new addresses)
+  # a shell in a container (then: ip addr show tailscale0; nslookup laptop):
+  docker exec -it tslink-demo-alpha sh
+  # the laptop's view of the tailnet (the local control server deletes an
+  # ephemeral node when its container goes; it keeps nothing across its own
+  # restart: a restarted control server is a new tailnet with new addresses):
+  $TS status
+  # the laptop and the demo image have busybox: busybox ping, nslookup, nc
+  # (the image's busybox wget does not work; use nc as below):
+  ip netns exec tslink-demo-laptop busybox ping -c 1 $ALPHA
   ip netns exec tslink-demo-laptop busybox nslookup demo-gamma 100.100.100.100
   (printf 'GET / HTTP/1.0\r\nHost: demo-gamma\r\n\r\n'; sleep 2) | ip netns exec tslink-demo-laptop busybox nc $GAMMA 80
-  curl -s $CONTROL/tslink/nodes           # control's view of the tailnet
-  $PWD/bin/tslink status                  # the plugin's view
+  docker exec tslink-demo-alpha sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc $BETA 8080"
+  # control's view of the tailnet, then the plugin's:
+  curl -s $CONTROL/tslink/nodes
+  $PWD/bin/tslink status
+  # a node's log, and the plugin's own (if the demo started dockerd):
   grep -a tslink: $STATE/by-hostname/demo-alpha/debug.log
-  grep plugin= $WORK/dockerd.log          # the plugin's own log, if the demo started dockerd
+  grep plugin= $WORK/dockerd.log
   # SSH into a container (README "SSH"); the laptop logged in first, so its login is user-1@…:
   docker run -d --name shell --network $NET --label ts.ssh=user-1@fake-control.example.net $IMAGE sleep 1d
   ip netns exec tslink-demo-laptop ssh root@<shell's 100.x address>   # needs an OpenSSH client on the host

@@ -200,7 +200,7 @@ func releaseFreedMemorySoon() {
 const (
 	freeHeapCheckInterval = 30 * time.Second
 	freeHeapQuietAfter    = time.Minute
-	freeHeapPileUp        = 256 << 20
+	freeHeapPileUp        = 64 << 20
 )
 
 // lastNodeStart is when a node last finished its start (Unix nanoseconds).
@@ -211,8 +211,7 @@ var lastNodeStart atomic.Int64
 // ([releaseFreedMemory]: a forced GC, then every free page released)
 // when no node started for freeHeapQuietAfter and the heap beyond the live
 // heap of the last GC (garbage not collected yet, and free pages the
-// runtime keeps resident) is at least freeHeapPileUp and a quarter of the
-// live heap. During a burst of starts, [releaseBeforeStart] and
+// runtime keeps resident) is at least freeHeapPileUp. During a burst of starts, [releaseBeforeStart] and
 // [releaseFreedMemorySoon] release instead. The Go runtime lets the
 // heap grow to twice the live heap (GOGC=100) before it collects, keeps
 // freed pages up to that goal, and the live heap counts every node's
@@ -224,8 +223,7 @@ func releaseWhenFreeHeapPilesUp() {
 		if time.Since(time.Unix(0, lastNodeStart.Load())) < freeHeapQuietAfter {
 			continue
 		}
-		live, beyond := heapBeyondLive()
-		if beyond >= freeHeapPileUp && beyond >= live/4 {
+		if _, beyond := heapBeyondLive(); beyond >= freeHeapPileUp {
 			releaseFreedMemory()
 		}
 	}
