@@ -35,7 +35,7 @@ const (
 type sizes struct {
 	Full          bool
 	StartNs       []int         // containers started concurrently, per start/memory round
-	Idle          time.Duration // idle wait before memory and idle-CPU readings
+	Idle          time.Duration // idle wait before memory and idle-CPU readings (full: magicsock's 45 s session timeout, as scaleSettle)
 	Settle        time.Duration // wait after removing a round's containers
 	TransferMiB   int64
 	WarmupMiB     int64
@@ -61,7 +61,7 @@ func benchSizes() sizes {
 	s := sizes{StartNs: []int{1}, Idle: time.Second, Settle: time.Second, TransferMiB: 16, WarmupMiB: 2, TransferRuns: 1,
 		HistoryCycles: 5, HistoryParallel: 5, HistoryN: 3}
 	if os.Getenv("TSLINK_BENCH") == "full" {
-		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 15 * time.Second, Settle: 5 * time.Second, TransferMiB: 1024, WarmupMiB: 128, TransferRuns: 3,
+		s = sizes{Full: true, StartNs: []int{1, 10, 30}, Idle: 45 * time.Second, Settle: 5 * time.Second, TransferMiB: 1024, WarmupMiB: 128, TransferRuns: 3,
 			ScaleN: 100, ScaleParallel: 10, ScaleSettle: scaleSettle, ScaleIdle: 60 * time.Second,
 			HistoryCycles: 300, HistoryParallel: 10, HistoryN: 30}
 	}
