@@ -265,6 +265,7 @@ func Start(ctx context.Context, cfg Config) (_ *Node, retErr error) {
 	if err != nil {
 		return nil, err
 	}
+	n.dev.logf = n.logf
 	n.phases.tun = time.Since(phaseBegan)
 
 	n.srv = &tsnet.Server{

@@ -59,6 +59,9 @@ type device struct {
 	closeOnce sync.Once
 	dns       atomic.Pointer[dnsAnswerer] // nil: DNS queries pass to tsnet
 	peers     atomic.Pointer[peerSet]     // nil until the netmap is known
+	// logf is the node's log, set before tsnet reads the device.
+	logf          func(format string, args ...any)
+	listenerEnded atomic.Bool // the end of wireguard-go's link event listener was logged
 }
 
 // Read reads packets from the container for tsnet, taking out the DNS
@@ -93,22 +96,32 @@ func (d *device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 }
 
-// readUntilClosed reads from the kernel TUN. When the TUN fails for good
-// (an errno or a closed file: deleted with the container's netns, as after
-// a failed Join) before the node closed it, the read waits for Close instead
-// of returning the error: wireguard-go closes its device on a TUN read
-// error, wgengine then closes magicsock, and tailscale.com v1.102.5 panics
-// when the node's first netmap is applied to a closed magicsock
-// (stack/closing.go). The node stays whole until its own teardown, which
-// waits for that netmap. An error about one packet (wireguard-go's offload
-// parsing: a malformed header the container sent) drops that packet.
+// readUntilClosed reads from the kernel TUN. When the TUN's file fails for
+// good (an errno from reading it, or a closed file: deleted with the
+// container's netns, as after a failed Join) before the node closed it, the
+// read waits for Close instead of returning the error: wireguard-go closes
+// its device on a TUN read error, wgengine then closes magicsock, and
+// tailscale.com v1.102.5 panics when the node's first netmap is applied to
+// a closed magicsock (stack/closing.go). The node stays whole until its own
+// teardown, which waits for that netmap.
+//
+// Other errors do not stop the TUN, and the read goes on after them:
+// wireguard-go's offload parsing of one malformed packet the container
+// sent (the packet is dropped), and the end of wireguard-go's listener for
+// the TUN's link events, whose error (e.g. ENOBUFS from its netlink socket
+// when many links change at once) wireguard-go hands to the next Read
+// (tun/tun_linux.go NativeTun.Read). The listener's end is logged once.
 func (d *device) readUntilClosed(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := d.Device.Read(bufs, sizes, offset)
 	if err == nil || n > 0 || errors.Is(err, tun.ErrTooManySegments) {
 		return n, err
 	}
-	var errno unix.Errno
-	if !errors.Is(err, os.ErrClosed) && !errors.As(err, &errno) {
+	var fileErr *os.PathError
+	if !errors.Is(err, os.ErrClosed) && !errors.As(err, &fileErr) {
+		var errno unix.Errno
+		if errors.As(err, &errno) && d.listenerEnded.CompareAndSwap(false, true) && d.logf != nil {
+			d.logf("tslink: wireguard-go's link event listener for tailscale0 ended (%v); packets flow on", err)
+		}
 		time.Sleep(time.Millisecond) // bounds a stream of bad packets
 		return 0, nil
 	}
