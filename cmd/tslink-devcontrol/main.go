@@ -45,7 +45,10 @@ func run() error {
 		}
 		key = strings.TrimSpace(string(b))
 	}
-	opts := devcontrol.Options{ListenAddr: *listen, ControlPort: *port, AuthKey: key}
+	// Changes reach nodes batched, as from headscale: a netmap to every
+	// node on every change of any node grows with the square of the
+	// tailnet's size when many containers start at once.
+	opts := devcontrol.Options{ListenAddr: *listen, ControlPort: *port, AuthKey: key, MapUpdateInterval: devcontrol.BatchingMapUpdateInterval}
 	if *verbose {
 		opts.Logf = log.Printf
 	}
