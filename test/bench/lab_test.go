@@ -80,7 +80,19 @@ func newLab(t *testing.T) *lab {
 func (l *lab) freshTailnet() {
 	t := l.t
 	if l.control != nil {
-		l.engine.Docker(context.Background(), "network", "rm", tslinkNet)
+		// A container's endpoint can still be leaving (its node closing):
+		// network rm fails until it is gone.
+		err := netnstest.WaitFor(60*time.Second, func() error {
+			out, err := l.engine.Docker(context.Background(), "network", "rm", tslinkNet)
+			if err != nil && !strings.Contains(out+err.Error(), "not found") {
+				ctrs, _ := l.engine.Docker(context.Background(), "ps", "-a", "--filter", "network="+tslinkNet, "--format", "{{.Names}} {{.Status}}")
+				return fmt.Errorf("docker network rm %s: %v %s (containers on it: %q)", tslinkNet, err, out, ctrs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		l.laptop.Tailscale(ctx, "logout")
 		cancel()
