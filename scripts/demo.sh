@@ -73,7 +73,12 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 command -v go >/dev/null || fail "Go is needed to build tslink (go.mod names the version)"
 [ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }
+# A dockerd that an earlier KEEP=1 demo started stays the demo's: keep its
+# pid file, so that demo-clean still stops it.
+demo_dockerd=""
+if [ -f $WORK/dockerd.pid ] && kill -0 "$(cat $WORK/dockerd.pid)" 2>/dev/null; then demo_dockerd=$(cat $WORK/dockerd.pid); fi
 rm -rf $WORK && mkdir -p $WORK
+[ -z "$demo_dockerd" ] || echo "$demo_dockerd" >$WORK/dockerd.pid
 
 step "making sure a Docker daemon runs"
 if ! docker info >/dev/null 2>&1; then
