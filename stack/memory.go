@@ -212,12 +212,12 @@ var lastNodeStart atomic.Int64
 // when no node started for freeHeapQuietAfter and the heap beyond the live
 // heap of the last GC (garbage not collected yet, and free pages the
 // runtime keeps resident) is at least freeHeapPileUp. During a burst of
-// starts, [releaseBeforeStart] and [releaseFreedMemorySoon] release instead. The Go runtime lets the
-// heap grow to twice the live heap (GOGC=100) before it collects, keeps
-// freed pages up to that goal, and the live heap counts every node's
-// unwritten packet buffers: with many nodes, netmap updates after the last
-// start would otherwise keep the plugin's RSS near that goal for as long
-// as it runs.
+// starts, [releaseBeforeStart] and [releaseFreedMemorySoon] release
+// instead. The Go runtime lets the heap grow to twice the live heap
+// (GOGC=100) before it collects, keeps freed pages up to that goal, and the
+// live heap counts every node's unwritten packet buffers: with many nodes,
+// netmap updates after the last start would otherwise keep the plugin's RSS
+// near that goal for as long as it runs.
 func releaseWhenFreeHeapPilesUp() {
 	for range time.Tick(freeHeapCheckInterval) {
 		if time.Since(time.Unix(0, lastNodeStart.Load())) < freeHeapQuietAfter {
