@@ -84,7 +84,7 @@ func (l *lab) freshTailnet() {
 		// network rm fails until it is gone.
 		err := netnstest.WaitFor(60*time.Second, func() error {
 			out, err := l.engine.Docker(context.Background(), "network", "rm", tslinkNet)
-			if err != nil && !strings.Contains(out+err.Error(), "not found") {
+			if err != nil && !strings.Contains(out+err.Error(), "not found") && !strings.Contains(out+err.Error(), "No such network") {
 				ctrs, _ := l.engine.Docker(context.Background(), "ps", "-a", "--filter", "network="+tslinkNet, "--format", "{{.Names}} {{.Status}}")
 				return fmt.Errorf("docker network rm %s: %v %s (containers on it: %q)", tslinkNet, err, out, ctrs)
 			}
