@@ -223,22 +223,20 @@ func releaseWhenFreeHeapPilesUp() {
 		if time.Since(time.Unix(0, lastNodeStart.Load())) < freeHeapQuietAfter {
 			continue
 		}
-		if _, beyond := heapBeyondLive(); beyond >= freeHeapPileUp {
+		if heapBeyondLive() >= freeHeapPileUp {
 			releaseFreedMemory()
 		}
 	}
 }
 
-// heapBeyondLive reads the runtime's live heap as of the last GC
-// (runtime/metrics /gc/heap/live:bytes) and how much more the heap holds:
-// objects allocated since, live or not
-// (/memory/classes/heap/objects:bytes minus live), and free pages not
-// returned to the OS (/memory/classes/heap/free:bytes).
-func heapBeyondLive() (live, beyond uint64) {
+// heapBeyondLive reads how much more the heap holds than the live heap of
+// the last GC (runtime/metrics /gc/heap/live:bytes): objects allocated
+// since, live or not (/memory/classes/heap/objects:bytes minus live), and
+// free pages not returned to the OS (/memory/classes/heap/free:bytes).
+func heapBeyondLive() uint64 {
 	m := runtimeMetrics("/gc/heap/live:bytes", "/memory/classes/heap/objects:bytes", "/memory/classes/heap/free:bytes")
-	live = m[0]
-	if held := m[1] + m[2]; held > live {
-		beyond = held - live
+	if held := m[1] + m[2]; held > m[0] {
+		return held - m[0]
 	}
-	return live, beyond
+	return 0
 }
